@@ -1,0 +1,20 @@
+# Two commands on a fresh machine with Python 3.10+:
+#   make demo   install into .venv (first time only), then train both and compare them
+#   make test   install into .venv (first time only), then lint and run every test
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test docs bench
+
+$(VENV)/installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -r requirements.txt
+	touch $@
+
+demo: $(VENV)/installed
+	$(BIN)/python compare.py $(ARGS)
+
+test: $(VENV)/installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest

@@ -1,0 +1,81 @@
+"""How two tensors agree, in three levels, and a finite-difference gradient.
+
+Levels (as in karpathy's "backprop ninja" cmp()): bit-identical; close within
+torch.testing.assert_close's default tolerances; and the largest difference,
+absolute and relative. Relative is per tensor, max|a - b| / max|b|, so entries
+near zero cannot blow it up. Used by the tests, compare.py and the notebook.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+# torch.testing.assert_close's defaults (rtol, atol) per dtype
+DEFAULT_TOLERANCES = {torch.float16: (1e-3, 1e-5), torch.bfloat16: (1.6e-2, 1e-5),
+                      torch.float32: (1.3e-6, 1e-5), torch.float64: (1e-7, 1e-7)}
+
+
+@dataclass
+class Agreement:
+    """How `actual` agrees with `expected`, the reference."""
+
+    name: str
+    max_abs_diff: float
+    max_rel_diff: float
+    identical: bool
+    close: bool
+
+    @property
+    def level(self) -> str:
+        return "bit-identical" if self.identical else "close" if self.close else "DIFFERENT"
+
+    def __str__(self) -> str:
+        return (f"{self.name}: {self.level}, max abs diff {self.max_abs_diff:.2e}, "
+                f"max rel diff {self.max_rel_diff:.2e}")
+
+
+def difference_stats(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """[max|a-b|, max|a-b| / max|b|, identical, close] as one float64 tensor.
+
+    Stays on the tensors' device (no host sync), so it can run on every
+    training step; `close` means |a - b| <= atol + rtol |b| everywhere.
+    """
+    rtol, atol = DEFAULT_TOLERANCES[expected.dtype]
+    diff = (actual - expected).abs()
+    max_diff = diff.max()
+    return torch.stack([max_diff, max_diff / expected.abs().max(),
+                        (diff == 0).all(), (diff <= atol + rtol * expected.abs()).all()]).double()
+
+
+def agreement(name: str, actual: torch.Tensor, expected: torch.Tensor) -> Agreement:
+    """The three levels of agreement of `actual` with `expected` (same shape and dtype)."""
+    max_abs, max_rel, identical, close = difference_stats(actual, expected).tolist()
+    return Agreement(name, max_abs, max_rel, bool(identical), bool(close))
+
+
+def assert_agrees(name: str, actual: torch.Tensor, expected: torch.Tensor,
+                  max_rel_diff: float) -> Agreement:
+    """Print the agreement; raise AssertionError, explaining why, if the relative difference
+    exceeds max_rel_diff (NaN never passes)."""
+    result = agreement(name, actual, expected)
+    print(result)
+    if not result.max_rel_diff <= max_rel_diff:
+        raise AssertionError(f"{result}: relative difference above the allowed {max_rel_diff:.0e}")
+    return result
+
+
+def numerical_gradient(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                       eps: float = 1e-6) -> torch.Tensor:
+    """Central differences: df/dx_i ~ (f(x + eps e_i) - f(x - eps e_i)) / (2 eps).
+
+    f: tensor of x's shape -> scalar tensor. Error O(eps^2); use float64.
+    x is not modified. One pair of calls of f per entry of x.
+    """
+    grad = torch.empty_like(x)
+    for i in range(x.numel()):
+        step = torch.zeros_like(x).view(-1)
+        step[i] = eps
+        step = step.view_as(x)
+        grad.view(-1)[i] = (f(x + step) - f(x - step)) / (2 * eps)
+    return grad

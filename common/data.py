@@ -1,0 +1,165 @@
+"""MNIST as tensors, loaded once, and the minibatches both implementations train on.
+
+The whole data set lives in memory as two tensors per split:
+    images: float32 (N, 784), pixels scaled to [0, 1]
+    labels: int64 (N,), digits 0..9
+A minibatch is a slice of one shuffled copy of the training tensors, so no
+per-sample Python work happens while training.
+
+Run `python -m common.data --data-root DIR` to check a copy of MNIST.
+"""
+
+import argparse
+import contextlib
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision.datasets import MNIST
+
+NUM_PIXELS = 28 * 28
+NUM_CLASSES = 10
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # of the training pixels, after scaling to [0, 1]
+RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+class DataError(Exception):
+    """The data set is missing or unreadable; the message is one line for the user."""
+
+
+@dataclass
+class Splits:
+    """Train / validation / test tensors. x: (N, 784) floats, y: (N,) int64."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def resolve_root(data_root: str | None = None) -> Path:
+    """The data root: the --data-root flag, else $MNIST_ROOT, else ./data."""
+    return Path(data_root or os.environ.get("MNIST_ROOT") or "data")
+
+
+def load_mnist(root: str | Path, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One MNIST split through torchvision, as (images float32 (N, 784) in [0, 1], labels (N,)).
+
+    Downloads the files into root/MNIST/raw when they are missing. Every way
+    this can fail (offline, truncated file, wrong magic number, bad labels)
+    raises DataError with a one-line message.
+    """
+    raw = Path(root) / "MNIST" / "raw"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints each download try
+            dataset = MNIST(root, train=train, download=True)
+    except (RuntimeError, OSError) as error:
+        if not all((raw / name).is_file() for name in RAW_FILES):
+            raise DataError(
+                f"MNIST not found in {raw.resolve()} and the download failed "
+                f"({last_line(error)}). Copy {', '.join(RAW_FILES)} there, "
+                "or point --data-root / MNIST_ROOT at a folder holding MNIST/raw/."
+            ) from None
+        raise DataError(f"cannot read MNIST in {raw.resolve()}: {first_line(error)}") from None
+    except (AssertionError, KeyError, TypeError, ValueError) as error:
+        raise DataError(
+            f"corrupt MNIST file in {raw.resolve()}: not an IDX file of the expected type "
+            f"(bad magic number or shape{': ' + first_line(error) if str(error) else ''})"
+        ) from None
+    images, labels = dataset.data, dataset.targets
+    if images.shape[1:] != (28, 28) or len(images) != len(labels):
+        raise DataError(f"corrupt MNIST in {raw.resolve()}: {len(images)} images of "
+                        f"{tuple(images.shape[1:])} pixels but {len(labels)} labels")
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise DataError(f"corrupt MNIST labels in {raw.resolve()}: "
+                        f"values {labels.min()}..{labels.max()}, expected 0..9")
+    return images.reshape(-1, NUM_PIXELS).float() / 255, labels
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def last_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[-1]
+
+
+def load_splits(root: str | Path, val_size: int = 5000, seed: int = 0, subset: int | None = None,
+                standardize: bool = False, dtype: torch.dtype = torch.float32,
+                device: str | torch.device = "cpu") -> Splits:
+    """Train, validation and test tensors, ready on `device`.
+
+    The validation set is `val_size` images held out from the 60,000 training
+    images by a permutation seeded with `seed`; `subset` then keeps the first
+    N of the remaining training images. The 10,000 test images stay whole.
+    standardize: x <- (x - 0.1307) / 0.3081, the training set's mean and std.
+    """
+    train_x, train_y = load_mnist(root, train=True)
+    test_x, test_y = load_mnist(root, train=False)
+    if not 0 <= val_size < len(train_x):
+        raise DataError(f"validation size {val_size} must be in [0, {len(train_x)})")
+    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = order[:val_size], order[val_size:]
+    if subset is not None:
+        if not 0 < subset <= len(train_idx):
+            raise DataError(f"--subset {subset} must be in [1, {len(train_idx)}] "
+                            f"(training images left after holding out {val_size} for validation)")
+        train_idx = train_idx[:subset]
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        if standardize:
+            x = (x - MNIST_MEAN) / MNIST_STD
+        return x.to(device=device, dtype=dtype)
+
+    return Splits(prepare(train_x[train_idx]), train_y[train_idx].to(device),
+                  prepare(train_x[val_idx]), train_y[val_idx].to(device),
+                  prepare(test_x), test_y.to(device))
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
+            epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield the minibatches (x: (B, D), y: (B,)) of one epoch; the last may be smaller.
+
+    The order depends only on (seed, epoch): every call with the same pair
+    yields the same batches, on any device. One shuffled copy of x and y is
+    made per epoch and each batch is a slice (a view) of it. A batch that
+    holds the whole set needs no shuffle: full-batch gradient descent sums
+    over every example whatever their order.
+    """
+    if batch_size >= len(x):
+        yield x, y
+        return
+    # one random stream per (seed, epoch) pair
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(x), generator=generator).to(x.device)
+    x, y = x[order], y[order]
+    for start in range(0, len(x), batch_size):
+        yield x[start:start + batch_size], y[start:start + batch_size]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print what the loader sees: sizes, label histogram, pixel range and mean."""
+    parser = argparse.ArgumentParser(description="Check a copy of MNIST.")
+    parser.add_argument("--data-root",
+                        help="folder holding MNIST/raw/ (default: $MNIST_ROOT, else ./data)")
+    args = parser.parse_args(argv)
+    root = resolve_root(args.data_root)
+    try:
+        for name, train in (("train", True), ("test", False)):
+            x, y = load_mnist(root, train)
+            histogram = " ".join(str(n) for n in torch.bincount(y, minlength=NUM_CLASSES).tolist())
+            print(f"{name}: {len(x)} images, labels {histogram}, "
+                  f"pixels [{x.min():.0f}, {x.max():.0f}] mean {x.mean():.4f} std {x.std():.4f}")
+    except DataError as error:
+        parser.exit(2, f"error: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

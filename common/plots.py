@@ -1,0 +1,122 @@
+"""The PNG plots compare.py writes: curves, learned weights, sample predictions, confusion."""
+
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+
+from common.data import NUM_CLASSES, Splits
+from common.report import NAMES, PARAMETER_NAMES, REL, History
+
+matplotlib.use("Agg")  # files only, no window: works on servers and in CI
+
+STYLE = {"manual": dict(color="tab:blue", marker="o", linestyle="-"),
+         "torch": dict(color="tab:orange", marker="x", linestyle="--")}
+
+
+def save_all(out: Path, learners: list, data: Splits, history: History) -> list[Path]:
+    """Write the four plots into `out`; returns their paths."""
+    figures = {"curves.png": curves(history), "weights.png": weights(learners),
+               "predictions.png": predictions(learners, data),
+               "confusion.png": confusion(learners, data)}
+    for name, figure in figures.items():
+        figure.savefig(out / name, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+    return [out / name for name in figures]
+
+
+def curves(history: History) -> plt.Figure:
+    """Train loss and validation accuracy per epoch, overlaid; gradient differences per step."""
+    figure, (loss_ax, accuracy_ax, grad_ax) = plt.subplots(1, 3, figsize=(15, 4))
+    for name in NAMES:
+        epochs = range(1, len(history.train_loss[name]) + 1)
+        loss_ax.plot(epochs, history.train_loss[name], label=name, **STYLE[name])
+        accuracy_ax.plot(epochs, [100 * a for a in history.val_accuracy[name]], label=name,
+                         **STYLE[name])
+    loss_ax.set(title="Training loss (mean over the epoch)", xlabel="epoch", ylabel="cross-entropy")
+    accuracy_ax.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    stats = history.all_steps("grad")
+    for i, name in enumerate(PARAMETER_NAMES):
+        grad_ax.semilogy(stats[:, i, REL].clamp_min(1e-18), lw=0.6, alpha=0.7,
+                         label=f"{name}.grad")
+    grad_ax.set(title="Gradient difference, manual vs torch, per step", xlabel="step",
+                ylabel="max|manual - torch| / max|torch|")
+    grad_ax.annotate("0 (bit-identical) is drawn at 1e-18", (0.02, 0.02),
+                     xycoords="axes fraction", fontsize=8)
+    for ax in (loss_ax, accuracy_ax, grad_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.suptitle("Manual and torch training curves lie on top of each other")
+    return figure
+
+
+def weights(learners: list) -> plt.Figure:
+    """Each class's 784 weights as a 28x28 image: manual, torch, and their difference."""
+    manual_w, torch_w = (learner.parameters()[0].detach().cpu().double() for learner in learners)
+    rows = {"manual": manual_w, "torch": torch_w, "manual - torch": manual_w - torch_w}
+    figure, axes = plt.subplots(3, NUM_CLASSES, figsize=(15, 5))
+    for row, (label, w) in zip(axes, rows.items(), strict=True):
+        limit = w.abs().max().item() or 1.0
+        for digit, ax in enumerate(row):
+            image = ax.imshow(w[digit].reshape(28, 28), cmap="RdBu_r", vmin=-limit, vmax=limit)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(str(digit) if label == "manual" else "")
+        row[0].set_ylabel(label)
+        figure.colorbar(image, ax=list(row), fraction=0.015, pad=0.01)
+    figure.suptitle("Learned weights per class (red: pixel votes for the class, blue: against); "
+                    "bottom row: difference, on its own scale")
+    return figure
+
+
+def predictions(learners: list, data: Splits, count: int = 24) -> plt.Figure:
+    """Test images with both predictions and probabilities; misclassified ones in red.
+
+    Shows the first test images, with the first misclassified ones mixed in.
+    """
+    with torch.no_grad():
+        probabilities = [learner.package.functional.softmax(learner.model(data.test_x)).cpu()
+                         for learner in learners]
+    labels = data.test_y.cpu()
+    predicted = probabilities[0].argmax(dim=-1)
+    wrong = (predicted != labels).nonzero().flatten()[: count // 3].tolist()
+    right = (predicted == labels).nonzero().flatten()[: count - len(wrong)].tolist()
+    figure, axes = plt.subplots(4, count // 4, figsize=(15, 12))
+    figure.subplots_adjust(hspace=0.55)
+    for ax, index in zip(axes.flat, sorted(right + wrong), strict=True):
+        ax.imshow(data.test_x[index].cpu().float().reshape(28, 28), cmap="gray_r")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        text = [f"{name}: {p.argmax()} ({p.max():.0%})"
+                for name, p in zip(NAMES, (p[index] for p in probabilities), strict=True)]
+        mistaken = predicted[index] != labels[index]
+        ax.set_title("\n".join([f"label {labels[index]}", *text]), fontsize=9,
+                     color="red" if mistaken else "black")
+        if mistaken:
+            for spine in ax.spines.values():
+                spine.set(color="red", linewidth=2)
+    figure.suptitle("Test images: both predictions with their probability (red: misclassified)")
+    return figure
+
+
+def confusion(learners: list, data: Splits) -> plt.Figure:
+    """Confusion matrices (true label x predicted) of both learners on the test set."""
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    labels = data.test_y.cpu()
+    for ax, name, learner in zip(axes, NAMES, learners, strict=True):
+        predicted = learner.predict(data.test_x).cpu()
+        matrix = torch.bincount(labels * NUM_CLASSES + predicted, minlength=NUM_CLASSES ** 2)
+        matrix = matrix.reshape(NUM_CLASSES, NUM_CLASSES)
+        ax.imshow(matrix.clamp_min(1).log(), cmap="Blues")
+        for true in range(NUM_CLASSES):
+            for guess in range(NUM_CLASSES):
+                count = matrix[true, guess].item()
+                ax.text(guess, true, str(count), ha="center", va="center", fontsize=8,
+                        color="white" if true == guess else "black")
+        ax.set(title=f"{name}: {matrix.trace() / matrix.sum():.2%} correct",
+               xlabel="predicted", ylabel="true label",
+               xticks=range(NUM_CLASSES), yticks=range(NUM_CLASSES))
+    figure.suptitle("Confusion matrices on the 10,000 test images (log color scale)")
+    return figure
+

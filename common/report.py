@@ -1,0 +1,148 @@
+"""What compare.py measured: per-epoch history, the verdict, the final table, report.json.
+
+Gradient and parameter stats come as tensors (steps, 2 parameters, 4) with the
+columns of checks.difference_stats: max abs diff, max rel diff, identical, close.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from common.data import Splits
+
+NAMES = ("manual", "torch")  # the report's names for the manual and torch_impl learners
+PARAMETER_NAMES = ("weight", "bias")
+ABS, REL, IDENTICAL, CLOSE = range(4)
+MAX_GRAD_REL_DIFF = {"float32": 1e-5, "float64": 1e-10}
+MAX_ACCURACY_GAP = 0.001  # 0.1 percentage point
+MIN_PREDICTION_AGREEMENT = 0.999
+
+
+class History:
+    """Per-epoch losses and accuracies of both learners, and every step's difference stats."""
+
+    def __init__(self):
+        self.train_loss = {name: [] for name in NAMES}
+        self.val_accuracy = {name: [] for name in NAMES}
+        self.grad_stats, self.param_stats = [], []
+
+    def add_epoch(self, result: dict, val_accuracies: list[float]) -> None:
+        for name, loss, accuracy in zip(NAMES, result["loss"], val_accuracies, strict=True):
+            self.train_loss[name].append(loss)
+            self.val_accuracy[name].append(accuracy)
+        self.grad_stats.append(result["grad_stats"])
+        self.param_stats.append(result["param_stats"])
+
+    def all_steps(self, which: str) -> torch.Tensor:
+        """(steps, 2, 4) stats of every step so far; which is "grad" or "param"."""
+        stats = self.grad_stats if which == "grad" else self.param_stats
+        return torch.cat(stats) if stats else torch.full((1, 2, 4), float("nan"))
+
+    def epoch_line(self, epoch: int) -> str:
+        loss, accuracy = self.train_loss, self.val_accuracy
+        return (f"epoch {epoch}: train loss manual {loss['manual'][-1]:.4f} "
+                f"torch {loss['torch'][-1]:.4f} | val accuracy manual "
+                f"{accuracy['manual'][-1]:.2%} torch {accuracy['torch'][-1]:.2%} | "
+                f"worst gradient rel diff so far {self.all_steps('grad')[..., REL].max():.1e}")
+
+
+def summarize(args: argparse.Namespace, device: str, learners: list, data: Splits,
+              history: History, seconds: float) -> dict:
+    """Everything report.json holds, the verdict included."""
+    predictions = [learner.predict(data.test_x) for learner in learners]
+    grads, params = history.all_steps("grad"), history.all_steps("param")
+    summary = {"config": config(args, device), "diverged": False, "seconds": round(seconds, 3)}
+    for name, prediction in zip(NAMES, predictions, strict=True):
+        summary[name] = {"test_accuracy": (prediction == data.test_y).double().mean().item(),
+                         "val_accuracy": history.val_accuracy[name],
+                         "train_loss": history.train_loss[name]}
+    summary |= {
+        "max_grad_abs_diff": grads[..., ABS].max().item(),
+        "max_grad_rel_diff": grads[..., REL].max().item(),
+        "max_param_abs_diff": params[..., ABS].max().item(),
+        "max_param_rel_diff": params[..., REL].max().item(),
+        "prediction_agreement": (predictions[0] == predictions[1]).double().mean().item(),
+        "test_images": len(data.test_y),
+        "gradient_agreement": {name: levels(grads[:, i]) for i, name in enumerate(PARAMETER_NAMES)},
+    }
+    summary["thresholds"] = {"max_grad_rel_diff": MAX_GRAD_REL_DIFF[args.dtype],
+                             "max_accuracy_gap": MAX_ACCURACY_GAP,
+                             "min_prediction_agreement": MIN_PREDICTION_AGREEMENT}
+    summary["match"] = all(verdict_checks(summary).values())
+    return summary
+
+
+def levels(stats: torch.Tensor) -> dict:
+    """The three levels of agreement of one parameter's gradient over all steps (steps, 4)."""
+    return {"steps": len(stats), "identical_steps": int(stats[:, IDENTICAL].sum()),
+            "close_steps": int(stats[:, CLOSE].sum()), "max_abs_diff": stats[:, ABS].max().item(),
+            "max_rel_diff": stats[:, REL].max().item()}
+
+
+def verdict_checks(summary: dict) -> dict[str, bool]:
+    """Each condition of MATCH, by name. NaN never passes."""
+    limits = summary["thresholds"]
+    gap = abs(summary["manual"]["test_accuracy"] - summary["torch"]["test_accuracy"])
+    return {"gradients": summary["max_grad_rel_diff"] <= limits["max_grad_rel_diff"],
+            "accuracies": gap <= limits["max_accuracy_gap"] + 1e-12,
+            "predictions": summary["prediction_agreement"] >= limits["min_prediction_agreement"]}
+
+
+def final_table(summary: dict) -> str:
+    """The closing table a learner reads: accuracies, agreement levels, verdict."""
+    accuracies = [f"{summary[name]['test_accuracy']:>10.2%}" for name in NAMES]
+    lines = [f"{'':16}{'manual':>10}{'torch':>10}", f"{'test accuracy':16}{''.join(accuracies)}",
+             f"predictions agree on {summary['prediction_agreement']:.2%} of "
+             f"{summary['test_images']} test images", "",
+             f"{'gradient':10}{'bit-identical':>16}{'close':>16}{'max abs diff':>14}"
+             f"{'max rel diff':>14}"]
+    for name, level in summary["gradient_agreement"].items():
+        lines.append(f"{name:10}{level['identical_steps']:>9}/{level['steps']:<6}"
+                     f"{level['close_steps']:>9}/{level['steps']:<6}"
+                     f"{level['max_abs_diff']:>14.2e}{level['max_rel_diff']:>14.2e}")
+    lines.append(f"parameters after each update: max abs diff {summary['max_param_abs_diff']:.2e}, "
+                 f"max rel diff {summary['max_param_rel_diff']:.2e}")
+    lines.append("(close: within torch.testing.assert_close's default tolerances)")
+    limits, checks = summary["thresholds"], verdict_checks(summary)
+    marks = {key: "ok" if passed else "FAILED" for key, passed in checks.items()}
+    lines += ["", f"{'MATCH' if summary['match'] else 'MISMATCH'} ({summary['config']['dtype']}): "
+              f"gradients max rel diff {summary['max_grad_rel_diff']:.1e} <= "
+              f"{limits['max_grad_rel_diff']:.0e} [{marks['gradients']}]; "
+              f"test accuracies within {limits['max_accuracy_gap']:.1%} [{marks['accuracies']}]; "
+              f"predictions agree >= {limits['min_prediction_agreement']:.1%} "
+              f"[{marks['predictions']}]"]
+    return "\n".join(lines)
+
+
+def diverged(args: argparse.Namespace, device: str, history: History, seconds: float) -> dict:
+    """The report of a run stopped by a NaN or infinite loss."""
+    summary = {"config": config(args, device), "diverged": True, "match": False,
+               "seconds": round(seconds, 3), "prediction_agreement": None,
+               "max_grad_abs_diff": None, "max_grad_rel_diff": None, "max_param_abs_diff": None}
+    for name in NAMES:
+        summary[name] = {"test_accuracy": None, "val_accuracy": history.val_accuracy[name],
+                         "train_loss": history.train_loss[name]}
+    return summary
+
+
+def config(args: argparse.Namespace, device: str) -> dict:
+    """Every flag's value, JSON-ready, and the device actually used."""
+    return {key: str(value) if isinstance(value, Path) else value
+            for key, value in vars(args).items()} | {"device_used": device}
+
+
+def prepare_folder(out: Path) -> None:
+    """Create `out` and prove it is writable, before any training time is spent."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise OSError(f"cannot write to --out {out}: {error.strerror or error}") from None
+
+
+def write(out: Path, summary: dict) -> None:
+    (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,175 @@
+"""Train the manual and the torch implementation side by side and prove they match.
+
+Both start from the same parameters and see the same batches. On every step
+the two gradients are compared, then (after the update) the two parameter
+sets; at the end, their test accuracies and predictions. Prints a verdict,
+writes report.json and plots, and exits 0 on MATCH, 1 on MISMATCH or a
+diverging run, 2 on bad usage or bad data.
+
+    python compare.py                      # defaults: 5 epochs, batch 100, lr 0.5
+    python compare.py --dtype float64      # gradients must agree to 1e-10
+"""
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import manual
+import torch_impl
+from common import plots, report
+from common.checks import difference_stats
+from common.data import NUM_CLASSES, NUM_PIXELS, DataError, batches, load_splits, resolve_root
+from common.training import Learner
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5, help="passes over the training set")
+    parser.add_argument("--batch-size", type=int, default=100, help="examples per step")
+    parser.add_argument("--lr", type=float, default=0.5, help="learning rate")
+    parser.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
+    parser.add_argument("--dampening", type=float, default=0.0, help="SGD momentum dampening")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty")
+    parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="in [0, 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds parameters, split, batches")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--data-root", help="folder holding MNIST/raw/ "
+                        "(default: $MNIST_ROOT, else ./data; downloaded when missing)")
+    parser.add_argument("--subset", type=int, help="train on the first N training images only")
+    parser.add_argument("--standardize", action="store_true",
+                        help="scale pixels to mean 0, std 1 (0.1307, 0.3081)")
+    parser.add_argument("--out", type=Path, help="output folder (default: runs/<timestamp>)")
+    parser.add_argument("--no-plots", action="store_true", help="write report.json only")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    problem = usage_problem(args)
+    if problem:
+        parser.error(problem)  # one line on stderr, exit status 2
+    return args
+
+
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """What is impossible about these flags, or None."""
+    for flag in ("epochs", "batch_size", "lr"):
+        if not getattr(args, flag) > 0:
+            return f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}"
+    if args.momentum < 0 or args.weight_decay < 0:
+        return "--momentum and --weight-decay must not be negative"
+    if args.nesterov and (args.momentum <= 0 or args.dampening != 0):
+        return "--nesterov needs --momentum > 0 and --dampening 0"
+    if not 0 <= args.label_smoothing < 1:
+        return f"--label-smoothing must be in [0, 1), got {args.label_smoothing}"
+    if args.subset is not None and args.subset < 1:
+        return f"--subset must be positive, got {args.subset}"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return "--device cuda: no CUDA device is available (try --device cpu)"
+    return None
+
+
+def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype) -> list[Learner]:
+    """The manual and the torch learner, each built right after torch.manual_seed(seed)."""
+    options = dict(lr=args.lr, momentum=args.momentum, dampening=args.dampening,
+                   weight_decay=args.weight_decay, nesterov=args.nesterov)
+    learners = []
+    for package in (manual, torch_impl):
+        torch.manual_seed(args.seed)
+        learners.append(Learner(package, NUM_PIXELS, NUM_CLASSES, options,
+                                args.label_smoothing, device, dtype))
+    return learners
+
+
+def parameter_stats(learners: list[Learner], of_grad: bool) -> torch.Tensor:
+    """(2, 4): difference_stats of manual vs torch for weight and bias (or their .grad)."""
+    pairs = zip(*(learner.parameters() for learner in learners), strict=True)
+    return torch.stack([difference_stats(m.grad, t.grad) if of_grad else difference_stats(m, t)
+                        for m, t in pairs])
+
+
+def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress) -> dict:
+    """One epoch of both learners on the same batches, checking every step.
+
+    Returns the mean loss of each learner and, per step, the gradient and the
+    parameter difference stats, each (steps, 2 parameters, 4) (see checks.py).
+    """
+    loss_sums = torch.zeros(len(learners), dtype=torch.float64)
+    grad_stats, param_stats = [], []
+    for step, (x, y) in enumerate(epoch_batches, start=1):
+        losses = torch.stack([learner.gradients(x, y) for learner in learners]).double().cpu()
+        if not torch.isfinite(losses).all():
+            raise Diverged(f"step {step}: loss {losses.tolist()}")
+        grad_stats.append(parameter_stats(learners, of_grad=True))
+        for learner in learners:
+            learner.optimizer.step()
+        param_stats.append(parameter_stats(learners, of_grad=False))
+        loss_sums += losses
+        progress.update()
+    return {"loss": (loss_sums / step).tolist(), "grad_stats": torch.stack(grad_stats).cpu(),
+            "param_stats": torch.stack(param_stats).cpu()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, args.dtype)
+    out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        report.prepare_folder(out)
+        data = load_splits(resolve_root(args.data_root), seed=args.seed, subset=args.subset,
+                           standardize=args.standardize, dtype=dtype, device=device)
+    except (DataError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    start = time.perf_counter()
+    learners = make_learners(args, device, dtype)
+    pairs = zip(*(learner.parameters() for learner in learners), strict=True)
+    assert all(torch.equal(m, t) for m, t in pairs), "both must start from identical parameters"
+    with torch.no_grad():
+        initial = [learner.package.functional.cross_entropy(learner.model(data.val_x), data.val_y)
+                   for learner in learners]
+    print(f"initial validation loss: manual {initial[0]:.4f}, torch {initial[1]:.4f} "
+          f"(an untrained {NUM_CLASSES}-class softmax should give ln {NUM_CLASSES} = "
+          f"{math.log(NUM_CLASSES):.4f})")
+
+    history = report.History()
+    steps_per_epoch = math.ceil(len(data.train_x) / args.batch_size)
+    for epoch in range(1, args.epochs + 1):
+        epoch_batches = batches(data.train_x, data.train_y, args.batch_size, args.seed, epoch)
+        with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False,
+                  disable=args.quiet, file=sys.stderr) as progress:
+            try:
+                result = train_epoch_lockstep(learners, epoch_batches, progress)
+            except Diverged as error:
+                print(f"error: training diverged in epoch {epoch}, {error}: "
+                      f"lower --lr (now {args.lr:g})", file=sys.stderr)
+                report.write(out, report.diverged(args, device, history,
+                                                  time.perf_counter() - start))
+                return 1
+        history.add_epoch(result, [learner.accuracy(data.val_x, data.val_y)
+                                   for learner in learners])
+        print(history.epoch_line(epoch))
+
+    summary = report.summarize(args, device, learners, data, history, time.perf_counter() - start)
+    print(report.final_table(summary))
+    report.write(out, summary)
+    if not args.no_plots:
+        plots.save_all(out, learners, data, history)
+    print(f"wrote {out}/report.json" + ("" if args.no_plots else " and plots"))
+    return 0 if summary["match"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

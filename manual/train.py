@@ -1,0 +1,18 @@
+"""The gradients of one training step, by hand. Twin of torch_impl/train.py."""
+
+import torch
+
+from manual import functional as F
+from manual.model import SoftmaxRegression
+
+
+def forward_backward(model: SoftmaxRegression, x: torch.Tensor, y: torch.Tensor,
+                     label_smoothing: float = 0.0) -> torch.Tensor:
+    """Fill weight.grad and bias.grad with dLoss/dparameter; return the loss.
+
+    x: (N, D), y: (N,) -> scalar mean cross-entropy of the batch.
+    """
+    logits = model(x)
+    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    model.backward(F.cross_entropy_grad(logits, y, label_smoothing=label_smoothing))
+    return loss

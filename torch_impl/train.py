@@ -1,0 +1,19 @@
+"""The gradients of one training step, by autograd. Twin of manual/train.py."""
+
+import torch
+
+from torch_impl import functional as F
+from torch_impl.model import SoftmaxRegression
+
+
+def forward_backward(model: SoftmaxRegression, x: torch.Tensor, y: torch.Tensor,
+                     label_smoothing: float = 0.0) -> torch.Tensor:
+    """Fill weight.grad and bias.grad with dLoss/dparameter; return the loss.
+
+    x: (N, D), y: (N,) -> scalar mean cross-entropy of the batch.
+    F.cross_entropy is what nn.CrossEntropyLoss() calls when applied.
+    """
+    logits = model(x)
+    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    loss.backward()
+    return loss.detach()
