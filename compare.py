@@ -31,8 +31,14 @@ class Diverged(Exception):
     """The loss became NaN or infinite."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """Bad usage: one line on stderr (not the whole usage text), exit status 2."""
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="passes over the training set")
     parser.add_argument("--batch-size", type=int, default=100, help="examples per step")
     parser.add_argument("--lr", type=float, default=0.5, help="learning rate")
@@ -40,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dampening", type=float, default=0.0, help="SGD momentum dampening")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty")
     parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                        help="cosine: anneal the lr to 0 over the whole run, step by step")
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="in [0, 1)")
     parser.add_argument("--seed", type=int, default=0, help="seeds parameters, split, batches")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -55,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     problem = usage_problem(args)
     if problem:
-        parser.error(problem)  # one line on stderr, exit status 2
+        parser.error(problem)
     return args
 
 
@@ -77,15 +85,24 @@ def usage_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype) -> list[Learner]:
-    """The manual and the torch learner, each built right after torch.manual_seed(seed)."""
+def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
+                  steps_per_epoch: int | None = None) -> list[Learner]:
+    """The manual and the torch learner, each built right after torch.manual_seed(seed).
+
+    --lr-schedule cosine anneals over epochs * steps_per_epoch steps, so it needs the latter.
+    """
     options = dict(lr=args.lr, momentum=args.momentum, dampening=args.dampening,
                    weight_decay=args.weight_decay, nesterov=args.nesterov)
+    anneal_steps = None
+    if getattr(args, "lr_schedule", "constant") == "cosine":
+        if steps_per_epoch is None:
+            raise ValueError("--lr-schedule cosine: make_learners needs steps_per_epoch")
+        anneal_steps = args.epochs * steps_per_epoch
     learners = []
     for package in (manual, torch_impl):
         torch.manual_seed(args.seed)
         learners.append(Learner(package, NUM_PIXELS, NUM_CLASSES, options,
-                                args.label_smoothing, device, dtype))
+                                args.label_smoothing, device, dtype, anneal_steps))
     return learners
 
 
@@ -110,7 +127,7 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress) -> di
             raise Diverged(f"step {step}: loss {losses.tolist()}")
         grad_stats.append(parameter_stats(learners, of_grad=True))
         for learner in learners:
-            learner.optimizer.step()
+            learner.step()  # the optimizer's, then the learning-rate schedule's
         param_stats.append(parameter_stats(learners, of_grad=False))
         loss_sums += losses
         progress.update()
@@ -134,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     start = time.perf_counter()
-    learners = make_learners(args, device, dtype)
+    steps_per_epoch = math.ceil(len(data.train_x) / args.batch_size)
+    learners = make_learners(args, device, dtype, steps_per_epoch)
     pairs = zip(*(learner.parameters() for learner in learners), strict=True)
     assert all(torch.equal(m, t) for m, t in pairs), "both must start from identical parameters"
     with torch.no_grad():
@@ -145,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{math.log(NUM_CLASSES):.4f})")
 
     history = report.History()
-    steps_per_epoch = math.ceil(len(data.train_x) / args.batch_size)
     for epoch in range(1, args.epochs + 1):
         epoch_batches = batches(data.train_x, data.train_y, args.batch_size, args.seed, epoch)
         with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False,

@@ -40,11 +40,13 @@ def difference_stats(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tens
 
     Stays on the tensors' device (no host sync), so it can run on every
     training step; `close` means |a - b| <= atol + rtol |b| everywhere.
+    Two all-zero tensors have relative difference 0, not 0/0.
     """
     rtol, atol = DEFAULT_TOLERANCES[expected.dtype]
     diff = (actual - expected).abs()
     max_diff = diff.max()
-    return torch.stack([max_diff, max_diff / expected.abs().max(),
+    relative = torch.where(max_diff == 0, 0.0, max_diff / expected.abs().max())
+    return torch.stack([max_diff, relative,
                         (diff == 0).all(), (diff <= atol + rtol * expected.abs()).all()]).double()
 
 

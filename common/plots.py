@@ -2,14 +2,11 @@
 
 from pathlib import Path
 
-import matplotlib
 import matplotlib.pyplot as plt
 import torch
 
 from common.data import NUM_CLASSES, Splits
 from common.report import NAMES, PARAMETER_NAMES, REL, History
-
-matplotlib.use("Agg")  # files only, no window: works on servers and in CI
 
 STYLE = {"manual": dict(color="tab:blue", marker="o", linestyle="-"),
          "torch": dict(color="tab:orange", marker="x", linestyle="--")}
@@ -17,6 +14,7 @@ STYLE = {"manual": dict(color="tab:blue", marker="o", linestyle="-"),
 
 def save_all(out: Path, learners: list, data: Splits, history: History) -> list[Path]:
     """Write the four plots into `out`; returns their paths."""
+    plt.switch_backend("agg")  # files only, no window: works on servers and in CI
     figures = {"curves.png": curves(history), "weights.png": weights(learners),
                "predictions.png": predictions(learners, data),
                "confusion.png": confusion(learners, data)}
@@ -38,7 +36,7 @@ def curves(history: History) -> plt.Figure:
     accuracy_ax.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
     stats = history.all_steps("grad")
     for i, name in enumerate(PARAMETER_NAMES):
-        grad_ax.semilogy(stats[:, i, REL].clamp_min(1e-18), lw=0.6, alpha=0.7,
+        grad_ax.semilogy(stats[:, i, REL].clamp_min(1e-18).numpy(), lw=0.6, alpha=0.7,
                          label=f"{name}.grad")
     grad_ax.set(title="Gradient difference, manual vs torch, per step", xlabel="step",
                 ylabel="max|manual - torch| / max|torch|")
@@ -59,7 +57,8 @@ def weights(learners: list) -> plt.Figure:
     for row, (label, w) in zip(axes, rows.items(), strict=True):
         limit = w.abs().max().item() or 1.0
         for digit, ax in enumerate(row):
-            image = ax.imshow(w[digit].reshape(28, 28), cmap="RdBu_r", vmin=-limit, vmax=limit)
+            image = ax.imshow(w[digit].reshape(28, 28).numpy(), cmap="RdBu_r",
+                              vmin=-limit, vmax=limit)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(str(digit) if label == "manual" else "")
@@ -85,7 +84,7 @@ def predictions(learners: list, data: Splits, count: int = 24) -> plt.Figure:
     figure, axes = plt.subplots(4, count // 4, figsize=(15, 12))
     figure.subplots_adjust(hspace=0.55)
     for ax, index in zip(axes.flat, sorted(right + wrong), strict=True):
-        ax.imshow(data.test_x[index].cpu().float().reshape(28, 28), cmap="gray_r")
+        ax.imshow(data.test_x[index].cpu().float().reshape(28, 28).numpy(), cmap="gray_r")
         ax.set_xticks([])
         ax.set_yticks([])
         text = [f"{name}: {p.argmax()} ({p.max():.0%})"
@@ -108,7 +107,7 @@ def confusion(learners: list, data: Splits) -> plt.Figure:
         predicted = learner.predict(data.test_x).cpu()
         matrix = torch.bincount(labels * NUM_CLASSES + predicted, minlength=NUM_CLASSES ** 2)
         matrix = matrix.reshape(NUM_CLASSES, NUM_CLASSES)
-        ax.imshow(matrix.clamp_min(1).log(), cmap="Blues")
+        ax.imshow(matrix.clamp_min(1).log().numpy(), cmap="Blues")
         for true in range(NUM_CLASSES):
             for guess in range(NUM_CLASSES):
                 count = matrix[true, guess].item()

@@ -2,7 +2,8 @@
 model (forward / backward), optimizer (update) and train.forward_backward.
 
 A package here is `manual` or `torch_impl`: both have model.SoftmaxRegression,
-optim.SGD and train.forward_backward with the same signatures.
+optim.SGD, lr_scheduler.CosineAnnealingLR and train.forward_backward with the
+same signatures.
 """
 
 from collections.abc import Iterable
@@ -16,12 +17,17 @@ class Learner:
 
     def __init__(self, package: ModuleType, in_features: int, num_classes: int,
                  optimizer_options: dict, label_smoothing: float = 0.0,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 anneal_steps: int | None = None):
+        """anneal_steps: cosine-anneal the learning rate to 0 over that many optimizer
+        steps (lr_scheduler.CosineAnnealingLR); None keeps it constant."""
         self.name = package.__name__
         self.package = package
         self.model = package.model.SoftmaxRegression(in_features, num_classes,
                                                      device=device, dtype=dtype)
         self.optimizer = package.optim.SGD(self.model.parameters(), **optimizer_options)
+        self.scheduler = (None if anneal_steps is None else
+                          package.lr_scheduler.CosineAnnealingLR(self.optimizer, anneal_steps))
         self.label_smoothing = label_smoothing
 
     def parameters(self) -> list[torch.Tensor]:
@@ -33,12 +39,18 @@ class Learner:
         self.optimizer.zero_grad()
         return self.package.train.forward_backward(self.model, x, y, self.label_smoothing)
 
+    def step(self) -> None:
+        """Update the parameters with their gradients, then the learning rate if scheduled."""
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+
     def train_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """One pass over the batches: gradients, then an optimizer step. Returns the mean loss."""
+        """One pass over the batches: gradients, then an update. Returns the mean loss."""
         total, steps = 0.0, 0
         for x, y in batches:
             total += self.gradients(x, y)
-            self.optimizer.step()
+            self.step()
             steps += 1
         return float(total) / steps
 

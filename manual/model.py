@@ -38,17 +38,20 @@ class SoftmaxRegression:
 
     __call__ = forward
 
-    def backward(self, grad_logits: torch.Tensor) -> torch.Tensor:
+    def backward(self, grad_logits: torch.Tensor,
+                 needs_input_grad: bool = True) -> torch.Tensor | None:
         """Chain rule through logits = x W^T + b, given g = dLoss/dlogits: (N, C).
 
         Sets (not accumulates) the same .grad attributes autograd fills:
             weight.grad = dLoss/dW = g^T x     (C, D)   logit c of example n uses W_c . x_n
             bias.grad   = dLoss/db = sum_n g_n (C,)     b is added to every example's logits
-        and returns dLoss/dx = g W            (N, D)   for a layer that would come before.
+        and returns dLoss/dx = g W            (N, D)   for a layer that would come before,
+        or None when needs_input_grad is False: autograd, too, skips the gradient
+        of an input that does not require one, such as the images.
         """
         self.weight.grad = grad_logits.T @ self.input
         self.bias.grad = grad_logits.sum(dim=0)
-        return grad_logits @ self.weight
+        return grad_logits @ self.weight if needs_input_grad else None
 
     def parameters(self) -> list[torch.Tensor]:
         """[weight, bias], the order nn.Linear.parameters() uses."""

@@ -14,5 +14,6 @@ def forward_backward(model: SoftmaxRegression, x: torch.Tensor, y: torch.Tensor,
     """
     logits = model(x)
     loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-    model.backward(F.cross_entropy_grad(logits, y, label_smoothing=label_smoothing))
+    grad_logits = F.cross_entropy_grad(logits, y, label_smoothing=label_smoothing)
+    model.backward(grad_logits, needs_input_grad=False)  # x is data: no use for dLoss/dx
     return loss

@@ -1,0 +1,164 @@
+"""What the gradient-check tests share: seeded inputs, tolerances, and the comparison with torch.
+
+Every random tensor comes from a torch.Generator seeded by the test, so a failure
+reproduces exactly, and the global random stream is left to the tests that need it
+(the model's initialization).
+"""
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+import manual.functional as F
+from common.checks import Agreement, agreement, assert_agrees
+from manual.model import SoftmaxRegression
+
+DTYPES = (torch.float32, torch.float64)
+DTYPE_IDS = ["float32", "float64"]  # test ids: test_x[float32] rather than test_x[dtype0]
+
+# Hand-written code against torch in float64: the formulas are the same, so only the
+# order of rounding can differ, a few units in the last place (~1e-16).
+FLOAT64_MAX_REL_DIFF = 1e-12
+# Hand-written gradient against central differences in float64 (CS231n): ~1e-7 or below
+# is right for a smooth function; 1e-4 already signals a bug.
+FINITE_DIFFERENCE_MAX_REL_DIFF = 1e-7
+
+# (N, C): a batch of one, two classes, odd sizes, and an MNIST-sized batch.
+SHAPES = [(1, 10), (4, 2), (7, 3), (64, 10)]
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on a single thread inside the block, then restore the thread count.
+
+    The tensors here are tiny: splitting a 32 x 784 product across threads costs more
+    than it saves, and on a machine whose cores are busy it can be 100 times slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def random_logits(n: int, num_classes: int, dtype: torch.dtype = torch.float64,
+                  scale: float = 3.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (N, C) ~ scale * N(0, 1) and targets (N,) uniform in 0..C-1, from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = scale * torch.randn(n, num_classes, generator=generator, dtype=dtype)
+    targets = torch.randint(num_classes, (n,), generator=generator)
+    return logits, targets
+
+
+def random_batch(n: int, in_features: int, num_classes: int, dtype: torch.dtype = torch.float64,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (N, D) like MNIST pixels (in [0, 1), most of them 0) and labels y (N,), from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, in_features, generator=generator, dtype=dtype)
+    x[torch.rand(n, in_features, generator=generator) < 0.8] = 0  # MNIST is ~80% background
+    y = torch.randint(num_classes, (n,), generator=generator)
+    return x, y
+
+
+def manual_model(weight: torch.Tensor, bias: torch.Tensor) -> SoftmaxRegression:
+    """A manual SoftmaxRegression holding `weight` (C, D) and `bias` (C,) instead of its own."""
+    num_classes, in_features = weight.shape
+    with torch.random.fork_rng():  # its own random init must not shift the global stream
+        model = SoftmaxRegression(in_features, num_classes, dtype=weight.dtype)
+    model.weight, model.bias = weight, bias
+    return model
+
+
+class ManualCrossEntropy(torch.autograd.Function):
+    """manual cross_entropy forward, manual cross_entropy_grad backward; autograd only calls them.
+
+    Wrapped so that torch's own checker, torch.autograd.gradcheck, can test the hand
+    derivation: it compares backward() with finite differences of forward().
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, reduction, label_smoothing):
+        ctx.save_for_backward(logits, targets)
+        ctx.reduction, ctx.label_smoothing = reduction, label_smoothing
+        return F.cross_entropy(logits, targets, reduction, label_smoothing)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        logits, targets = ctx.saved_tensors
+        grad_logits = F.cross_entropy_grad(logits, targets, ctx.reduction, ctx.label_smoothing)
+        return grad_loss * grad_logits, None, None, None  # chain rule; targets etc. get none
+
+
+class ManualLinear(torch.autograd.Function):
+    """logits = x W^T + b by SoftmaxRegression.forward, the gradients by its backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.model = manual_model(weight.detach(), bias.detach())
+        return ctx.model.forward(x.detach())
+
+    @staticmethod
+    def backward(ctx, grad_logits):
+        grad_x = ctx.model.backward(grad_logits)
+        return grad_x, ctx.model.weight.grad, ctx.model.bias.grad
+
+
+def assert_matches_torch(name: str, actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """The hand-written `actual` against torch's `expected`, with the agreement printed.
+
+    float32: within torch.testing.assert_close's default tolerances (the two may
+    round in a different order, an honest "close"). float64: at most 1e-12 relative
+    difference (common.checks.assert_agrees), i.e. nothing but rounding differs.
+    """
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, (
+        f"{name}: {actual.dtype}{list(actual.shape)} vs {expected.dtype}{list(expected.shape)}")
+    if expected.dtype == torch.float64:
+        assert_agrees(name, actual, expected, FLOAT64_MAX_REL_DIFF)
+    else:
+        print(agreement(name, actual, expected))
+        torch.testing.assert_close(actual, expected)
+
+
+def assert_close_to_torch(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Entry by entry: assert_close's defaults in float32, rtol = atol = 1e-12 in float64.
+
+    For the property-based tests, whose results may be all zeros (then a relative
+    difference per tensor, max|a - b| / max|b|, would be 0 / 0).
+    """
+    if expected.dtype == torch.float64:
+        torch.testing.assert_close(actual, expected, rtol=FLOAT64_MAX_REL_DIFF,
+                                   atol=FLOAT64_MAX_REL_DIFF)
+    else:
+        torch.testing.assert_close(actual, expected)
+
+
+class WorstAgreement:
+    """Checks a quantity at every training step but prints only its worst step.
+
+    check() fails through assert_agrees (which prints the verdict and raises) as soon
+    as one step exceeds max_rel_diff; report() prints one line per quantity.
+    """
+
+    def __init__(self, max_rel_diff: float):
+        self.max_rel_diff = max_rel_diff
+        self.worst: dict[str, tuple[int, Agreement]] = {}
+        self.steps: dict[str, int] = {}
+
+    def check(self, name: str, step: int, actual: torch.Tensor, expected: torch.Tensor) -> None:
+        assert actual.shape == expected.shape and actual.dtype == expected.dtype, name
+        result = agreement(name, actual, expected)
+        if not result.max_rel_diff <= self.max_rel_diff:
+            assert_agrees(f"{name} at step {step}", actual, expected, self.max_rel_diff)
+        self.steps[name] = self.steps.get(name, 0) + 1
+        if name not in self.worst or result.max_rel_diff > self.worst[name][1].max_rel_diff:
+            self.worst[name] = (step, result)
+
+    def largest(self) -> float:
+        """The largest relative difference seen, over every quantity and step."""
+        return max(result.max_rel_diff for _, result in self.worst.values())
+
+    def report(self) -> None:
+        for name, (step, result) in self.worst.items():
+            print(f"worst of {self.steps[name]} checks (step {step}) {result}")

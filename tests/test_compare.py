@@ -1,0 +1,132 @@
+"""compare.py end to end on real MNIST: the verdict, the report, the plots, bad input.
+
+Runs call compare.main(argv) in-process (one import of torch for all), and one
+test runs the real command line to prove the entry point and its exit status.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import compare
+import manual
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = ["--subset", "2000", "--epochs", "1", "--quiet"]
+PLOTS = ("curves.png", "weights.png", "predictions.png", "confusion.png")
+
+
+def run(capsys, mnist_root, tmp_path, *flags):
+    """compare.main with the real data; returns (exit status, stdout, stderr, report or None)."""
+    out = tmp_path / "run"
+    status = compare.main(["--data-root", str(mnist_root), "--out", str(out), *flags])
+    captured = capsys.readouterr()
+    report_file = out / "report.json"
+    report = json.loads(report_file.read_text()) if report_file.exists() else None
+    return status, captured.out, captured.err, report
+
+
+def test_quick_run_matches_and_writes_report_and_plots(capsys, mnist_root, tmp_path):
+    """--subset 2000 --epochs 1: MATCH, exit 0, every report key with its type, four PNGs."""
+    status, out, _, report = run(capsys, mnist_root, tmp_path, *QUICK)
+    assert status == 0
+    assert "MATCH" in out and "MISMATCH" not in out
+    assert "ln 10 = 2.3026" in out
+    for name in ("manual", "torch"):
+        assert isinstance(report[name]["test_accuracy"], float)
+        assert 0.8 < report[name]["test_accuracy"] <= 1.0
+        assert len(report[name]["val_accuracy"]) == len(report[name]["train_loss"]) == 1
+    for key in ("max_grad_abs_diff", "max_grad_rel_diff", "max_param_abs_diff",
+                "prediction_agreement", "seconds"):
+        assert isinstance(report[key], float), key
+    assert report["match"] is True and report["diverged"] is False
+    assert report["config"]["subset"] == 2000 and report["config"]["lr"] == 0.5
+    for plot in PLOTS:
+        png = tmp_path / "run" / plot
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_detector_catches_a_gradient_one_percent_off(capsys, mnist_root, tmp_path, monkeypatch):
+    """With the manual loss gradient scaled by 1.01, compare reports MISMATCH and exits 1."""
+    right = manual.functional.cross_entropy_grad
+    monkeypatch.setattr(manual.functional, "cross_entropy_grad",
+                        lambda *args, **kwargs: 1.01 * right(*args, **kwargs))
+    status, out, _, report = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots")
+    assert status == 1
+    assert "MISMATCH" in out and "[FAILED]" in out
+    assert report["match"] is False and report["max_grad_rel_diff"] > 0.009
+
+
+def test_same_seed_gives_identical_numbers(capsys, mnist_root, tmp_path):
+    """Two runs with the same seed agree on every reported number but the wall time."""
+    reports = []
+    for attempt in range(2):
+        *_, report = run(capsys, mnist_root, tmp_path / str(attempt), *QUICK, "--no-plots")
+        del report["seconds"], report["config"]["out"]
+        reports.append(report)
+    assert reports[0] == reports[1]
+
+
+def test_float64_gradients_agree_to_1e_10_on_every_step(capsys, mnist_root, tmp_path):
+    """--dtype float64: every step's weight and bias gradients agree to 1e-10 relative."""
+    status, out, _, report = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
+                                 "--dtype", "float64", "--momentum", "0.9", "--nesterov",
+                                 "--weight-decay", "1e-4", "--label-smoothing", "0.1")
+    assert status == 0, out
+    for level in report["gradient_agreement"].values():
+        assert level["steps"] == 20 and level["max_rel_diff"] <= 1e-10
+    assert report["max_grad_rel_diff"] <= 1e-10 == report["thresholds"]["max_grad_rel_diff"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lr", "0"], "--lr must be positive"),
+    (["--lr", "-0.1"], "--lr must be positive"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--epochs", "-1"], "--epochs must be positive"),
+    (["--nesterov"], "--nesterov needs --momentum > 0"),
+    (["--momentum", "0.9", "--dampening", "0.1", "--nesterov"], "--nesterov needs"),
+    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+    (["--subset", "55001"], "--subset 55001 must be in [1, 55000]"),
+    (["--dtype", "float16"], "invalid choice"),
+])
+def test_bad_flags_exit_2_with_one_line(capsys, mnist_root, tmp_path, flags, message):
+    """Each impossible flag: exit status 2 and one clear line on stderr, no training."""
+    try:  # argparse's own checks exit at once; the data's are found while loading
+        status = compare.main(["--data-root", str(mnist_root), "--out", str(tmp_path),
+                               *QUICK, *flags])
+    except SystemExit as exit_:
+        status = exit_.code
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("error:") and message in err
+
+
+def test_unwritable_out_exits_2_before_training(capsys, mnist_root, tmp_path):
+    """--out under a regular file cannot be created: one line naming it, exit 2."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    status = compare.main(["--data-root", str(mnist_root), "--out", str(blocker / "run"), *QUICK])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot write to --out {blocker}")
+
+
+def test_diverging_run_stops_with_exit_1_and_a_report(capsys, mnist_root, tmp_path):
+    """--lr 1e38 makes the loss NaN/inf: stop at once, exit 1, report.json says diverged."""
+    status, out, err, report = run(capsys, mnist_root, tmp_path, *QUICK, "--lr", "1e38")
+    assert status == 1
+    assert "diverged" in err and "Traceback" not in err and "MATCH" not in out
+    assert report["diverged"] is True and report["match"] is False
+    assert report["manual"]["test_accuracy"] is None
+
+
+def test_command_line_entry_point(mnist_root, tmp_path):
+    """The real command: `python compare.py` exits 2 on bad usage, with no traceback."""
+    result = subprocess.run([sys.executable, "compare.py", "--data-root", str(mnist_root),
+                             "--batch-size", "-5"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert "--batch-size must be positive" in result.stderr and "Traceback" not in result.stderr

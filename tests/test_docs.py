@@ -1,0 +1,178 @@
+"""The documents stay true to the code: docs/side_by_side.html and the README's table.
+
+1. The page is rebuilt in memory from the live source and must equal the committed
+   file byte for byte; it is self-contained and pairs every manual definition.
+2. Every link of the README's "Read it side by side" section points at a file that
+   exists, and every function or class its table names is defined in the file it links.
+"""
+
+import ast
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PAGE = REPO_ROOT / "docs" / "side_by_side.html"
+BUILDER = REPO_ROOT / "docs" / "build_side_by_side.py"
+README = REPO_ROOT / "README.md"
+SECTION = "## Read it side by side"
+
+
+def load_builder():
+    """docs/build_side_by_side.py as a module (docs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("build_side_by_side", BUILDER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def builder():
+    return load_builder()
+
+
+@pytest.fixture(scope="module")
+def page(builder) -> str:
+    return builder.build_page(REPO_ROOT)
+
+
+# 1. The side-by-side page ----------------------------------------------------------------------
+
+def test_side_by_side_page_is_up_to_date(page: str):
+    """The committed page is exactly what the builder makes from the current source."""
+    assert PAGE.is_file(), "docs/side_by_side.html is missing: run `make docs` and commit it"
+    committed = PAGE.read_bytes()
+    if committed != page.encode("utf-8"):
+        old, new = committed.decode("utf-8", "replace").splitlines(), page.splitlines()
+        line = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b),
+                    min(len(old), len(new)))
+        pytest.fail(
+            "docs/side_by_side.html differs from the page built from the current source "
+            f"(first at line {line + 1}: committed {old[line:line + 1]}, "
+            f"built {new[line:line + 1]}): run `make docs` "
+            "(or `python docs/build_side_by_side.py`) and commit the result", pytrace=False)
+
+
+def test_side_by_side_page_builds_the_same_twice(builder, page: str):
+    """No timestamps, no set or dict order leaks: two builds give the same bytes."""
+    assert builder.build_page(REPO_ROOT) == page
+
+
+def test_side_by_side_page_is_self_contained(page: str):
+    """No scripts, no external style sheets, images or fonts; links stay inside the repository."""
+    assert "<script" not in page and "<link" not in page and "src=" not in page
+    assert "@import" not in page and "url(" not in page
+    for target in re.findall(r'href="([^"]*)"', page):
+        assert not re.match(r"[a-z]+:", target), f"external link {target}"
+        if not target.startswith("#"):
+            assert (PAGE.parent / target).resolve().is_file(), f"broken link {target}"
+    anchors = set(re.findall(r'id="([^"]*)"', page))
+    for target in re.findall(r'href="#([^"]*)"', page):
+        assert target in anchors, f"link to a missing anchor #{target}"
+
+
+def definitions(path: Path) -> list[str]:
+    """Qualified names of the functions, classes and methods defined in a file."""
+    names = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names.append(node.name)
+        if isinstance(node, ast.ClassDef):
+            names += [f"{node.name}.{child.name}" for child in node.body
+                      if isinstance(child, ast.FunctionDef) and child.name != "__init__"]
+    return names
+
+
+def test_side_by_side_page_shows_every_manual_definition(builder, page: str):
+    """Each function, class and method of every mirrored manual file has its section."""
+    for stem in builder.stems(REPO_ROOT):
+        for qualname in definitions(REPO_ROOT / "manual" / f"{stem}.py"):
+            assert f'id="{stem}.{qualname}"' in page, f"manual/{stem}.py {qualname} not on the page"
+
+
+def test_side_by_side_pairs_follow_the_mirrored_names(builder):
+    """Same names pair their code; the gradient faces loss.backward(); backward faces the
+    autograd comment; SGD faces torch's SGD."""
+    pairs = {concept.key: concept for stem in builder.stems(REPO_ROOT)
+             for concept in builder.concepts(REPO_ROOT, stem)[2]}
+
+    def torch_lines(key: str) -> str:
+        side = pairs[key].torch
+        return "\n".join(side.module.lines[side.item.start - 1:side.item.end])
+
+    assert "return F.softmax(" in torch_lines("functional.softmax")
+    assert ".backward()" in torch_lines("functional.cross_entropy_grad")
+    assert pairs["model.SoftmaxRegression.backward"].torch.item.kind == "comment"
+    assert torch_lines("model.SoftmaxRegression.backward").lstrip().startswith("# backward:")
+    assert torch_lines("optim.SGD") == "from torch.optim import SGD"
+    assert pairs["optim.SGD.step"].torch.note and pairs["optim.SGD.step"].torch.item is None
+    assert "loss.backward()" in torch_lines("train.forward_backward")
+
+
+# 2. The README's side-by-side section ----------------------------------------------------------
+
+def readme_section() -> str:
+    """The README from its "Read it side by side" heading to the next heading or marker."""
+    text = README.read_text()
+    assert SECTION in text, f"README.md has no '{SECTION}' section"
+    section = text.split(SECTION, 1)[1]
+    return re.split(r"\n(?:## |<!-- )", section, maxsplit=1)[0]
+
+
+def table_rows() -> list[list[str]]:
+    """The cells of each row of the section's table, header and rule left out."""
+    rows = [line.strip().strip("|").split("|") for line in readme_section().splitlines()
+            if line.startswith("|")]
+    assert len(rows) > 2, "the side-by-side table has no rows"
+    assert [cell.strip() for cell in rows[0]] == ["concept", "formula", "by hand", "with torch"]
+    return [[cell.strip() for cell in row] for row in rows[2:]]
+
+
+def defined_names(path: Path) -> set[str]:
+    """Everything a file defines or imports at the top, and the methods of its classes."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names.add(node.name)
+        if isinstance(node, ast.ClassDef):
+            names |= {f"{node.name}.{child.name}" for child in node.body
+                      if isinstance(child, ast.FunctionDef)}
+        if isinstance(node, ast.ImportFrom):
+            names |= {alias.asname or alias.name for alias in node.names}
+    return names
+
+
+def test_readme_section_links_exist():
+    """Every relative link of the section, the notebook and the page included, is a file."""
+    links = re.findall(r"\]\(([^)]+)\)", readme_section())
+    for target in ("Digit_Classification_with_Softmax.ipynb", "docs/side_by_side.html"):
+        assert target in links, f"the section does not link {target}"
+    for target in links:
+        assert not re.match(r"[a-z]+:", target), f"{target}: use a link relative to the repository"
+        assert (REPO_ROOT / target).is_file(), f"README links {target}, which does not exist"
+
+
+def test_readme_table_names_exist_in_the_linked_files():
+    """Each implementation cell links one file and names what it defines there, in `code`."""
+    for row in table_rows():
+        assert len(row) == 4, f"a row needs 4 cells: {row}"
+        for cell, folder in zip(row[2:], ("manual/", "torch_impl/"), strict=True):
+            links = re.findall(r"\]\(([^)]+)\)", cell)
+            assert len(links) == 1 and links[0].startswith(folder), (
+                f"'{cell}' must link one file in {folder}")
+            path = REPO_ROOT / links[0]
+            assert path.is_file(), f"{links[0]} does not exist"
+            names = [name for name in re.findall(r"`([^`]+)`", cell)
+                     if re.fullmatch(r"[A-Za-z_][\w.]*", name)]
+            assert names, f"'{cell}' names no function or class"
+            for name in names:
+                assert name in defined_names(path), f"{links[0]} defines no {name}"
+
+
+def test_readme_table_covers_every_mirrored_file(builder):
+    """Each pair of mirrored files has at least one row of the table."""
+    linked = {re.findall(r"\]\(([^)]+)\)", row[2])[0] for row in table_rows()}
+    for stem in builder.stems(REPO_ROOT):
+        assert f"manual/{stem}.py" in linked, f"the README table has no row for {stem}.py"
