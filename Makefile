@@ -18,3 +18,7 @@ demo: $(VENV)/installed
 test: $(VENV)/installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# make docs: regenerate docs/side_by_side.html from the source (the tests fail while it is stale)
+docs: $(VENV)/installed
+	$(BIN)/python docs/build_side_by_side.py

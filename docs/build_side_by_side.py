@@ -1,0 +1,441 @@
+"""Build docs/side_by_side.html: every manual/ function beside its torch_impl/ twin.
+
+    python docs/build_side_by_side.py          # or: make docs
+    python docs/build_side_by_side.py --check  # exit 1 if the committed page is stale
+
+The page is made from the live source, never by hand, so it cannot drift from the
+code (tests/test_docs.py rebuilds it in memory and compares it byte for byte).
+It only parses files (ast), it imports nothing from the project.
+
+How the pairs are found. Every file name in manual/ has its twin in torch_impl/
+(functional.py, model.py, optim.py, train.py, ...). In each pair of files, every
+function, class and method is paired with the item of the same qualified name
+(`softmax` with `softmax`, `SoftmaxRegression.forward` with
+`SoftmaxRegression.forward`). Where torch_impl/ has no such definition, the torch
+side shows what it has instead, found in this order:
+
+1. an import of that name: torch_impl/optim.py re-exports torch.optim.SGD, so the
+   manual class `SGD` faces the line `from torch.optim import SGD`;
+2. a comment naming it inside the twin class: the manual `SoftmaxRegression.backward`
+   faces the comment `# backward: written by autograd ...` in torch_impl/model.py,
+   and `parameters` faces `# parameters(): inherited from nn.Module ...`;
+3. for a method of a class that torch_impl/ imports from torch (`SGD.step`,
+   `SGD.zero_grad`), a note naming torch's own method, which is not in this repository;
+4. otherwise a note that there is no counterpart.
+
+NOTES, below, adds a sentence by hand where the automatic match says too little:
+the manual helpers target_distribution and check_arguments have no twin because
+F.cross_entropy does that work inside its C++ kernel, and torch's own SGD and
+CosineAnnealingLR methods are described. The pairing "cross_entropy_grad (left)
+against loss.backward() (right)" needs no exception: it holds by name, since
+torch_impl.functional.cross_entropy_grad is the function that calls loss.backward().
+A definition only torch_impl/ has would get its own section, with a note on the left.
+
+The formula above each pair comes from the manual docstring (the torch one where
+manual/ has none): its first paragraph, then its first displayed formula (an
+indented block, as SGD's update rule or the derivation of cross_entropy_grad)
+with the line that introduces it. A class is shown with its docstring and
+__init__; its other methods follow one by one. __init__.py files give only the
+two packages' docstrings, at the top of the columns.
+
+Output is deterministic: files in a fixed order (the ORDER below, then any others
+sorted by name), items in source order, no timestamps; Pygments is pinned in
+requirements.txt because its markup is part of the page.
+"""
+
+import argparse
+import ast
+import html
+import re
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import PythonLexer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = Path("docs") / "side_by_side.html"
+SIDES = ("manual", "torch_impl")
+ORDER = ("functional", "model", "optim", "lr_scheduler", "train")  # others follow, sorted
+STYLE = "friendly"
+CSS_CLASS = "code"
+
+# "file stem.qualified name" of a manual item -> what to say on the torch side.
+NOTES = {
+    "functional.target_distribution":
+        "No twin: F.cross_entropy builds the target distribution q itself, inside its "
+        "C++ kernel, from the label_smoothing it is given.",
+    "functional.check_arguments":
+        "No twin: F.cross_entropy checks reduction and label_smoothing itself; the manual "
+        "code raises the same errors with the same messages.",
+    "optim.SGD.zero_grad":
+        "torch.optim.SGD.zero_grad(), inherited from torch.optim.Optimizer: with its default "
+        "set_to_none=True it sets every p.grad to None, as the manual method does.",
+    "optim.SGD.step":
+        "torch.optim.SGD.step() (torch/optim/sgd.py) applies the same update rule, one "
+        "parameter at a time, or all at once with torch._foreach_* kernels on a GPU.",
+    "lr_scheduler.CosineAnnealingLR.step":
+        "torch.optim.lr_scheduler.CosineAnnealingLR.step(), torch's own method: it reaches "
+        "the same lr_t recursively, from lr_(t-1) times a ratio of two cosines, so the last "
+        "bits may differ from the closed form.",
+    "lr_scheduler.CosineAnnealingLR.get_last_lr":
+        "get_last_lr(), inherited from torch.optim.lr_scheduler.LRScheduler: the lr of each "
+        "parameter group after the last step().",
+}
+
+
+@dataclass
+class Item:
+    """One function, class or method of a file: where it is and what it says."""
+
+    qualname: str
+    kind: str  # "function", "class", "method", "import" or "comment"
+    start: int  # first line shown, 1-based
+    end: int  # last line shown
+    docstring: str | None = None
+    imported_from: str | None = None  # for an import: the module it comes from
+
+
+@dataclass
+class Module:
+    """One source file, parsed."""
+
+    path: str  # relative to the repository root, with forward slashes
+    lines: list[str]
+    docstring: str | None
+    items: dict[str, Item] = field(default_factory=dict)  # qualname -> item, source order
+
+
+def parse_module(root: Path, path: str) -> Module:
+    """Every function, class (docstring and __init__) and method of a file, and its imports."""
+    source = (root / path).read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    module = Module(path, source.splitlines(), ast.get_docstring(tree))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            module.items[node.name] = Item(node.name, "function", first_line(node),
+                                           node.end_lineno, ast.get_docstring(node))
+        elif isinstance(node, ast.ClassDef):
+            add_class(module, node)
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                name = alias.asname or alias.name
+                module.items.setdefault(name, Item(name, "import", node.lineno, node.end_lineno,
+                                                   imported_from=node.module))
+    return module
+
+
+def first_line(node: ast.AST) -> int:
+    """The first line of a definition, its decorators included."""
+    return min([node.lineno] + [decorator.lineno for decorator in node.decorator_list])
+
+
+def add_class(module: Module, node: ast.ClassDef) -> None:
+    """The class (its header, docstring and __init__) as one item, then each other method.
+
+    A method's lines run on over the plain statements after it (as `__call__ = forward`),
+    up to the next method.
+    """
+    body = node.body
+    methods = [i for i, child in enumerate(body)
+               if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)]
+    head_end = body[0].end_lineno if ast.get_docstring(node) else node.lineno
+    if methods and body[methods[0]].name == "__init__":
+        head_end = body[methods[0]].end_lineno
+        methods = methods[1:]
+    module.items[node.name] = Item(node.name, "class", first_line(node), head_end,
+                                   ast.get_docstring(node))
+    for position, index in enumerate(methods):
+        method = body[index]
+        following = body[index + 1:methods[position + 1] if position + 1 < len(methods) else None]
+        end = max([method.end_lineno] + [child.end_lineno for child in following])
+        qualname = f"{node.name}.{method.name}"
+        module.items[qualname] = Item(qualname, "method", first_line(method), end,
+                                      ast.get_docstring(method))
+
+
+COMMENT_ENTRY = re.compile(r"#\s*(\w+)(\(\))?:")  # "# backward:" or "# parameters():"
+
+
+def comment_item(module: Module, qualname: str) -> Item | None:
+    """The comment inside the twin class that names the method: `# name:` and its sequel."""
+    class_name, _, method = qualname.rpartition(".")
+    owner = module.items.get(class_name)
+    if owner is None or owner.kind != "class":
+        return None
+    class_end = owner.start  # the class body runs on to the next unindented line
+    while class_end < len(module.lines) and not module.lines[class_end][:1].strip():
+        class_end += 1
+    for start in range(owner.start, class_end):
+        match = COMMENT_ENTRY.match(module.lines[start].strip())
+        if match and match.group(1) == method:
+            end = start + 1
+            while (end < class_end and module.lines[end].strip().startswith("#")
+                   and not COMMENT_ENTRY.match(module.lines[end].strip())):
+                end += 1
+            return Item(qualname, "comment", start + 1, end)
+    return None
+
+
+@dataclass
+class Side:
+    """What one column shows: a code item, and/or a note."""
+
+    module: Module
+    item: Item | None
+    note: str | None = None
+
+
+@dataclass
+class Concept:
+    """One row of the page: a manual item and its torch twin, under a formula."""
+
+    key: str  # "stem.qualname", the anchor
+    qualname: str
+    formula: str | None
+    manual: Side
+    torch: Side
+
+
+def twin(manual: Module, torch: Module, stem: str, qualname: str) -> Side:
+    """What torch_impl/ shows for the manual item `qualname` (see the module docstring)."""
+    note = NOTES.get(f"{stem}.{qualname}")
+    item = torch.items.get(qualname)
+    if item is not None and item.kind != "import":
+        return Side(torch, item, note)
+    if item is not None:
+        return Side(torch, item, note or f"torch_impl/ uses {item.imported_from}.{qualname} "
+                                         "itself, re-exported under the same name.")
+    item = comment_item(torch, qualname) if "." in qualname else None
+    if item is not None:
+        return Side(torch, item, note)
+    owner = torch.items.get(qualname.rpartition(".")[0])
+    if owner is not None and owner.kind == "import":
+        return Side(torch, None, note or f"{owner.imported_from}.{qualname}: torch's own "
+                                         "method, not in this repository.")
+    return Side(torch, None, note or f"No counterpart in {torch.path}.")
+
+
+def formula(docstring: str | None) -> str | None:
+    """The docstring's first paragraph, then its first displayed (indented) block, if any,
+    with the line that introduces it."""
+    if not docstring:
+        return None
+    lines = docstring.strip().splitlines()
+    summary = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
+    shown = lines[:summary]
+    block = next((i for i, line in enumerate(lines) if line[:1].isspace() and line.strip()), None)
+    if block is not None:
+        end = block
+        while end < len(lines) and lines[end][:1].isspace() and lines[end].strip():
+            end += 1
+        lead = block - 1 if block - 1 >= summary and lines[block - 1].strip() else block
+        shown += [""] * (lead > summary) + lines[lead:end]
+    return "\n".join(shown)
+
+
+def stems(root: Path) -> list[str]:
+    """File stems present in both manual/ and torch_impl/, in ORDER, then the rest sorted."""
+    names = [{path.stem for path in (root / side).glob("*.py")} for side in SIDES]
+    both = (names[0] & names[1]) - {"__init__"}
+    return [stem for stem in ORDER if stem in both] + sorted(both - set(ORDER))
+
+
+def concepts(root: Path, stem: str) -> tuple[Module, Module, list[Concept]]:
+    """Both files of one stem, parsed, and their pairs in source order."""
+    manual, torch = (parse_module(root, f"{side}/{stem}.py") for side in SIDES)
+    pairs = []
+    for qualname, item in manual.items.items():
+        if item.kind == "import":
+            continue
+        side = twin(manual, torch, stem, qualname)
+        docstring = item.docstring or (side.item.docstring if side.item else None)
+        pairs.append(Concept(f"{stem}.{qualname}", qualname, formula(docstring),
+                             Side(manual, item), side))
+    for qualname, item in torch.items.items():  # torch-only definitions, if any appear
+        if item.kind not in ("import", "comment") and qualname not in manual.items:
+            pairs.append(Concept(f"{stem}.{qualname}", qualname, formula(item.docstring),
+                                 Side(manual, None, f"No counterpart in {manual.path}."),
+                                 Side(torch, item)))
+    return manual, torch, pairs
+
+
+# ---- HTML ---------------------------------------------------------------------------------
+
+PAGE_CSS = """
+:root { --ink: #1f2328; --muted: #59636e; --line: #d1d9e0; --paper: #ffffff;
+        --ground: #f6f8fa; --manual: #0969da; --torch: #bc4c00; --formula: #fff8e6; }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--ground); color: var(--ink);
+       font: 15px/1.5 -apple-system, "Segoe UI", "Noto Sans", Helvetica, Arial, sans-serif; }
+main { max-width: 1760px; margin: 0 auto; padding: 0 24px 48px; }
+code, pre, .formula, .where { font-family: ui-monospace, "SFMono-Regular", "DejaVu Sans Mono",
+       Menlo, Consolas, "Liberation Mono", monospace; }
+a { color: var(--manual); text-decoration: none; }
+a:hover { text-decoration: underline; }
+header.page { padding: 28px 0 8px; }
+h1 { font-size: 28px; margin: 0 0 6px; }
+h1 code { font-size: 25px; }
+.lead { color: var(--muted); margin: 0 0 16px; max-width: 1100px; }
+.columns { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 16px; }
+.heads { position: sticky; top: 0; z-index: 2; background: var(--ground);
+         padding: 10px 0; border-bottom: 1px solid var(--line); }
+.head { border-radius: 6px; padding: 8px 14px; background: var(--paper);
+        border: 1px solid var(--line); border-top: 4px solid; }
+.head b { font-size: 16px; }
+.head span { color: var(--muted); font-size: 13.5px; display: block; }
+.manual-side { border-top-color: var(--manual); }
+.torch-side { border-top-color: var(--torch); }
+nav.toc { margin: 18px 0 8px; font-size: 14px; }
+nav.toc div { margin: 2px 0; }
+nav.toc b { display: inline-block; min-width: 150px; }
+nav.toc a { margin-right: 14px; font-family: ui-monospace, "DejaVu Sans Mono", monospace;
+            font-size: 13px; }
+section.file { margin-top: 30px; }
+h2 { font-size: 21px; margin: 0 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+h2 .pair { font-weight: normal; color: var(--muted); font-size: 15px; margin-left: 10px; }
+.moduledoc { color: var(--muted); font-size: 13.5px; white-space: pre-wrap; margin: 0 0 14px;
+             padding: 0 4px; }
+article.concept { background: var(--paper); border: 1px solid var(--line); border-radius: 8px;
+                  padding: 14px 16px 16px; margin: 0 0 18px; }
+h3 { font-size: 17px; margin: 0 0 8px; }
+h3 a.anchor { color: var(--muted); font-weight: normal; margin-left: 6px; }
+.formula { background: var(--formula); border-left: 4px solid #d4a72c; border-radius: 4px;
+           padding: 8px 12px; margin: 0 0 12px; font-size: 13.5px; white-space: pre-wrap; }
+.where { font-size: 12.5px; color: var(--muted); margin: 0 0 4px; display: flex; gap: 8px; }
+.where .tag { font-weight: bold; }
+.manual-col .tag { color: var(--manual); }
+.torch-col .tag { color: var(--torch); }
+.note { border-left: 4px solid var(--line); background: #f6f8fa; color: #3d444d;
+        padding: 8px 12px; border-radius: 4px; font-size: 14px; margin: 0 0 8px; }
+.code { background: #f8f9fb; border: 1px solid #e4e8ec; border-radius: 6px; }
+.manual-col .code { border-top: 3px solid var(--manual); }
+.torch-col .code { border-top: 3px solid var(--torch); }
+.code pre { margin: 0; padding: 10px 12px 10px 6px; font-size: 12.5px; line-height: 1.45;
+            white-space: pre-wrap; overflow-wrap: anywhere; }
+/* one block per source line; a long line wraps with a hanging indent past the line number */
+.code pre > span[id] { display: block; padding-left: 9ch; text-indent: -9ch; }
+.code span.linenos { display: inline-block; width: 5ch; padding: 0 2ch 0 0; text-indent: 0;
+                     text-align: right; color: #8c959f; user-select: none; }
+footer { color: var(--muted); font-size: 13px; margin-top: 36px; text-align: center; }
+"""
+
+
+def code_block(module: Module, item: Item, prefix: str) -> str:
+    """The item's lines, dedented and highlighted, numbered as in the file."""
+    text = textwrap.dedent("\n".join(module.lines[item.start - 1:item.end])) + "\n"
+    formatter = HtmlFormatter(cssclass=CSS_CLASS, linenos="inline", linenostart=item.start,
+                              linespans=f"{prefix}-{item.qualname}", style=STYLE)
+    return highlight(text, PythonLexer(), formatter)
+
+
+def column(side: Side, css: str, tag: str) -> str:
+    """One column: where the code lives, the code, and the note."""
+    parts = [f'<div class="{css}">']
+    path = html.escape(side.module.path)
+    if side.item is not None:
+        lines = (f"line {side.item.start}" if side.item.start == side.item.end
+                 else f"lines {side.item.start}–{side.item.end}")
+        parts.append(f'<div class="where"><span class="tag">{tag}</span>'
+                     f'<a href="../{path}">{path}</a><span>{lines}</span></div>')
+    else:
+        parts.append(f'<div class="where"><span class="tag">{tag}</span>'
+                     f'<a href="../{path}">{path}</a></div>')
+    if side.note:
+        parts.append(f'<div class="note">{html.escape(side.note)}</div>')
+    if side.item is not None:
+        parts.append(code_block(side.module, side.item, side.module.path.replace("/", "-")))
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+def concept_html(concept: Concept) -> str:
+    anchor = html.escape(concept.key)
+    parts = [f'<article class="concept" id="{anchor}">',
+             f'<h3><code>{html.escape(concept.qualname)}</code>'
+             f'<a class="anchor" href="#{anchor}">#</a></h3>']
+    if concept.formula:
+        parts.append(f'<div class="formula">{html.escape(concept.formula)}</div>')
+    parts += ['<div class="columns">', column(concept.manual, "manual-col", "manual"),
+              column(concept.torch, "torch-col", "torch"), "</div>", "</article>"]
+    return "\n".join(parts)
+
+
+def build_page(root: Path = REPO_ROOT) -> str:
+    """The whole page, as a string."""
+    packages = [parse_module(root, f"{side}/__init__.py") for side in SIDES]
+    files = [(stem, *concepts(root, stem)) for stem in stems(root)]
+    styles = HtmlFormatter(style=STYLE).get_style_defs(f".{CSS_CLASS}")
+    toc = "\n".join(
+        f'<div><b><a href="#{stem}">{stem}.py</a></b>'
+        + "".join(f'<a href="#{html.escape(c.key)}">{html.escape(c.qualname)}</a>' for c in pairs)
+        + "</div>" for stem, _, _, pairs in files)
+    heads = "".join(
+        f'<div class="head {css}"><b><code>{side}/</code></b>'
+        f'<span>{html.escape(package.docstring or "")}</span></div>'
+        for side, css, package in zip(SIDES, ("manual-side", "torch-side"), packages, strict=True))
+    body = []
+    for stem, manual, torch, pairs in files:
+        body += [f'<section class="file" id="{stem}">',
+                 f'<h2><code>{stem}.py</code><span class="pair">'
+                 f'<a href="../{manual.path}">{manual.path}</a> ↔ '
+                 f'<a href="../{torch.path}">{torch.path}</a></span></h2>',
+                 '<div class="columns">',
+                 *(f'<div class="moduledoc">{html.escape(module.docstring or "")}</div>'
+                   for module in (manual, torch)),
+                 "</div>", *(concept_html(concept) for concept in pairs), "</section>"]
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>manual/ and torch_impl/, side by side</title>",
+        f"<style>\n/* Pygments, style {STYLE!r} */\n{styles}\n/* the page */{PAGE_CSS}</style>",
+        "</head>",
+        "<body>",
+        "<main>",
+        '<header class="page">',
+        "<h1>What does <code>loss.backward()</code> compute? Read it side by side</h1>",
+        '<p class="lead">The same MNIST softmax classifier, written twice. Left, '
+        "<code>manual/</code>: plain tensor operations with every gradient derived by hand. "
+        "Right, <code>torch_impl/</code>: <code>nn.Linear</code>, <code>F.cross_entropy</code>, "
+        "autograd and <code>torch.optim.SGD</code>. Each pair has the same name in the same "
+        "file, under the formula from its docstring. Generated from the source by "
+        "<code>docs/build_side_by_side.py</code> (<code>make docs</code>).</p>",
+        '<nav class="toc">', toc, "</nav>",
+        "</header>",
+        f'<div class="heads columns">{heads}</div>',
+        *body,
+        "<footer>Generated from the source by <code>docs/build_side_by_side.py</code>; "
+        "run <code>make docs</code> after changing either package.</footer>",
+        "</main>",
+        "</body>",
+        "</html>",
+        "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="do not write; exit 1 if the committed page differs")
+    args = parser.parse_args(argv)
+    page, path = build_page(), REPO_ROOT / OUTPUT
+    if args.check:
+        current = path.read_text(encoding="utf-8") if path.is_file() else None
+        if current != page:
+            print(f"{OUTPUT} is out of date: run `make docs`", file=sys.stderr)
+            return 1
+        print(f"{OUTPUT} is up to date")
+        return 0
+    path.write_bytes(page.encode("utf-8"))  # "\n" line endings on every platform
+    print(f"wrote {OUTPUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
