@@ -1,0 +1,358 @@
+"""Seconds per epoch of four MNIST training pipelines, against the machine's own limits.
+
+    python benchmarks/bench.py --data-root ../shared/data   # about 3 minutes on 2 CPU cores
+    python benchmarks/bench.py --device cuda                 # the same on a GPU
+
+Pipelines, each timed at batch sizes 32, 100, 1000 and the whole training set:
+  baseline    the course-material way: torchvision's MNIST with transforms.ToTensor()
+              through a shuffling DataLoader into nn.Linear + nn.CrossEntropyLoss + SGD
+  torch_impl  the project's torch twin on common/data.py's in-memory batches
+  manual      the hand-written twin on the same batches
+  lockstep    compare.py's lock-step run of both, checking every step (the cost of checking)
+All train on the same 55,000 images with plain SGD, lr 0.5, in float32.
+
+Each (pipeline, batch size) runs in a fresh child process: one warm-up epoch, then
+--epochs timed ones, of which the median is reported, with the child's peak resident
+memory. The machine's ceilings are measured in the same run: a large float32 matmul
+(GFLOP/s) and a large tensor copy (GB/s, bytes read + written). They give every epoch
+the same floor: its floating-point operations at the matmul rate or its compulsory
+memory traffic at the copy rate, whichever takes longer (see epoch_work). Finally the
+README's 92.6 % recipe is trained by each implementation alone, and by compare.py.
+
+Writes table.md and results.json (every epoch's seconds) to --out.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torchvision import transforms
+from torchvision.datasets import MNIST
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+import compare
+from common.data import NUM_CLASSES, NUM_PIXELS, batches, load_splits, resolve_root
+
+PIPELINES = ("baseline", "torch_impl", "manual", "lockstep")
+BATCH_SIZES = ("32", "100", "1000", "full")
+LR = 0.5  # compare.py's default
+TRAIN_SIZE, VAL_SIZE, SEED = 55_000, 5_000, 0  # load_splits' defaults
+# The README's recipe: compare.py flags reaching 92.6 % test accuracy for both in < 10 s.
+RECIPE = "--epochs 20 --lr 1.0 --lr-schedule cosine --weight-decay 1e-5"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--data-root", help="folder holding MNIST/raw/ "
+                        "(default: $MNIST_ROOT, else ./data)")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs, after one warm-up")
+    parser.add_argument("--batch-sizes", nargs="+", default=BATCH_SIZES,
+                        help="numbers, or 'full' for the whole training set")
+    parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=PIPELINES)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="torch.set_num_threads (default: every core)")
+    parser.add_argument("--no-recipe", action="store_true", help="skip the 92.6 %% recipe runs")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # one job, run in a fresh process
+    return parser.parse_args(argv)
+
+
+# -- the machine's ceilings and the epoch's floor ------------------------------------------
+
+def sync(device: str) -> None:
+    """Wait for the GPU's queued work (the CPU's is done when the call returns)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_seconds(work, device: str, repeats: int) -> float:
+    """The fastest of `repeats` timed calls of work(), after one untimed call."""
+    work()
+    seconds = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        work()
+        sync(device)
+        seconds.append(time.perf_counter() - start)
+    return min(seconds)
+
+
+def ceilings(device: str) -> dict:
+    """The best float32 matmul rate (GFLOP/s) and tensor copy rate (GB/s) seen."""
+    n, copy_bytes = (8192, 2**30) if device == "cuda" else (2048, 2**28)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    source = torch.ones(copy_bytes // 4, device=device)
+    target = torch.zeros_like(source)  # both touched once: no page faults in the timing
+    matmul = best_seconds(lambda: a @ b, device, repeats=5)
+    copy = best_seconds(lambda: target.copy_(source), device, repeats=10)
+    return {"matmul_gflops": 2 * n**3 / matmul / 1e9, "matmul_size": n,
+            "copy_gbps": 2 * copy_bytes / copy / 1e9, "copy_bytes": copy_bytes}
+
+
+def epoch_work(n: int = TRAIN_SIZE, d: int = NUM_PIXELS, c: int = NUM_CLASSES) -> dict:
+    """What one epoch cannot avoid, whatever the batch size.
+
+    flops: the two matmuls, logits = x W^T and dLoss/dW = g^T x, 2 n d c each (the
+    softmax's O(n c) adds under 1 %). bytes: each image read once (n d float32) and
+    each label (n int64); the weights are 31 KB and stay in cache.
+    """
+    return {"flops": 4 * n * d * c, "bytes": 4 * n * d + 8 * n}
+
+
+def floor_seconds(work: dict, ceiling: dict) -> float:
+    """The roofline: compute-bound or memory-bound, whichever is slower."""
+    return max(work["flops"] / (ceiling["matmul_gflops"] * 1e9),
+               work["bytes"] / (ceiling["copy_gbps"] * 1e9))
+
+
+# -- the pipelines, one epoch each --------------------------------------------------------
+
+def baseline_epoch(root: Path, batch_size: int, device: str):
+    """The conventional loop: a DataLoader turning PIL images into tensors, one by one."""
+    order = torch.randperm(TRAIN_SIZE + VAL_SIZE, generator=torch.Generator().manual_seed(SEED))
+    dataset = MNIST(root, train=True, transform=transforms.ToTensor())
+    # the 55,000 images load_splits trains on, so that an epoch has the same size everywhere
+    loader = DataLoader(Subset(dataset, order[VAL_SIZE:].tolist()), batch_size=batch_size,
+                        shuffle=True)
+    model = nn.Linear(NUM_PIXELS, NUM_CLASSES).to(device)
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+
+    def epoch(_: int) -> float:
+        running_loss = 0.0
+        for images, labels in loader:
+            images, labels = images.view(-1, NUM_PIXELS).to(device), labels.to(device)
+            optimizer.zero_grad()
+            loss = loss_fn(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+        return running_loss / len(loader)
+    return epoch
+
+
+def project_epoch(pipeline: str, root: Path, batch_size: int, device: str):
+    """torch_impl, manual or both in lock step, on the project's in-memory batches."""
+    data = load_splits(root, device=device)
+    args = compare.parse_args(["--batch-size", str(batch_size), "--lr", str(LR),
+                               "--device", device])
+    learners = compare.make_learners(args, device, torch.float32)
+    if pipeline == "lockstep":
+        return lambda epoch: compare.train_epoch_lockstep(
+            learners, batches(data.train_x, data.train_y, batch_size, SEED, epoch),
+            tqdm(disable=True))
+    learner = learners[0] if pipeline == "manual" else learners[1]
+    return lambda epoch: learner.train_epoch(
+        batches(data.train_x, data.train_y, batch_size, SEED, epoch))
+
+
+def time_pipeline(job: dict) -> dict:
+    """One warm-up epoch, then job["epochs"] timed ones."""
+    root, device = Path(job["root"]), job["device"]
+    batch_size = TRAIN_SIZE if job["batch"] == "full" else int(job["batch"])
+    make = baseline_epoch if job["pipeline"] == "baseline" else (
+        lambda *a: project_epoch(job["pipeline"], *a))
+    rss_before = peak_rss_mib()
+    run_epoch = make(root, batch_size, device)
+    seconds = []
+    for epoch in range(1 + job["epochs"]):
+        sync(device)
+        start = time.perf_counter()
+        run_epoch(epoch)
+        sync(device)
+        seconds.append(time.perf_counter() - start)
+    return {"warmup_seconds": seconds[0], "epoch_seconds": seconds[1:],
+            "median_seconds": statistics.median(seconds[1:]), "rss_at_start_mib": rss_before}
+
+
+def time_recipe(job: dict) -> dict:
+    """The README recipe, trained by one implementation alone or by compare.py."""
+    root, device = Path(job["root"]), job["device"]
+    argv = [*shlex.split(RECIPE), "--device", device, "--data-root", str(root)]
+    if job["pipeline"] == "recipe compare.py":
+        with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
+            start = time.perf_counter()
+            status = compare.main([*argv, "--quiet", "--no-plots", "--out", out])
+            seconds = time.perf_counter() - start
+            report = json.loads((Path(out) / "report.json").read_text())
+        return {"wall_seconds": seconds, "training_seconds": report["seconds"],
+                "match": status == 0, "test_accuracy": [report[name]["test_accuracy"]
+                                                        for name in ("manual", "torch")]}
+    args = compare.parse_args(argv)
+    data = load_splits(root, seed=args.seed, device=device)
+    steps_per_epoch = math.ceil(len(data.train_x) / args.batch_size)
+    learner = compare.make_learners(args, device, torch.float32, steps_per_epoch)[
+        0 if job["pipeline"] == "recipe manual" else 1]
+    sync(device)
+    start = time.perf_counter()
+    for epoch in range(1, args.epochs + 1):
+        learner.train_epoch(batches(data.train_x, data.train_y, args.batch_size, args.seed,
+                                    epoch))
+    sync(device)
+    return {"training_seconds": time.perf_counter() - start,
+            "test_accuracy": learner.accuracy(data.test_x, data.test_y)}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB.
+
+    Linux: VmHWM, the high-water mark of this program alone; getrusage's ru_maxrss
+    would also count the parent's memory, inherited at fork and kept across exec.
+    """
+    with contextlib.suppress(OSError):
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # kB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS
+
+
+def run_child(job: dict) -> None:
+    """The body of a child process: run one job, print its result as JSON."""
+    torch.set_num_threads(job["threads"])
+    result = time_recipe(job) if job["pipeline"].startswith("recipe") else time_pipeline(job)
+    result["peak_rss_mib"] = peak_rss_mib()
+    if job["device"] == "cuda":
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(job | result))
+
+
+def in_child(job: dict) -> dict:
+    """Run one job in a fresh Python process; its own peak memory comes back with it."""
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{job['pipeline']} batch {job.get('batch')} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# -- the report ----------------------------------------------------------------------------
+
+def machine(device: str, threads: int) -> str:
+    """One line: CPU (or GPU), cores, threads used, library versions."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        models = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")]
+        cpu = models[0] if models else cpu
+    line = (f"{cpu}, {os.cpu_count()} cores, torch.set_num_threads({threads}); "
+            f"Python {platform.python_version()}, torch {torch.__version__}, {platform.system()}")
+    if device == "cuda":
+        line = f"{torch.cuda.get_device_name()} (host: {line})"
+    return line
+
+
+def table(results: list[dict], ceiling: dict, floor: float) -> str:
+    """The markdown table of every (pipeline, batch size), then the ceilings."""
+    baseline = {r["batch"]: r["median_seconds"] for r in results if r["pipeline"] == "baseline"}
+    lines = ["| pipeline | batch | s / epoch (median) | samples / s | × floor | "
+             "× faster than baseline | peak RSS (MiB) |", "|---|---|--:|--:|--:|--:|--:|"]
+    for r in results:
+        seconds = r["median_seconds"]
+        speedup = f"{baseline[r['batch']] / seconds:.1f}" if r["batch"] in baseline else "–"
+        lines.append(f"| {r['pipeline']} | {r['batch']} | {seconds:.4f} | "
+                     f"{TRAIN_SIZE / seconds:,.0f} | {seconds / floor:.1f} | {speedup} | "
+                     f"{r['peak_rss_mib']:.0f} |")
+    work = epoch_work()
+    lines += ["", f"Ceilings: float32 matmul {ceiling['matmul_gflops']:.1f} GFLOP/s "
+              f"({ceiling['matmul_size']}² × {ceiling['matmul_size']}²), tensor copy "
+              f"{ceiling['copy_gbps']:.1f} GB/s ({ceiling['copy_bytes'] / 2**20:.0f} MiB, "
+              "read + write). "
+              f"One epoch: {work['flops'] / 1e9:.2f} GFLOP and {work['bytes'] / 1e6:.0f} MB "
+              f"moved at least, so a floor of {floor * 1e3:.1f} ms "
+              f"({work['flops'] / (ceiling['matmul_gflops'] * 1e6):.1f} ms of compute, "
+              f"{work['bytes'] / (ceiling['copy_gbps'] * 1e6):.1f} ms of memory traffic)."]
+    return "\n".join(lines)
+
+
+def targets(results: list[dict], floor: float, recipe: list[dict]) -> str:
+    """The issue's targets, each with the measured ratio."""
+    seconds = {(r["pipeline"], r["batch"]): r["median_seconds"] for r in results}
+    rows = []
+
+    def add(name: str, key_a, key_b, goal: str, passed) -> None:
+        if key_a in seconds and (key_b is None or key_b in seconds):
+            ratio = seconds[key_a] / (floor if key_b is None else seconds[key_b])
+            verdict = "met" if passed(ratio) else "MISSED"
+            rows.append(f"| {name} | {ratio:.2f} | {goal} | {verdict} |")
+
+    add("baseline / manual, batch 100", ("baseline", "100"), ("manual", "100"), "≥ 30",
+        lambda r: r >= 30)
+    add("manual / torch_impl, batch 100", ("manual", "100"), ("torch_impl", "100"), "≤ 0.85",
+        lambda r: r <= 0.85)
+    add("manual full batch / floor", ("manual", "full"), None, "≤ 3", lambda r: r <= 3)
+    add("torch_impl full batch / floor", ("torch_impl", "full"), None, "≤ 3", lambda r: r <= 3)
+    add("lockstep / manual, batch 100", ("lockstep", "100"), ("manual", "100"), "≤ 2.5",
+        lambda r: r <= 2.5)
+    for r in recipe:
+        accuracy = r["test_accuracy"]
+        accuracies = accuracy if isinstance(accuracy, list) else [accuracy]
+        passed = min(accuracies) >= 0.926 and r["training_seconds"] < 10
+        shown = " / ".join(f"{a:.2%}" for a in accuracies)
+        rows.append(f"| {r['pipeline']}: test accuracy, training s | {shown}, "
+                    f"{r['training_seconds']:.1f} s"
+                    + (f" ({r['wall_seconds']:.1f} s wall)" if "wall_seconds" in r else "")
+                    + f" | ≥ 92.6 %, < 10 s | {'met' if passed else 'MISSED'} |")
+    return "\n".join(["| target | measured | goal | |", "|---|--:|--:|---|", *rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        run_child(json.loads(args.child))
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda: no CUDA device is available")
+    torch.set_num_threads(args.threads)
+    root = resolve_root(args.data_root)
+    load_splits(root)  # fails early, and downloads once, if the data is missing
+    start = time.perf_counter()
+    ceiling = ceilings(args.device)
+    floor = floor_seconds(epoch_work(), ceiling)
+    job = {"root": str(root), "device": args.device, "threads": args.threads,
+           "epochs": args.epochs}
+    results = []
+    for pipeline in args.pipelines:
+        for batch in args.batch_sizes:
+            results.append(in_child(job | {"pipeline": pipeline, "batch": batch}))
+            r = results[-1]
+            print(f"{pipeline:>10} batch {batch:>5}: {r['median_seconds']:.4f} s/epoch "
+                  f"({', '.join(f'{s:.3f}' for s in r['epoch_seconds'])})", file=sys.stderr)
+    recipe = [] if args.no_recipe else [in_child(job | {"pipeline": f"recipe {name}"})
+                                        for name in ("manual", "torch_impl", "compare.py")]
+    command = "python " + " ".join(shlex.quote(a) for a in [
+        "benchmarks/bench.py", *(sys.argv[1:] if argv is None else argv)])
+    text = "\n\n".join([f"`{command}` on {machine(args.device, args.threads)}",
+                        table(results, ceiling, floor), targets(results, floor, recipe),
+                        f"Whole run: {time.perf_counter() - start:.0f} s."])
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text(text + "\n")
+    raw = {"command": command, "machine": machine(args.device, args.threads),
+           "ceilings": ceiling, "epoch_work": epoch_work(), "floor_seconds": floor,
+           "results": results, "recipe": {"flags": RECIPE, "runs": recipe}}
+    (args.out / "results.json").write_text(json.dumps(raw, indent=2) + "\n")
+    print(f"wrote {args.out}/table.md and results.json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
