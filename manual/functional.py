@@ -36,12 +36,16 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = 
     """loss_n = -sum_c q_nc log softmax(z_n)_c, then the mean (or sum) over n.
 
     logits: (N, C), targets: (N,) -> scalar, or (N,) for reduction="none".
-    q is the target distribution: one-hot, or smoothed with eps =
-    label_smoothing as q = (1 - eps) onehot(y) + eps / C. With eps = 0 this is
-    just loss_n = -log softmax(z_n)_{y_n}.
+    q is the target distribution: one-hot, or smoothed with eps = label_smoothing as
+    q = (1 - eps) onehot(y) + eps / C, so the sum over c keeps two terms (p_n = softmax(z_n)):
+        loss_n = -(1 - eps) log p_(n, y_n) - eps mean_c log p_nc
+    With eps = 0 this is just -log p_(n, y_n): minus the log-probability of the right class.
     """
     check_arguments(reduction, label_smoothing)
-    losses = -(target_distribution(logits, targets, label_smoothing) * log_softmax(logits)).sum(-1)
+    log_p = log_softmax(logits)
+    losses = -log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # -log p_(n, y_n): (N,)
+    if label_smoothing:
+        losses = (1 - label_smoothing) * losses - label_smoothing * log_p.mean(dim=-1)
     if reduction == "mean":
         return losses.mean()
     return losses.sum() if reduction == "sum" else losses
