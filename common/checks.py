@@ -36,23 +36,36 @@ class Agreement:
 
 
 def difference_stats(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
-    """[max|a-b|, max|a-b| / max|b|, identical, close] as one float64 tensor.
+    """[max|a - b|, max|b|, max(|a - b| - rtol |b|)]: three numbers, from which levels() derives
+    the agreement of `actual` (a) with `expected` (b), of the same shape and dtype.
 
-    Stays on the tensors' device (no host sync), so it can run on every
-    training step; `close` means |a - b| <= atol + rtol |b| everywhere.
-    Two all-zero tensors have relative difference 0, not 0/0.
+    Stays on the tensors' device (no host sync) and costs a handful of tensor operations,
+    so compare.py runs it on every training step and calls levels() once per epoch.
+    rtol is torch.testing.assert_close's default for the dtype.
     """
-    rtol, atol = DEFAULT_TOLERANCES[expected.dtype]
-    diff = (actual - expected).abs()
-    max_diff = diff.max()
-    relative = torch.where(max_diff == 0, 0.0, max_diff / expected.abs().max())
-    return torch.stack([max_diff, relative,
-                        (diff == 0).all(), (diff <= atol + rtol * expected.abs()).all()]).double()
+    rtol, _ = DEFAULT_TOLERANCES[expected.dtype]
+    diff, size = (actual - expected).abs(), expected.abs()
+    return torch.stack([diff.max(), size.max(), diff.sub(size, alpha=rtol).max()])
+
+
+def levels(stats: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """difference_stats (..., 3) -> (..., 4) float64: max abs diff, max rel diff, identical, close.
+
+        relative  = max|a - b| / max|b|        (0 when a and b are both all zero)
+        identical = max|a - b| == 0
+        close     = |a - b| <= atol + rtol |b| everywhere, i.e. max(|a - b| - rtol |b|) <= atol
+    A NaN anywhere makes relative NaN and identical and close false.
+    """
+    _, atol = DEFAULT_TOLERANCES[dtype]
+    max_diff, max_size, margin = stats.double().unbind(-1)
+    relative = torch.where(max_diff == 0, 0.0, max_diff / max_size)
+    return torch.stack([max_diff, relative, max_diff == 0, margin <= atol], dim=-1).double()
 
 
 def agreement(name: str, actual: torch.Tensor, expected: torch.Tensor) -> Agreement:
     """The three levels of agreement of `actual` with `expected` (same shape and dtype)."""
-    max_abs, max_rel, identical, close = difference_stats(actual, expected).tolist()
+    max_abs, max_rel, identical, close = levels(difference_stats(actual, expected),
+                                                expected.dtype).tolist()
     return Agreement(name, max_abs, max_rel, bool(identical), bool(close))
 
 

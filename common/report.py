@@ -1,7 +1,7 @@
 """What compare.py measured: per-epoch history, the verdict, the final table, report.json.
 
 Gradient and parameter stats come as tensors (steps, 2 parameters, 4) with the
-columns of checks.difference_stats: max abs diff, max rel diff, identical, close.
+columns of checks.levels: max abs diff, max rel diff, identical, close.
 """
 
 import argparse

@@ -29,10 +29,11 @@ class Learner:
         self.scheduler = (None if anneal_steps is None else
                           package.lr_scheduler.CosineAnnealingLR(self.optimizer, anneal_steps))
         self.label_smoothing = label_smoothing
+        self.params = list(self.model.parameters())  # updated in place: the same tensors always
 
     def parameters(self) -> list[torch.Tensor]:
         """[weight, bias] in both implementations."""
-        return list(self.model.parameters())
+        return self.params
 
     def gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Zero the old gradients, fill each parameter's .grad for this batch; return the loss."""
