@@ -350,17 +350,24 @@ def test_batch_as_large_as_the_set_yields_it_once(batch_size: int):
     assert torch.equal(epoch[0][0], x) and torch.equal(epoch[0][1], y)
 
 
-def test_batches_are_slices_of_one_shuffled_copy():
-    """Batches are consecutive views into one shuffled copy of the whole set, not into x itself."""
+def test_batches_are_consecutive_slices_of_one_permuted_copy():
+    """Batch i holds rows i*B .. i*B + B - 1 of one permuted copy of the set, x[order], y[order].
+
+    Each batch is gathered when it is yielded (x.index_select), so it is a contiguous
+    tensor of its own: writing into it cannot change the data set.
+    """
     x, y = id_examples()
     epoch = list(batches(x, y, BATCH_SIZE, seed=0, epoch=0))
-    for whole, part in ((x, 0), (y, 1)):
-        copy = epoch[0][part].untyped_storage()
-        assert copy.nbytes() == whole.nelement() * whole.element_size()  # one copy of the set
-        assert copy.data_ptr() != whole.untyped_storage().data_ptr()
-        for index, batch in enumerate(each[part] for each in epoch):
-            assert batch.untyped_storage().data_ptr() == copy.data_ptr()
-            assert batch.storage_offset() == index * BATCH_SIZE * whole[0].nelement()
+    order = torch.cat([batch_y for _, batch_y in epoch])  # y[i] = i: the labels are the row ids
+    assert sorted(order.tolist()) == list(range(NUM_EXAMPLES))
+    permuted_x, permuted_y = x[order], y[order]
+    for index, (batch_x, batch_y) in enumerate(epoch):
+        rows = slice(index * BATCH_SIZE, (index + 1) * BATCH_SIZE)
+        assert torch.equal(batch_x, permuted_x[rows]) and torch.equal(batch_y, permuted_y[rows])
+        assert batch_x.is_contiguous()
+        assert batch_x.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    epoch[0][0].fill_(-1)
+    assert torch.equal(x, id_examples()[0]), "writing into a batch changed the data set"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
