@@ -71,10 +71,11 @@ def test_same_seed_gives_identical_numbers(capsys, mnist_root, tmp_path):
 
 
 def test_float64_gradients_agree_to_1e_10_on_every_step(capsys, mnist_root, tmp_path):
-    """--dtype float64: every step's weight and bias gradients agree to 1e-10 relative."""
+    """--dtype float64, every option on: each step's gradients agree to 1e-10 relative."""
     status, out, _, report = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
                                  "--dtype", "float64", "--momentum", "0.9", "--nesterov",
-                                 "--weight-decay", "1e-4", "--label-smoothing", "0.1")
+                                 "--weight-decay", "1e-4", "--label-smoothing", "0.1",
+                                 "--lr-schedule", "cosine")
     assert status == 0, out
     for level in report["gradient_agreement"].values():
         assert level["steps"] == 20 and level["max_rel_diff"] <= 1e-10
