@@ -11,13 +11,17 @@ Pipelines, each timed at batch sizes 32, 100, 1000 and the whole training set:
   lockstep    compare.py's lock-step run of both, checking every step (the cost of checking)
 All train on the same 55,000 images with plain SGD, lr 0.5, in float32.
 
-Each (pipeline, batch size) runs in a fresh child process: one warm-up epoch, then
---epochs timed ones, of which the median is reported, with the child's peak resident
-memory. The machine's ceilings are measured in the same run: a large float32 matmul
-(GFLOP/s) and a large tensor copy (GB/s, bytes read + written). They give every epoch
-the same floor: its floating-point operations at the matmul rate or its compulsory
-memory traffic at the copy rate, whichever takes longer (see epoch_work). Finally the
-README's 92.6 % recipe is trained by each implementation alone, and by compare.py.
+Each (pipeline, batch size) runs in a process of its own, which reports its peak
+resident memory: a warm-up of 100 steps, then --epochs timed epochs (more for a fast
+pipeline, up to 15, until 2 s have been timed), of which the median is reported. The
+pipelines of one batch size take their epochs in turn (baseline, torch_impl, manual,
+lockstep, baseline, ...), one process running at a time: the speed of a shared machine
+drifts by 10-50 % over minutes, and so it drifts for all of them alike. The machine's
+ceilings are measured in the same run: a large float32 matmul (GFLOP/s) and a large
+tensor copy (GB/s, bytes read + written). They give every epoch the same floor: its
+floating-point operations at the matmul rate or its compulsory memory traffic at the
+copy rate, whichever takes longer (see epoch_work). Finally the README's 92.6 % recipe
+is trained by each implementation alone, and by compare.py.
 
 Writes table.md and results.json (every epoch's seconds) to --out.
 """
@@ -25,14 +29,15 @@ Writes table.md and results.json (every epoch's seconds) to --out.
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import math
+import multiprocessing
 import os
 import platform
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,14 +52,37 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 import compare
-from common.data import NUM_CLASSES, NUM_PIXELS, batches, load_splits, resolve_root
+from common.data import (
+    NUM_CLASSES,
+    NUM_PIXELS,
+    DataError,
+    batches,
+    load_splits,
+    resolve_root,
+)
 
 PIPELINES = ("baseline", "torch_impl", "manual", "lockstep")
 BATCH_SIZES = ("32", "100", "1000", "full")
 LR = 0.5  # compare.py's default
+# Each timed job runs in a process of its own, forked from a server that imported torch once
+# (this CUDA build takes ~6 s to import) and ran nothing, so no thread pool is forked half-used.
+CHILDREN = multiprocessing.get_context("forkserver")
+CHILDREN.set_forkserver_preload(["torch", "torchvision", "compare"])
 TRAIN_SIZE, VAL_SIZE, SEED = 55_000, 5_000, 0  # load_splits' defaults
+MIN_TIMED_SECONDS, MAX_TIMED_EPOCHS = 2.0, 15  # fast pipelines: more epochs, a steadier median
+WARMUP_STEPS = 100  # batches trained before the timed epochs (all of them at batch size "full")
 # The README's recipe: compare.py flags reaching 92.6 % test accuracy for both in < 10 s.
-RECIPE = "--epochs 20 --lr 1.0 --lr-schedule cosine --weight-decay 1e-5"
+RECIPE = "--batch-size 1000 --epochs 20 --lr 1.0 --momentum 0.9 --lr-schedule cosine"
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def batch_size(text: str) -> str:
+    return text if text == "full" else str(positive(text))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,15 +90,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--data-root", help="folder holding MNIST/raw/ "
                         "(default: $MNIST_ROOT, else ./data)")
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs, after one warm-up")
-    parser.add_argument("--batch-sizes", nargs="+", default=BATCH_SIZES,
-                        help="numbers, or 'full' for the whole training set")
+    parser.add_argument("--epochs", type=positive, default=3,
+                        help="timed epochs at least, after the warm-up")
+    parser.add_argument("--batch-sizes", nargs="+", type=batch_size, default=BATCH_SIZES,
+                        help="positive numbers, or 'full' for the whole training set")
     parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=PIPELINES)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+    parser.add_argument("--threads", type=positive, default=os.cpu_count(),
                         help="torch.set_num_threads (default: every core)")
     parser.add_argument("--no-recipe", action="store_true", help="skip the 92.6 %% recipe runs")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--child", help=argparse.SUPPRESS)  # one job, run in a fresh process
     return parser.parse_args(argv)
 
 
@@ -96,15 +124,23 @@ def best_seconds(work, device: str, repeats: int) -> float:
 
 
 def ceilings(device: str) -> dict:
-    """The best float32 matmul rate (GFLOP/s) and tensor copy rate (GB/s) seen."""
+    """The best float32 matmul rate (GFLOP/s) and tensor copy rate (GB/s) seen.
+
+    Also the rate of the full-batch epoch's own product, (55,000 x 784) by (784 x 10):
+    not a ceiling, but what the BLAS library makes of that tall, thin shape.
+    """
     n, copy_bytes = (8192, 2**30) if device == "cuda" else (2048, 2**28)
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     source = torch.ones(copy_bytes // 4, device=device)
     target = torch.zeros_like(source)  # both touched once: no page faults in the timing
-    matmul = best_seconds(lambda: a @ b, device, repeats=5)
+    images = torch.rand(TRAIN_SIZE, NUM_PIXELS, device=device)
+    weight = torch.rand(NUM_CLASSES, NUM_PIXELS, device=device)
+    matmul = best_seconds(lambda: a @ b, device, repeats=10)
     copy = best_seconds(lambda: target.copy_(source), device, repeats=10)
+    thin = best_seconds(lambda: images @ weight.T, device, repeats=10)
     return {"matmul_gflops": 2 * n**3 / matmul / 1e9, "matmul_size": n,
-            "copy_gbps": 2 * copy_bytes / copy / 1e9, "copy_bytes": copy_bytes}
+            "copy_gbps": 2 * copy_bytes / copy / 1e9, "copy_bytes": copy_bytes,
+            "epoch_matmul_gflops": 2 * images.numel() * NUM_CLASSES / thin / 1e9}
 
 
 def epoch_work(n: int = TRAIN_SIZE, d: int = NUM_PIXELS, c: int = NUM_CLASSES) -> dict:
@@ -136,9 +172,9 @@ def baseline_epoch(root: Path, batch_size: int, device: str):
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
 
-    def epoch(_: int) -> float:
+    def epoch(_: int, steps: int | None = None) -> float:
         running_loss = 0.0
-        for images, labels in loader:
+        for images, labels in itertools.islice(loader, steps):
             images, labels = images.view(-1, NUM_PIXELS).to(device), labels.to(device)
             optimizer.zero_grad()
             loss = loss_fn(model(images), labels)
@@ -155,32 +191,89 @@ def project_epoch(pipeline: str, root: Path, batch_size: int, device: str):
     args = compare.parse_args(["--batch-size", str(batch_size), "--lr", str(LR),
                                "--device", device])
     learners = compare.make_learners(args, device, torch.float32)
+
+    def epoch_batches(epoch: int, steps: int | None):
+        return itertools.islice(batches(data.train_x, data.train_y, batch_size, SEED, epoch), steps)
+
     if pipeline == "lockstep":
-        return lambda epoch: compare.train_epoch_lockstep(
-            learners, batches(data.train_x, data.train_y, batch_size, SEED, epoch),
-            tqdm(disable=True))
+        return lambda epoch, steps=None: compare.train_epoch_lockstep(
+            learners, epoch_batches(epoch, steps), tqdm(disable=True))
     learner = learners[0] if pipeline == "manual" else learners[1]
-    return lambda epoch: learner.train_epoch(
-        batches(data.train_x, data.train_y, batch_size, SEED, epoch))
+    return lambda epoch, steps=None: learner.train_epoch(epoch_batches(epoch, steps))
 
 
-def time_pipeline(job: dict) -> dict:
-    """One warm-up epoch, then job["epochs"] timed ones."""
+def pipeline_child(job: dict, connection) -> None:
+    """A process of its own for one pipeline at one batch size (see time_batch_size).
+
+    Builds the pipeline and trains WARMUP_STEPS untimed (first-call costs: thread pool,
+    allocator, kernel choice), says "ready", then times one epoch each time it is sent
+    an epoch number and answers the seconds; sent None, it answers its peak memory.
+    """
+    torch.set_num_threads(job["threads"])
     root, device = Path(job["root"]), job["device"]
     batch_size = TRAIN_SIZE if job["batch"] == "full" else int(job["batch"])
-    make = baseline_epoch if job["pipeline"] == "baseline" else (
-        lambda *a: project_epoch(job["pipeline"], *a))
-    rss_before = peak_rss_mib()
-    run_epoch = make(root, batch_size, device)
-    seconds = []
-    for epoch in range(1 + job["epochs"]):
+    rss_at_start = peak_rss_mib()
+    if job["pipeline"] == "baseline":
+        run_epoch = baseline_epoch(root, batch_size, device)
+    else:
+        run_epoch = project_epoch(job["pipeline"], root, batch_size, device)
+    run_epoch(0, WARMUP_STEPS)
+    connection.send("ready")
+    while (epoch := connection.recv()) is not None:
         sync(device)
         start = time.perf_counter()
         run_epoch(epoch)
         sync(device)
-        seconds.append(time.perf_counter() - start)
-    return {"warmup_seconds": seconds[0], "epoch_seconds": seconds[1:],
-            "median_seconds": statistics.median(seconds[1:]), "rss_at_start_mib": rss_before}
+        connection.send(time.perf_counter() - start)
+    memory = {"rss_at_start_mib": rss_at_start, "peak_rss_mib": peak_rss_mib()}
+    if device == "cuda":
+        memory["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    connection.send(memory)
+
+
+def time_batch_size(job: dict, pipelines: list[str], batch: str) -> list[dict]:
+    """Every pipeline at one batch size, each in a process of its own (its own peak
+    memory), their epochs taken in turn: manual, torch_impl, ..., manual, torch_impl, ...
+    A machine whose speed drifts (a shared one does, by 10-50 % over minutes) then slows
+    every pipeline alike, and the ratios between them hold. Only one process runs at a
+    time. Each pipeline gets job["epochs"] timed epochs, or more up to MIN_TIMED_SECONDS.
+    """
+    children = {}
+    for pipeline in pipelines:
+        connection, child_end = CHILDREN.Pipe()
+        process = CHILDREN.Process(target=pipeline_child,
+                                   args=(job | {"pipeline": pipeline, "batch": batch}, child_end))
+        process.start()
+        children[pipeline] = (process, connection)
+    for pipeline, (_, connection) in children.items():
+        receive(connection, pipeline, batch)  # "ready": every warm-up is over before timing
+
+    def wants_more(seconds: list[float]) -> bool:
+        return len(seconds) < job["epochs"] or (sum(seconds) < MIN_TIMED_SECONDS
+                                                and len(seconds) < MAX_TIMED_EPOCHS)
+
+    seconds = {pipeline: [] for pipeline in pipelines}
+    while any(wants_more(times) for times in seconds.values()):
+        for pipeline, (_, connection) in children.items():
+            if wants_more(seconds[pipeline]):
+                connection.send(1 + len(seconds[pipeline]))
+                seconds[pipeline].append(receive(connection, pipeline, batch))
+    results = []
+    for pipeline, (process, connection) in children.items():
+        connection.send(None)
+        memory = receive(connection, pipeline, batch)
+        process.join()
+        results.append({"pipeline": pipeline, "batch": batch, "epoch_seconds": seconds[pipeline],
+                        "median_seconds": statistics.median(seconds[pipeline])} | memory)
+    return results
+
+
+def receive(connection, pipeline: str, batch: str):
+    """The child's next answer; a child that died (its traceback is above) stops the run."""
+    try:
+        return connection.recv()
+    except EOFError:
+        raise RuntimeError(f"{pipeline} at batch size {batch} failed") from None
 
 
 def time_recipe(job: dict) -> dict:
@@ -225,23 +318,20 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS
 
 
-def run_child(job: dict) -> None:
-    """The body of a child process: run one job, print its result as JSON."""
+def recipe_child(job: dict, connection) -> None:
+    """A process of its own for one recipe run: sends back its result."""
     torch.set_num_threads(job["threads"])
-    result = time_recipe(job) if job["pipeline"].startswith("recipe") else time_pipeline(job)
-    result["peak_rss_mib"] = peak_rss_mib()
-    if job["device"] == "cuda":
-        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    print(json.dumps(job | result))
+    connection.send(job | time_recipe(job) | {"peak_rss_mib": peak_rss_mib()})
 
 
-def in_child(job: dict) -> dict:
-    """Run one job in a fresh Python process; its own peak memory comes back with it."""
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{job['pipeline']} batch {job.get('batch')} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def time_recipe_alone(job: dict) -> dict:
+    """One recipe run, in a process of its own (see CHILDREN)."""
+    connection, child_end = CHILDREN.Pipe()
+    process = CHILDREN.Process(target=recipe_child, args=(job, child_end))
+    process.start()
+    result = receive(connection, job["pipeline"], "of the recipe")
+    process.join()
+    return result
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -279,7 +369,11 @@ def table(results: list[dict], ceiling: dict, floor: float) -> str:
               f"One epoch: {work['flops'] / 1e9:.2f} GFLOP and {work['bytes'] / 1e6:.0f} MB "
               f"moved at least, so a floor of {floor * 1e3:.1f} ms "
               f"({work['flops'] / (ceiling['matmul_gflops'] * 1e6):.1f} ms of compute, "
-              f"{work['bytes'] / (ceiling['copy_gbps'] * 1e6):.1f} ms of memory traffic)."]
+              f"{work['bytes'] / (ceiling['copy_gbps'] * 1e6):.1f} ms of memory traffic). "
+              f"The epoch's own product, {TRAIN_SIZE:,} × {NUM_PIXELS} by {NUM_PIXELS} × "
+              f"{NUM_CLASSES}, runs at {ceiling['epoch_matmul_gflops']:.1f} GFLOP/s: the "
+              "forward and backward products of a full-batch step take "
+              f"{work['flops'] / (ceiling['epoch_matmul_gflops'] * 1e6):.1f} ms at that rate."]
     return "\n".join(lines)
 
 
@@ -302,6 +396,10 @@ def targets(results: list[dict], floor: float, recipe: list[dict]) -> str:
     add("torch_impl full batch / floor", ("torch_impl", "full"), None, "≤ 3", lambda r: r <= 3)
     add("lockstep / manual, batch 100", ("lockstep", "100"), ("manual", "100"), "≤ 2.5",
         lambda r: r <= 2.5)
+    if all((name, "100") in seconds for name in ("lockstep", "manual", "torch_impl")):
+        both = seconds[("manual", "100")] + seconds[("torch_impl", "100")]
+        rows.append(f"| (lockstep / (manual + torch_impl), batch 100: the checks' own cost) | "
+                    f"{seconds[('lockstep', '100')] / both:.2f} | – | |")
     for r in recipe:
         accuracy = r["test_accuracy"]
         accuracies = accuracy if isinstance(accuracy, list) else [accuracy]
@@ -316,27 +414,29 @@ def targets(results: list[dict], floor: float, recipe: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.child:
-        run_child(json.loads(args.child))
-        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda: no CUDA device is available")
+        print("error: --device cuda: no CUDA device is available", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     root = resolve_root(args.data_root)
-    load_splits(root)  # fails early, and downloads once, if the data is missing
+    try:
+        load_splits(root)  # fails early, and downloads once, if the data is missing
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     ceiling = ceilings(args.device)
     floor = floor_seconds(epoch_work(), ceiling)
     job = {"root": str(root), "device": args.device, "threads": args.threads,
            "epochs": args.epochs}
     results = []
-    for pipeline in args.pipelines:
-        for batch in args.batch_sizes:
-            results.append(in_child(job | {"pipeline": pipeline, "batch": batch}))
-            r = results[-1]
-            print(f"{pipeline:>10} batch {batch:>5}: {r['median_seconds']:.4f} s/epoch "
+    for batch in args.batch_sizes:
+        results += time_batch_size(job, args.pipelines, batch)
+        for r in results[-len(args.pipelines):]:
+            print(f"{r['pipeline']:>10} batch {batch:>5}: {r['median_seconds']:.4f} s/epoch "
                   f"({', '.join(f'{s:.3f}' for s in r['epoch_seconds'])})", file=sys.stderr)
-    recipe = [] if args.no_recipe else [in_child(job | {"pipeline": f"recipe {name}"})
+    results.sort(key=lambda r: args.pipelines.index(r["pipeline"]))  # the table: by pipeline
+    recipe = [] if args.no_recipe else [time_recipe_alone(job | {"pipeline": f"recipe {name}"})
                                         for name in ("manual", "torch_impl", "compare.py")]
     command = "python " + " ".join(shlex.quote(a) for a in [
         "benchmarks/bench.py", *(sys.argv[1:] if argv is None else argv)])
