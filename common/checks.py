@@ -35,6 +35,7 @@ class Agreement:
                 f"max rel diff {self.max_rel_diff:.2e}")
 
 
+@torch.no_grad()  # a check is never differentiated: record nothing, keep no tensor alive
 def difference_stats(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
     """[max|a - b|, max|b|, max(|a - b| - rtol |b|)]: three numbers, from which levels() derives
     the agreement of `actual` (a) with `expected` (b), of the same shape and dtype.
