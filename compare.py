@@ -94,7 +94,7 @@ def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
     options = dict(lr=args.lr, momentum=args.momentum, dampening=args.dampening,
                    weight_decay=args.weight_decay, nesterov=args.nesterov)
     anneal_steps = None
-    if getattr(args, "lr_schedule", "constant") == "cosine":
+    if args.lr_schedule == "cosine":
         if steps_per_epoch is None:
             raise ValueError("--lr-schedule cosine: make_learners needs steps_per_epoch")
         anneal_steps = args.epochs * steps_per_epoch

@@ -233,7 +233,7 @@ def pipeline_child(job: dict, connection) -> None:
 
 def time_batch_size(job: dict, pipelines: list[str], batch: str) -> list[dict]:
     """Every pipeline at one batch size, each in a process of its own (its own peak
-    memory), their epochs taken in turn: manual, torch_impl, ..., manual, torch_impl, ...
+    memory), their epochs taken in turn, in the order of `pipelines`, then again.
     A machine whose speed drifts (a shared one does, by 10-50 % over minutes) then slows
     every pipeline alike, and the ratios between them hold. Only one process runs at a
     time. Each pipeline gets job["epochs"] timed epochs, or more up to MIN_TIMED_SECONDS.
