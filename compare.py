@@ -24,6 +24,7 @@ import torch_impl
 from common import plots, report
 from common.checks import difference_stats, levels
 from common.data import NUM_CLASSES, NUM_PIXELS, DataError, batches, load_splits, resolve_root
+from common.flags import ArgumentParser, finite
 from common.training import Learner
 
 
@@ -31,24 +32,18 @@ class Diverged(Exception):
     """The loss became NaN or infinite."""
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """Bad usage: one line on stderr (not the whole usage text), exit status 2."""
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="passes over the training set")
     parser.add_argument("--batch-size", type=int, default=100, help="examples per step")
-    parser.add_argument("--lr", type=float, default=0.5, help="learning rate")
-    parser.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
-    parser.add_argument("--dampening", type=float, default=0.0, help="SGD momentum dampening")
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty")
+    parser.add_argument("--lr", type=finite, default=0.5, help="learning rate")
+    parser.add_argument("--momentum", type=finite, default=0.0, help="SGD momentum")
+    parser.add_argument("--dampening", type=finite, default=0.0, help="SGD momentum dampening")
+    parser.add_argument("--weight-decay", type=finite, default=0.0, help="L2 penalty")
     parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                         help="cosine: anneal the lr to 0 over the whole run, step by step")
-    parser.add_argument("--label-smoothing", type=float, default=0.0, help="in [0, 1)")
+    parser.add_argument("--label-smoothing", type=finite, default=0.0, help="in [0, 1)")
     parser.add_argument("--seed", type=int, default=0, help="seeds parameters, split, batches")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -72,12 +67,18 @@ def usage_problem(args: argparse.Namespace) -> str | None:
     for flag in ("epochs", "batch_size", "lr"):
         if not getattr(args, flag) > 0:
             return f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}"
-    if args.momentum < 0 or args.weight_decay < 0:
-        return "--momentum and --weight-decay must not be negative"
+    if not 0 <= args.momentum < 1:
+        return f"--momentum must be in [0, 1), got {args.momentum}"
+    if not 0 <= args.dampening <= 1:
+        return f"--dampening must be in [0, 1], got {args.dampening}"
+    if args.weight_decay < 0:
+        return f"--weight-decay must not be negative, got {args.weight_decay}"
     if args.nesterov and (args.momentum <= 0 or args.dampening != 0):
         return "--nesterov needs --momentum > 0 and --dampening 0"
     if not 0 <= args.label_smoothing < 1:
         return f"--label-smoothing must be in [0, 1), got {args.label_smoothing}"
+    if not 0 <= args.seed < 2**32:
+        return f"--seed must be in [0, {2**32 - 1}], got {args.seed}"
     if args.subset is not None and args.subset < 1:
         return f"--subset must be positive, got {args.subset}"
     if args.device == "cuda" and not torch.cuda.is_available():

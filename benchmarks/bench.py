@@ -1,7 +1,9 @@
 """Seconds per epoch of four MNIST training pipelines, against the machine's own limits.
 
-    python benchmarks/bench.py --data-root ../shared/data   # about 3 minutes on 2 CPU cores
-    python benchmarks/bench.py --device cuda                 # the same on a GPU
+    python benchmarks/bench.py                  # about 3 minutes on 2 CPU cores
+    python benchmarks/bench.py --device cuda    # the same on a GPU
+
+MNIST is found as everywhere in the project: --data-root, else $MNIST_ROOT, else ./data.
 
 Pipelines, each timed at batch sizes 32, 100, 1000 and the whole training set:
   baseline    the course-material way: torchvision's MNIST with transforms.ToTensor()
@@ -60,6 +62,8 @@ from common.data import (
     load_splits,
     resolve_root,
 )
+from common.flags import ArgumentParser
+from common.report import prepare_folder
 
 PIPELINES = ("baseline", "torch_impl", "manual", "lockstep")
 BATCH_SIZES = ("32", "100", "1000", "full")
@@ -86,10 +90,10 @@ def batch_size(text: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--data-root", help="folder holding MNIST/raw/ "
-                        "(default: $MNIST_ROOT, else ./data)")
+                        "(default: $MNIST_ROOT, else ./data; downloaded when missing)")
     parser.add_argument("--epochs", type=positive, default=3,
                         help="timed epochs at least, after the warm-up")
     parser.add_argument("--batch-sizes", nargs="+", type=batch_size, default=BATCH_SIZES,
@@ -420,8 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     root = resolve_root(args.data_root)
     try:
+        prepare_folder(args.out)
         load_splits(root)  # fails early, and downloads once, if the data is missing
-    except DataError as error:
+    except (DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     start = time.perf_counter()
@@ -444,7 +449,6 @@ def main(argv: list[str] | None = None) -> int:
                         table(results, ceiling, floor), targets(results, floor, recipe),
                         f"Whole run: {time.perf_counter() - start:.0f} s."])
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(text + "\n")
     raw = {"command": command, "machine": machine(args.device, args.threads),
            "ceilings": ceiling, "epoch_work": epoch_work(), "floor_seconds": floor,

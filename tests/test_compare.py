@@ -83,26 +83,52 @@ def test_float64_gradients_agree_to_1e_10_on_every_step(capsys, mnist_root, tmp_
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--lr", "0"], "--lr must be positive"),
-    (["--lr", "-0.1"], "--lr must be positive"),
+    (["--lr", "0"], "--lr must be positive, got 0.0"),
+    (["--lr", "-0.1"], "--lr must be positive, got -0.1"),
+    (["--lr", "inf"], "argument --lr: must be a finite number, got inf"),
+    (["--lr", "nan"], "argument --lr: must be a finite number, got nan"),
+    (["--lr", "fast"], "argument --lr: 'fast' is not a number"),
+    (["--momentum", "nan"], "argument --momentum: must be a finite number, got nan"),
+    (["--momentum", "-0.5"], "--momentum must be in [0, 1), got -0.5"),
+    (["--momentum", "9"], "--momentum must be in [0, 1), got 9.0"),
+    (["--weight-decay", "inf"], "argument --weight-decay: must be a finite number, got inf"),
+    (["--weight-decay=-1e-4"], "--weight-decay must not be negative, got -0.0001"),
+    (["--dampening", "nan"], "argument --dampening: must be a finite number, got nan"),
+    (["--dampening=-inf"], "argument --dampening: must be a finite number, got -inf"),
+    (["--dampening", "1.5"], "--dampening must be in [0, 1], got 1.5"),
+    (["--dampening", "-0.1"], "--dampening must be in [0, 1], got -0.1"),
+    (["--label-smoothing", "nan"], "argument --label-smoothing: must be a finite number"),
+    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1), got 1.0"),
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--epochs", "-1"], "--epochs must be positive"),
+    (["--epochs", "inf"], "argument --epochs: invalid int value: 'inf'"),
+    (["--seed", "-1"], "--seed must be in [0, 4294967295], got -1"),
+    (["--seed", str(2**64)], "--seed must be in [0, 4294967295]"),
+    (["--subset", "0"], "--subset must be positive, got 0"),
     (["--nesterov"], "--nesterov needs --momentum > 0"),
     (["--momentum", "0.9", "--dampening", "0.1", "--nesterov"], "--nesterov needs"),
-    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
-    (["--subset", "55001"], "--subset 55001 must be in [1, 55000]"),
     (["--dtype", "float16"], "invalid choice"),
 ])
-def test_bad_flags_exit_2_with_one_line(capsys, mnist_root, tmp_path, flags, message):
-    """Each impossible flag: exit status 2 and one clear line on stderr, no training."""
-    try:  # argparse's own checks exit at once; the data's are found while loading
-        status = compare.main(["--data-root", str(mnist_root), "--out", str(tmp_path),
-                               *QUICK, *flags])
-    except SystemExit as exit_:
-        status = exit_.code
+def test_bad_flags_exit_2_with_one_line_before_any_work(capsys, tmp_path, flags, message):
+    """Each impossible or non-finite flag: exit status 2 and one line on stderr naming it,
+    before the data is even looked for (the data root given here holds nothing)."""
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(["--data-root", str(tmp_path / "no-data"), "--out", str(tmp_path / "run"),
+                      *QUICK, *flags])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("error:") and message in err
+    assert not (tmp_path / "no-data").exists() and not (tmp_path / "run").exists()
+
+
+def test_subset_larger_than_the_training_set_exits_2(capsys, mnist_root, tmp_path):
+    """--subset beyond the 55,000 training images is found while loading: one line, exit 2."""
+    status = compare.main(["--data-root", str(mnist_root), "--out", str(tmp_path / "run"),
+                           *QUICK, "--subset", "55001"])
     err = capsys.readouterr().err
     assert status == 2
-    assert err.count("\n") == 1 and err.startswith("error:") and message in err
+    assert err == "error: --subset 55001 must be in [1, 55000] (training images left after " \
+                  "holding out 5000 for validation)\n"
 
 
 def test_unwritable_out_exits_2_before_training(capsys, mnist_root, tmp_path):

@@ -2,7 +2,7 @@
 
 1. The loader on tiny IDX files written here, read through torchvision like the real ones.
 2. Broken copies of MNIST: DataError from the function, one "error:" line from the CLI.
-3. The real MNIST against its documented facts (../shared/data/README.md).
+3. The real MNIST against its documented facts (60,000 + 10,000 images, label counts, pixel stats).
 4. The minibatch iterator.
 """
 
@@ -21,7 +21,7 @@ from common.data import DataError, batches, load_mnist, load_splits, resolve_roo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SIZE, TEST_SIZE, VAL_SIZE = 120, 30, 20  # the tiny copy
-# Documented facts of the canonical MNIST (../shared/data/README.md).
+# Documented facts of the canonical MNIST, as published with the data set.
 TRAIN_LABEL_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_LABEL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 PIXEL_MEAN, PIXEL_STD = 0.1307, 0.3081
