@@ -46,7 +46,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def pytest_terminal_summary(terminalreporter) -> None:
     """Skipped for want of data: one line, once, saying what to set."""
-    _, problem = find_real_mnist() if find_real_mnist.cache_info().currsize else (None, None)
+    if not find_real_mnist.cache_info().currsize:
+        return  # no test asked for the data
+    _, problem = find_real_mnist()
     skipped = [report for report in terminalreporter.stats.get("skipped", [])
                if problem and report.longrepr[2].endswith(problem)]
     if skipped:
