@@ -39,9 +39,10 @@ def require_real_mnist() -> Path:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """The notebook reads the real MNIST: it skips or fails like the fixtures below."""
+    """The notebook reads the real MNIST: it skips or fails like the fixtures below, and
+    its kernel (started in the notebook's folder) gets the root found here as MNIST_ROOT."""
     if item.path.suffix == ".ipynb":
-        require_real_mnist()
+        os.environ["MNIST_ROOT"] = str(require_real_mnist())
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -11,6 +11,9 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
+
+import conftest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "Digit_Classification_with_Softmax.ipynb"
@@ -74,3 +77,11 @@ def test_no_data_under_ci_fails_instead_of_skipping(tmp_path: Path):
     assert NOTEBOOK.name in failed and len(failed) >= 5
     assert set(outcomes.values()) - {"set up"} == {outcomes[NOTEBOOK.name]}
     assert "set MNIST_ROOT" in outcomes[NOTEBOOK.name] and "skipped" not in result.stdout
+
+
+def test_notebook_kernel_is_given_the_root_the_tests_found(monkeypatch, mnist_root: Path):
+    """The notebook's kernel starts in the notebook's folder, not pytest's: conftest hands it
+    the root it found as MNIST_ROOT, so `pytest` run from elsewhere finds the same data."""
+    monkeypatch.delenv("MNIST_ROOT", raising=False)  # restored after the test
+    conftest.pytest_runtest_setup(SimpleNamespace(path=NOTEBOOK))
+    assert os.environ["MNIST_ROOT"] == str(mnist_root) and mnist_root.is_absolute()
