@@ -50,8 +50,10 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if not find_real_mnist.cache_info().currsize:
         return  # no test asked for the data
     _, problem = find_real_mnist()
+    if problem is None:
+        return
     skipped = [report for report in terminalreporter.stats.get("skipped", [])
-               if problem and report.longrepr[2].endswith(problem)]
+               if report.longrepr[2].endswith(problem)]
     if skipped:
         terminalreporter.write_line(f"{len(skipped)} real-data tests skipped, {problem}")
 
