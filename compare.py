@@ -6,8 +6,9 @@ sets; at the end, their test accuracies and predictions. Prints a verdict,
 writes report.json and plots, and exits 0 on MATCH, 1 on MISMATCH or a
 diverging run, 2 on bad usage or bad data.
 
-    python compare.py                      # defaults: 5 epochs, batch 100, lr 0.5
+    python compare.py                      # defaults: softmax regression, 5 epochs, lr 0.5
     python compare.py --dtype float64      # gradients must agree to 1e-10
+    python compare.py --model mlp --batchnorm --lr 0.1    # a hidden layer, normalized
 """
 
 import argparse
@@ -22,7 +23,7 @@ from tqdm import tqdm
 import manual
 import torch_impl
 from common import plots, report
-from common.checks import difference_stats, levels
+from common.checks import ShapeMismatch, levels, named_stats
 from common.data import NUM_CLASSES, NUM_PIXELS, DataError, batches, load_splits, resolve_root
 from common.flags import ArgumentParser, finite
 from common.training import Learner
@@ -32,8 +33,18 @@ class Diverged(Exception):
     """The loss became NaN or infinite."""
 
 
+class Mismatch(Exception):
+    """A step could not even be compared: tensors of different shapes, or the manual
+    forward / backward failed where torch's ran."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("softmax", "mlp"), default="softmax",
+                        help="softmax regression, or an MLP with one hidden layer and ReLU")
+    parser.add_argument("--hidden", type=int, help="hidden units of --model mlp (default 128)")
+    parser.add_argument("--batchnorm", action="store_true",
+                        help="--model mlp: BatchNorm1d between the hidden Linear and the ReLU")
     parser.add_argument("--epochs", type=int, default=5, help="passes over the training set")
     parser.add_argument("--batch-size", type=int, default=100, help="examples per step")
     parser.add_argument("--lr", type=finite, default=0.5, help="learning rate")
@@ -59,11 +70,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     problem = usage_problem(args)
     if problem:
         parser.error(problem)
+    if args.model == "mlp" and args.hidden is None:
+        args.hidden = DEFAULT_HIDDEN
     return args
+
+
+DEFAULT_HIDDEN = 128
 
 
 def usage_problem(args: argparse.Namespace) -> str | None:
     """What is impossible about these flags, or None."""
+    if args.model == "softmax" and (args.hidden is not None or args.batchnorm):
+        flag = "--hidden" if args.hidden is not None else "--batchnorm"
+        return f"{flag} applies to --model mlp only (softmax regression has no hidden layer)"
+    if args.hidden is not None and args.hidden < 1:
+        return f"--hidden must be positive, got {args.hidden}"
+    if args.batchnorm and args.batch_size == 1:
+        return "--batchnorm needs --batch-size 2 or more (a batch of 1 has no variance)"
     for flag in ("epochs", "batch_size", "lr"):
         if not getattr(args, flag) > 0:
             return f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}"
@@ -103,39 +126,56 @@ def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
     for package in (manual, torch_impl):
         torch.manual_seed(args.seed)
         learners.append(Learner(package, NUM_PIXELS, NUM_CLASSES, options,
-                                args.label_smoothing, device, dtype, anneal_steps))
+                                args.label_smoothing, device, dtype, anneal_steps,
+                                args.hidden, args.batchnorm))
     return learners
-
-
-def parameter_stats(learners: list[Learner], of_grad: bool) -> torch.Tensor:
-    """(2, 3): difference_stats of manual vs torch for weight and bias (or their .grad)."""
-    pairs = zip(*(learner.parameters() for learner in learners), strict=True)
-    return torch.stack([difference_stats(m.grad, t.grad) if of_grad else difference_stats(m, t)
-                        for m, t in pairs])
 
 
 def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress) -> dict:
     """One epoch of both learners on the same batches, checking every step.
 
     Returns the mean loss of each learner and, per step, the agreement levels
-    (checks.levels) of the gradients and of the parameters after the update, each
-    (steps, 2 parameters, 4). Each step only queues a few reductions on the device;
+    (checks.levels) of the named gradients (parameters', then the hidden outputs'),
+    of the parameters after the update and of the running statistics, each
+    (steps, tensors, 4). Each step only queues a few reductions on the device;
     the levels are worked out once, at the end of the epoch.
     """
-    losses, grad_stats, param_stats = [], [], []
+    manual_learner, torch_learner = learners
+    losses, grad_stats, param_stats, buffer_stats = [], [], [], []
     for step, (x, y) in enumerate(epoch_batches, start=1):
-        losses.append(torch.stack([learner.gradients(x, y) for learner in learners]))
+        try:
+            manual_loss = manual_learner.gradients(x, y)
+        except RuntimeError as error:  # e.g. a .grad of the wrong shape, refused by torch
+            raise Mismatch(f"step {step}: the manual forward / backward failed: {error}") from None
+        losses.append(torch.stack([manual_loss, torch_learner.gradients(x, y)]))
         if not torch.isfinite(losses[-1]).all():
             raise Diverged(f"step {step}: loss {losses[-1].tolist()}")
-        grad_stats.append(parameter_stats(learners, of_grad=True))
+        grad_stats.append(compared(step, "gradient", Learner.named_gradients, learners))
         for learner in learners:
             learner.step()  # the optimizer's, then the learning-rate schedule's
-        param_stats.append(parameter_stats(learners, of_grad=False))
+        param_stats.append(compared(step, "parameter", named_parameters, learners))
+        buffer_stats.append(compared(step, "buffer", Learner.named_buffers, learners))
         progress.update()
     dtype = learners[0].parameters()[0].dtype
     return {"loss": torch.stack(losses).double().mean(dim=0).tolist(),
+            "grad_names": [name for name, _ in manual_learner.named_gradients()],
+            "buffer_names": [name for name, _ in manual_learner.named_buffers()],
             "grad_stats": levels(torch.stack(grad_stats), dtype).cpu(),
-            "param_stats": levels(torch.stack(param_stats), dtype).cpu()}
+            "param_stats": levels(torch.stack(param_stats), dtype).cpu(),
+            "buffer_stats": levels(torch.stack(buffer_stats), dtype).cpu()}
+
+
+def named_parameters(learner: Learner) -> list[tuple[str, torch.Tensor]]:
+    return list(learner.model.named_parameters())
+
+
+def compared(step: int, what: str, named, learners: list[Learner]) -> torch.Tensor:
+    """(tensors, 3): checks.named_stats of named(manual) against named(torch); tensors of
+    different shapes stop the run as a Mismatch (they must never pass by broadcasting)."""
+    try:
+        return named_stats(*(named(learner) for learner in learners))
+    except ShapeMismatch as error:
+        raise Mismatch(f"step {step}: {what} {error}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,17 +192,21 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.batchnorm and len(data.train_x) % args.batch_size == 1:
+        print(f"error: --batchnorm needs 2 or more examples in every batch, but --batch-size "
+              f"{args.batch_size} leaves a last batch of 1 from {len(data.train_x)} training "
+              "images: change --batch-size or --subset", file=sys.stderr)
+        return 2
 
     start = time.perf_counter()
     steps_per_epoch = math.ceil(len(data.train_x) / args.batch_size)
     learners = make_learners(args, device, dtype, steps_per_epoch)
     pairs = zip(*(learner.parameters() for learner in learners), strict=True)
     assert all(torch.equal(m, t) for m, t in pairs), "both must start from identical parameters"
-    with torch.no_grad():
-        initial = [learner.package.functional.cross_entropy(learner.model(data.val_x), data.val_y)
-                   for learner in learners]
+    initial = [learner.package.functional.cross_entropy(learner.logits(data.val_x), data.val_y)
+               for learner in learners]
     print(f"initial validation loss: manual {initial[0]:.4f}, torch {initial[1]:.4f} "
-          f"(an untrained {NUM_CLASSES}-class softmax should give ln {NUM_CLASSES} = "
+          f"(an untrained {NUM_CLASSES}-class classifier should give about ln {NUM_CLASSES} = "
           f"{math.log(NUM_CLASSES):.4f})")
 
     history = report.History()
@@ -175,8 +219,13 @@ def main(argv: list[str] | None = None) -> int:
             except Diverged as error:
                 print(f"error: training diverged in epoch {epoch}, {error}: "
                       f"lower --lr (now {args.lr:g})", file=sys.stderr)
-                report.write(out, report.diverged(args, device, history,
-                                                  time.perf_counter() - start))
+                report.write(out, report.stopped(args, device, history,
+                                                 time.perf_counter() - start))
+                return 1
+            except Mismatch as error:
+                print(f"MISMATCH ({args.dtype}) in epoch {epoch}, {error}")
+                report.write(out, report.stopped(args, device, history,
+                                                 time.perf_counter() - start, str(error)))
                 return 1
         history.add_epoch(result, [learner.accuracy(data.val_x, data.val_y)
                                    for learner in learners])

@@ -35,6 +35,11 @@ class Agreement:
                 f"max rel diff {self.max_rel_diff:.2e}")
 
 
+class ShapeMismatch(ValueError):
+    """Two tensors to compare differ in shape: a (64,) gradient held against a (1, 64) one
+    would broadcast to (1, 64) and could pass, so it is refused instead."""
+
+
 @torch.no_grad()  # a check is never differentiated: record nothing, keep no tensor alive
 def difference_stats(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
     """[max|a - b|, max|b|, max(|a - b| - rtol |b|)]: three numbers, from which levels() derives
@@ -42,11 +47,37 @@ def difference_stats(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tens
 
     Stays on the tensors' device (no host sync) and costs a handful of tensor operations,
     so compare.py runs it on every training step and calls levels() once per epoch.
-    rtol is torch.testing.assert_close's default for the dtype.
+    rtol is torch.testing.assert_close's default for the dtype. Raises ShapeMismatch
+    when the shapes differ (a missing tensor, None, is reported the same way).
     """
+    if actual is None or expected is None or actual.shape != expected.shape:
+        raise ShapeMismatch(f"shape {shape_of(actual)} against {shape_of(expected)}")
     rtol, _ = DEFAULT_TOLERANCES[expected.dtype]
     diff, size = (actual - expected).abs(), expected.abs()
     return torch.stack([diff.max(), size.max(), diff.sub(size, alpha=rtol).max()])
+
+
+def shape_of(tensor: torch.Tensor | None) -> str:
+    """"(64,)", "(1, 64)", or "None" when there is no tensor (a .grad never set)."""
+    return "None" if tensor is None else str(tuple(tensor.shape))
+
+
+def named_stats(actual: list[tuple[str, torch.Tensor]],
+                expected: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
+    """difference_stats of each named pair, stacked: (T, 3) for T tensors, in order.
+
+    The names come from `actual`; a ShapeMismatch names the tensor.
+    """
+    if len(actual) != len(expected):
+        raise ShapeMismatch(f"{len(actual)} tensors ({', '.join(n for n, _ in actual)}) "
+                            f"against {len(expected)}")
+    stats = []
+    for (name, a), (_, b) in zip(actual, expected, strict=True):
+        try:
+            stats.append(difference_stats(a, b))
+        except ShapeMismatch as error:
+            raise ShapeMismatch(f"{name}: {error}") from None
+    return torch.stack(stats) if stats else torch.empty(0, 3)
 
 
 def levels(stats: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from common.data import NUM_CLASSES, Splits
-from common.report import NAMES, PARAMETER_NAMES, REL, History
+from common.report import NAMES, REL, History
 
 STYLE = {"manual": dict(color="tab:blue", marker="o", linestyle="-"),
          "torch": dict(color="tab:orange", marker="x", linestyle="--")}
@@ -35,9 +35,9 @@ def curves(history: History) -> plt.Figure:
     loss_ax.set(title="Training loss (mean over the epoch)", xlabel="epoch", ylabel="cross-entropy")
     accuracy_ax.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
     stats = history.all_steps("grad")
-    for i, name in enumerate(PARAMETER_NAMES):
+    for i, name in enumerate(history.grad_names):
         grad_ax.semilogy(stats[:, i, REL].clamp_min(1e-18).numpy(), lw=0.6, alpha=0.7,
-                         label=f"{name}.grad")
+                         label=name if name.startswith("hidden.") else f"{name}.grad")
     grad_ax.set(title="Gradient difference, manual vs torch, per step", xlabel="step",
                 ylabel="max|manual - torch| / max|torch|")
     grad_ax.annotate("0 (bit-identical) is drawn at 1e-18", (0.02, 0.02),
@@ -75,7 +75,7 @@ def predictions(learners: list, data: Splits, count: int = 24) -> plt.Figure:
     Shows the first test images, with the first misclassified ones mixed in.
     """
     with torch.no_grad():
-        probabilities = [learner.package.functional.softmax(learner.model(data.test_x)).cpu()
+        probabilities = [learner.package.functional.softmax(learner.logits(data.test_x)).cpu()
                          for learner in learners]
     labels = data.test_y.cpu()
     predicted = probabilities[0].argmax(dim=-1)

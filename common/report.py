@@ -1,7 +1,9 @@
 """What compare.py measured: per-epoch history, the verdict, the final table, report.json.
 
-Gradient and parameter stats come as tensors (steps, 2 parameters, 4) with the
-columns of checks.levels: max abs diff, max rel diff, identical, close.
+Gradient, parameter and buffer stats come as tensors (steps, tensors, 4) with the
+columns of checks.levels: max abs diff, max rel diff, identical, close. The gradients
+are named: each parameter's ("weight", "layers.0.weight", ...), then each hidden
+output's ("hidden.relu", ...); the buffers are BatchNorm1d's running statistics.
 """
 
 import argparse
@@ -13,7 +15,6 @@ import torch
 from common.data import Splits
 
 NAMES = ("manual", "torch")  # the report's names for the manual and torch_impl learners
-PARAMETER_NAMES = ("weight", "bias")
 ABS, REL, IDENTICAL, CLOSE = range(4)
 MAX_GRAD_REL_DIFF = {"float32": 1e-4, "float64": 1e-10}
 MAX_ACCURACY_GAP = 0.001  # 0.1 percentage point
@@ -26,19 +27,21 @@ class History:
     def __init__(self):
         self.train_loss = {name: [] for name in NAMES}
         self.val_accuracy = {name: [] for name in NAMES}
-        self.grad_stats, self.param_stats = [], []
+        self.stats = {"grad": [], "param": [], "buffer": []}
+        self.grad_names, self.buffer_names = [], []
 
     def add_epoch(self, result: dict, val_accuracies: list[float]) -> None:
         for name, loss, accuracy in zip(NAMES, result["loss"], val_accuracies, strict=True):
             self.train_loss[name].append(loss)
             self.val_accuracy[name].append(accuracy)
-        self.grad_stats.append(result["grad_stats"])
-        self.param_stats.append(result["param_stats"])
+        for which, stats in self.stats.items():
+            stats.append(result[f"{which}_stats"])
+        self.grad_names, self.buffer_names = result["grad_names"], result["buffer_names"]
 
     def all_steps(self, which: str) -> torch.Tensor:
-        """(steps, 2, 4) stats of every step so far; which is "grad" or "param"."""
-        stats = self.grad_stats if which == "grad" else self.param_stats
-        return torch.cat(stats) if stats else torch.full((1, 2, 4), float("nan"))
+        """(steps, tensors, 4) stats of every step so far; which: "grad", "param" or "buffer"."""
+        stats = self.stats[which]
+        return torch.cat(stats) if stats else torch.full((1, 1, 4), float("nan"))
 
     def epoch_line(self, epoch: int) -> str:
         loss, accuracy = self.train_loss, self.val_accuracy
@@ -53,6 +56,7 @@ def summarize(args: argparse.Namespace, device: str, learners: list, data: Split
     """Everything report.json holds, the verdict included."""
     predictions = [learner.predict(data.test_x) for learner in learners]
     grads, params = history.all_steps("grad"), history.all_steps("param")
+    buffers = history.all_steps("buffer")
     summary = {"config": config(args, device), "diverged": False, "seconds": round(seconds, 3)}
     for name, prediction in zip(NAMES, predictions, strict=True):
         summary[name] = {"test_accuracy": (prediction == data.test_y).double().mean().item(),
@@ -66,7 +70,10 @@ def summarize(args: argparse.Namespace, device: str, learners: list, data: Split
         "first_step_grad_rel_diff": grads[0, :, REL].max().item(),
         "prediction_agreement": (predictions[0] == predictions[1]).double().mean().item(),
         "test_images": len(data.test_y),
-        "gradient_agreement": {name: levels(grads[:, i]) for i, name in enumerate(PARAMETER_NAMES)},
+        "gradient_agreement": {name: levels(grads[:, i])
+                               for i, name in enumerate(history.grad_names)},
+        "buffer_agreement": {name: levels(buffers[:, i])
+                             for i, name in enumerate(history.buffer_names)},
     }
     summary["thresholds"] = {"max_grad_rel_diff": MAX_GRAD_REL_DIFF[args.dtype],
                              "max_accuracy_gap": MAX_ACCURACY_GAP,
@@ -76,7 +83,7 @@ def summarize(args: argparse.Namespace, device: str, learners: list, data: Split
 
 
 def levels(stats: torch.Tensor) -> dict:
-    """The three levels of agreement of one parameter's gradient over all steps (steps, 4)."""
+    """The three levels of agreement of one named tensor over all steps (steps, 4)."""
     return {"steps": len(stats), "identical_steps": int(stats[:, IDENTICAL].sum()),
             "close_steps": int(stats[:, CLOSE].sum()), "max_abs_diff": stats[:, ABS].max().item(),
             "max_rel_diff": stats[:, REL].max().item()}
@@ -86,9 +93,13 @@ def verdict_checks(summary: dict) -> dict[str, bool]:
     """Each condition of MATCH, by name. NaN never passes."""
     limits = summary["thresholds"]
     gap = abs(summary["manual"]["test_accuracy"] - summary["torch"]["test_accuracy"])
-    return {"gradients": summary["max_grad_rel_diff"] <= limits["max_grad_rel_diff"],
-            "accuracies": gap <= limits["max_accuracy_gap"] + 1e-12,
-            "predictions": summary["prediction_agreement"] >= limits["min_prediction_agreement"]}
+    checks = {"gradients": summary["max_grad_rel_diff"] <= limits["max_grad_rel_diff"]}
+    if summary["buffer_agreement"]:  # BatchNorm1d's running statistics, held to the same limit
+        checks["running stats"] = all(level["max_rel_diff"] <= limits["max_grad_rel_diff"]
+                                      for level in summary["buffer_agreement"].values())
+    return checks | {
+        "accuracies": gap <= limits["max_accuracy_gap"] + 1e-12,
+        "predictions": summary["prediction_agreement"] >= limits["min_prediction_agreement"]}
 
 
 def final_table(summary: dict) -> str:
@@ -97,20 +108,19 @@ def final_table(summary: dict) -> str:
     lines = [f"{'':16}{'manual':>10}{'torch':>10}", f"{'test accuracy':16}{''.join(accuracies)}",
              f"predictions agree on {summary['prediction_agreement']:.2%} of "
              f"{summary['test_images']} test images", "",
-             f"{'gradient':10}{'bit-identical':>16}{'close':>16}{'max abs diff':>14}"
-             f"{'max rel diff':>14}"]
-    for name, level in summary["gradient_agreement"].items():
-        lines.append(f"{name:10}{level['identical_steps']:>9}/{level['steps']:<6}"
-                     f"{level['close_steps']:>9}/{level['steps']:<6}"
-                     f"{level['max_abs_diff']:>14.2e}{level['max_rel_diff']:>14.2e}")
+             *agreement_rows("gradient", summary["gradient_agreement"])]
     lines.append(f"parameters after each update: max abs diff {summary['max_param_abs_diff']:.2e}, "
                  f"max rel diff {summary['max_param_rel_diff']:.2e}")
+    if summary["buffer_agreement"]:
+        lines += ["", *agreement_rows("after each step", summary["buffer_agreement"])]
     lines.append("(close: within torch.testing.assert_close's default tolerances)")
     limits, checks = summary["thresholds"], verdict_checks(summary)
     marks = {key: "ok" if passed else "FAILED" for key, passed in checks.items()}
+    running = ("" if "running stats" not in checks else
+               f"running stats within it too [{marks['running stats']}]; ")
     lines += ["", f"{'MATCH' if summary['match'] else 'MISMATCH'} ({summary['config']['dtype']}): "
               f"gradients max rel diff {summary['max_grad_rel_diff']:.1e} <= "
-              f"{limits['max_grad_rel_diff']:.0e} [{marks['gradients']}]; "
+              f"{limits['max_grad_rel_diff']:.0e} [{marks['gradients']}]; {running}"
               f"test accuracies within {limits['max_accuracy_gap']:.1%} [{marks['accuracies']}]; "
               f"predictions agree >= {limits['min_prediction_agreement']:.1%} "
               f"[{marks['predictions']}]"]
@@ -129,10 +139,24 @@ def final_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def diverged(args: argparse.Namespace, device: str, history: History, seconds: float) -> dict:
-    """The report of a run stopped by a NaN or infinite loss."""
-    summary = {"config": config(args, device), "diverged": True, "match": False,
-               "seconds": round(seconds, 3), "prediction_agreement": None,
+def agreement_rows(title: str, agreement: dict) -> list[str]:
+    """The table of agreement levels, one row per named tensor."""
+    width = max(len(title), *map(len, agreement)) + 2
+    rows = [f"{title:{width}}{'bit-identical':>16}{'close':>16}{'max abs diff':>14}"
+            f"{'max rel diff':>14}"]
+    for name, level in agreement.items():
+        rows.append(f"{name:{width}}{level['identical_steps']:>9}/{level['steps']:<6}"
+                    f"{level['close_steps']:>9}/{level['steps']:<6}"
+                    f"{level['max_abs_diff']:>14.2e}{level['max_rel_diff']:>14.2e}")
+    return rows
+
+
+def stopped(args: argparse.Namespace, device: str, history: History, seconds: float,
+            mismatch: str | None = None) -> dict:
+    """The report of a run stopped early: by a NaN or infinite loss (diverged), or by a
+    `mismatch` that could not even be measured (shapes differ, the manual code failed)."""
+    summary = {"config": config(args, device), "diverged": mismatch is None, "match": False,
+               "stopped_by": mismatch, "seconds": round(seconds, 3), "prediction_agreement": None,
                "max_grad_abs_diff": None, "max_grad_rel_diff": None, "max_param_abs_diff": None}
     for name in NAMES:
         summary[name] = {"test_accuracy": None, "val_accuracy": history.val_accuracy[name],

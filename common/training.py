@@ -2,8 +2,8 @@
 model (forward / backward), optimizer (update) and train.forward_backward.
 
 A package here is `manual` or `torch_impl`: both have model.SoftmaxRegression,
-optim.SGD, lr_scheduler.CosineAnnealingLR and train.forward_backward with the
-same signatures.
+model.MLP, optim.SGD, lr_scheduler.CosineAnnealingLR and train.forward_backward
+with the same signatures.
 """
 
 from collections.abc import Iterable
@@ -18,13 +18,18 @@ class Learner:
     def __init__(self, package: ModuleType, in_features: int, num_classes: int,
                  optimizer_options: dict, label_smoothing: float = 0.0,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 anneal_steps: int | None = None):
+                 anneal_steps: int | None = None, hidden: int | None = None,
+                 batchnorm: bool = False):
         """anneal_steps: cosine-anneal the learning rate to 0 over that many optimizer
-        steps (lr_scheduler.CosineAnnealingLR); None keeps it constant."""
+        steps (lr_scheduler.CosineAnnealingLR); None keeps it constant.
+        hidden: None for softmax regression, else the MLP's hidden units (with BatchNorm1d
+        if batchnorm)."""
         self.name = package.__name__
         self.package = package
-        self.model = package.model.SoftmaxRegression(in_features, num_classes,
-                                                     device=device, dtype=dtype)
+        kinds = dict(device=device, dtype=dtype)
+        self.model = (package.model.SoftmaxRegression(in_features, num_classes, **kinds)
+                      if hidden is None else
+                      package.model.MLP(in_features, hidden, num_classes, batchnorm, **kinds))
         self.optimizer = package.optim.SGD(self.model.parameters(), **optimizer_options)
         self.scheduler = (None if anneal_steps is None else
                           package.lr_scheduler.CosineAnnealingLR(self.optimizer, anneal_steps))
@@ -32,8 +37,24 @@ class Learner:
         self.params = list(self.model.parameters())  # updated in place: the same tensors always
 
     def parameters(self) -> list[torch.Tensor]:
-        """[weight, bias] in both implementations."""
+        """The model's parameters, in nn's order (softmax regression: [weight, bias])."""
         return self.params
+
+    def named_gradients(self) -> list[tuple[str, torch.Tensor]]:
+        """What the lock step compares after backward, by name: every parameter's gradient
+        ("weight", "layers.0.weight", ...), then dLoss/dh of every hidden output h, in
+        forward order ("hidden.linear", "hidden.batchnorm1d", "hidden.relu")."""
+        named = [(name, param.grad) for name, param in self.model.named_parameters()]
+        hidden_outputs = getattr(self.model, "hidden_outputs", [])  # the last layer's is the logits
+        for layer, output in zip(getattr(self.model, "layers", [])[:-1], hidden_outputs,
+                                 strict=True):
+            named.append((f"hidden.{type(layer).__name__.lower()}", output.grad))
+        return named
+
+    def named_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        """The floating-point buffers (BatchNorm1d's running_mean, running_var), by name."""
+        buffers = getattr(self.model, "named_buffers", list)()
+        return [(name, buffer) for name, buffer in buffers if buffer.is_floating_point()]
 
     def gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Zero the old gradients, fill each parameter's .grad for this batch; return the loss."""
@@ -56,9 +77,18 @@ class Learner:
         return float(total) / steps
 
     @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, D) -> logits (N, C) in eval mode (BatchNorm: the running statistics),
+        recording nothing for backward; the model returns to training mode after."""
+        self.model.eval()
+        try:
+            return self.model(x)
+        finally:
+            self.model.train()
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, D) -> predicted classes (N,), the largest logit of each row."""
-        return self.model(x).argmax(dim=-1)
+        return self.logits(x).argmax(dim=-1)
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Share of the N examples classified correctly, in [0, 1]."""

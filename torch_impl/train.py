@@ -3,12 +3,12 @@
 import torch
 
 from torch_impl import functional as F
-from torch_impl.model import SoftmaxRegression
+from torch_impl.model import MLP, SoftmaxRegression
 
 
-def forward_backward(model: SoftmaxRegression, x: torch.Tensor, y: torch.Tensor,
+def forward_backward(model: SoftmaxRegression | MLP, x: torch.Tensor, y: torch.Tensor,
                      label_smoothing: float = 0.0) -> torch.Tensor:
-    """Fill weight.grad and bias.grad with dLoss/dparameter; return the loss.
+    """Fill every parameter's .grad with dLoss/dparameter; return the loss.
 
     x: (N, D), y: (N,) -> scalar mean cross-entropy of the batch.
     F.cross_entropy is what nn.CrossEntropyLoss() calls when applied.
