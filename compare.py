@@ -2,7 +2,10 @@
 
 Both start from the same parameters and see the same batches. On every step
 the two gradients are compared, then (after the update) the two parameter
-sets; at the end, their test accuracies and predictions. Prints a verdict,
+sets; then the manual learner takes over torch's state, so that every step is
+checked from the same starting point (--independent: never, and see float32
+trajectories drift apart). At the end, their test accuracies and predictions
+are compared. Prints a verdict,
 writes report.json and plots, and exits 0 on MATCH, 1 on MISMATCH or a
 diverging run, 2 on bad usage or bad data.
 
@@ -55,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                         help="cosine: anneal the lr to 0 over the whole run, step by step")
     parser.add_argument("--label-smoothing", type=finite, default=0.0, help="in [0, 1)")
+    parser.add_argument("--independent", action="store_true",
+                        help="never copy torch's state into the manual learner: each follows "
+                             "its own trajectory (an MLP's drift apart in float32)")
     parser.add_argument("--seed", type=int, default=0, help="seeds parameters, split, batches")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -131,8 +137,15 @@ def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
     return learners
 
 
-def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress) -> dict:
+def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
+                         independent: bool = False) -> dict:
     """One epoch of both learners on the same batches, checking every step.
+
+    After the checks, the manual learner takes over torch's parameters, running
+    statistics and momentum: rounding makes the two differ in the last bits, and in
+    float32 a ReLU whose input lies within rounding of 0 can then let a gradient
+    through on one side only, after which two MLPs drift apart for good. So every
+    step is checked from the same state; independent=True skips the copy.
 
     Returns the mean loss of each learner and, per step, the agreement levels
     (checks.levels) of the named gradients (parameters', then the hidden outputs'),
@@ -155,6 +168,8 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress) -> di
             learner.step()  # the optimizer's, then the learning-rate schedule's
         param_stats.append(compared(step, "parameter", named_parameters, learners))
         buffer_stats.append(compared(step, "buffer", Learner.named_buffers, learners))
+        if not independent:
+            manual_learner.copy_state_from(torch_learner)
         progress.update()
     dtype = learners[0].parameters()[0].dtype
     return {"loss": torch.stack(losses).double().mean(dim=0).tolist(),
@@ -215,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False,
                   disable=args.quiet, file=sys.stderr) as progress:
             try:
-                result = train_epoch_lockstep(learners, epoch_batches, progress)
+                result = train_epoch_lockstep(learners, epoch_batches, progress,
+                                              args.independent)
             except Diverged as error:
                 print(f"error: training diverged in epoch {epoch}, {error}: "
                       f"lower --lr (now {args.lr:g})", file=sys.stderr)

@@ -56,6 +56,20 @@ class Learner:
         buffers = getattr(self.model, "named_buffers", list)()
         return [(name, buffer) for name, buffer in buffers if buffer.is_floating_point()]
 
+    @torch.no_grad()
+    def copy_state_from(self, source: "Learner") -> None:
+        """Take over `source`'s parameters, running statistics and optimizer state (momentum
+        buffers), in place, so that both learners take their next step from the same state."""
+        for mine, theirs in zip(self.params, source.params, strict=True):
+            mine.copy_(theirs)
+            for key, value in source.optimizer.state.get(theirs, {}).items():
+                own = self.optimizer.state.get(mine, {}).get(key)
+                if isinstance(own, torch.Tensor):
+                    own.copy_(value)
+        for (_, mine), (_, theirs) in zip(self.named_buffers(), source.named_buffers(),
+                                          strict=True):
+            mine.copy_(theirs)
+
     def gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Zero the old gradients, fill each parameter's .grad for this batch; return the loss."""
         self.optimizer.zero_grad()

@@ -34,7 +34,8 @@ class SGD:
         self.params = list(params)
         self.lr, self.momentum, self.dampening = lr, momentum, dampening
         self.weight_decay, self.nesterov, self.maximize = weight_decay, nesterov, maximize
-        self.momentum_buffers: list[torch.Tensor | None] = [None] * len(self.params)
+        # per parameter, as torch.optim keeps it: state[p] = {"momentum_buffer": buf}
+        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
 
     def zero_grad(self) -> None:
         """Forget the gradients (set to None, as torch does by default)."""
@@ -43,16 +44,17 @@ class SGD:
 
     def step(self) -> None:
         """Update every parameter that has a gradient, in place."""
-        for i, param in enumerate(self.params):
+        for param in self.params:
             if param.grad is None:
                 continue
             grad = -param.grad if self.maximize else param.grad
             if self.weight_decay != 0:
                 grad = grad.add(param, alpha=self.weight_decay)
             if self.momentum != 0:
-                buf = self.momentum_buffers[i]
+                state = self.state.setdefault(param, {})
+                buf = state.get("momentum_buffer")
                 if buf is None:
-                    buf = self.momentum_buffers[i] = grad.clone()
+                    buf = state["momentum_buffer"] = grad.clone()
                 else:
                     buf.mul_(self.momentum).add_(grad, alpha=1 - self.dampening)
                 grad = grad.add(buf, alpha=self.momentum) if self.nesterov else buf
