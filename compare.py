@@ -2,9 +2,9 @@
 
 Both start from the same parameters and see the same batches. On every step
 the two gradients are compared, then (after the update) the two parameter
-sets; then the manual learner takes over torch's state, so that every step is
-checked from the same starting point (--independent: never, and see float32
-trajectories drift apart). At the end, their test accuracies and predictions
+sets; before the next step the manual learner takes over torch's state, so that
+every step is checked from the same starting point (--independent: never, and
+see float32 trajectories drift apart). At the end, their test accuracies and predictions
 are compared. Prints a verdict,
 writes report.json and plots, and exits 0 on MATCH, 1 on MISMATCH or a
 diverging run, 2 on bad usage or bad data.
@@ -141,7 +141,7 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
                          independent: bool = False) -> dict:
     """One epoch of both learners on the same batches, checking every step.
 
-    After the checks, the manual learner takes over torch's parameters, running
+    Before each step, the manual learner takes over torch's parameters, running
     statistics and momentum: rounding makes the two differ in the last bits, and in
     float32 a ReLU whose input lies within rounding of 0 can then let a gradient
     through on one side only, after which two MLPs drift apart for good. So every
@@ -156,6 +156,8 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     manual_learner, torch_learner = learners
     losses, grad_stats, param_stats, buffer_stats = [], [], [], []
     for step, (x, y) in enumerate(epoch_batches, start=1):
+        if not independent:
+            manual_learner.copy_state_from(torch_learner)  # a no-op where they agree to the bit
         try:
             manual_loss = manual_learner.gradients(x, y)
         except RuntimeError as error:  # e.g. a .grad of the wrong shape, refused by torch
@@ -168,8 +170,6 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
             learner.step()  # the optimizer's, then the learning-rate schedule's
         param_stats.append(compared(step, "parameter", named_parameters, learners))
         buffer_stats.append(compared(step, "buffer", Learner.named_buffers, learners))
-        if not independent:
-            manual_learner.copy_state_from(torch_learner)
         progress.update()
     dtype = learners[0].parameters()[0].dtype
     return {"loss": torch.stack(losses).double().mean(dim=0).tolist(),

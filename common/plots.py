@@ -1,4 +1,5 @@
-"""The PNG plots compare.py writes: curves, learned weights, sample predictions, confusion."""
+"""The PNG plots compare.py writes: curves, gradient differences per tensor, learned weights,
+sample predictions, confusion."""
 
 from pathlib import Path
 
@@ -13,9 +14,10 @@ STYLE = {"manual": dict(color="tab:blue", marker="o", linestyle="-"),
 
 
 def save_all(out: Path, learners: list, data: Splits, history: History) -> list[Path]:
-    """Write the four plots into `out`; returns their paths."""
+    """Write the five plots into `out`; returns their paths."""
     plt.switch_backend("agg")  # files only, no window: works on servers and in CI
-    figures = {"curves.png": curves(history), "weights.png": weights(learners),
+    figures = {"curves.png": curves(history), "gradients.png": gradients(history),
+               "weights.png": weights(learners),
                "predictions.png": predictions(learners, data),
                "confusion.png": confusion(learners, data)}
     for name, figure in figures.items():
@@ -34,38 +36,72 @@ def curves(history: History) -> plt.Figure:
                          **STYLE[name])
     loss_ax.set(title="Training loss (mean over the epoch)", xlabel="epoch", ylabel="cross-entropy")
     accuracy_ax.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
-    stats = history.all_steps("grad")
-    for i, name in enumerate(history.grad_names):
-        grad_ax.semilogy(stats[:, i, REL].clamp_min(1e-18).numpy(), lw=0.6, alpha=0.7,
-                         label=name if name.startswith("hidden.") else f"{name}.grad")
+    worst = history.all_steps("grad")[..., REL].amax(dim=1)
+    grad_ax.semilogy(worst.clamp_min(1e-18).numpy(), lw=0.6, color="tab:purple",
+                     label=f"worst of the {len(history.grad_names)} gradients compared")
     grad_ax.set(title="Gradient difference, manual vs torch, per step", xlabel="step",
                 ylabel="max|manual - torch| / max|torch|")
-    grad_ax.annotate("0 (bit-identical) is drawn at 1e-18", (0.02, 0.02),
-                     xycoords="axes fraction", fontsize=8)
+    grad_ax.annotate("0 (bit-identical) is drawn at 1e-18; each tensor: gradients.png",
+                     (0.02, 0.02), xycoords="axes fraction", fontsize=8)
     for ax in (loss_ax, accuracy_ax, grad_ax):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper right" if ax is grad_ax else "best")
     figure.suptitle("Manual and torch training curves lie on top of each other")
+    figure.tight_layout()
+    return figure
+
+
+def gradients(history: History) -> plt.Figure:
+    """Per named tensor, its gradient difference at every step, one small panel each."""
+    stats, names = history.all_steps("grad"), history.grad_names
+    columns = min(len(names), 4)
+    rows = -(-len(names) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), sharex=True,
+                                sharey=True, squeeze=False)
+    for ax, (i, name) in zip(axes.flat, enumerate(names), strict=False):  # spare panels: hidden
+        relative = stats[:, i, REL]
+        ax.semilogy(relative.clamp_min(1e-18).numpy(), lw=0.5, color="tab:purple")
+        label = name if name.startswith("hidden.") else f"{name}.grad"
+        ax.set_title(f"{label}: max {relative.max():.1e}", fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("max|manual - torch| / max|torch|", fontsize=8)
+    hidden = any(name.startswith("hidden.") for name in names)
+    figure.suptitle("Gradient difference per step, tensor by tensor" + (
+        "\nhidden.x: dLoss/d(output of the hidden layer x)" if hidden else ""))
+    figure.tight_layout()
     return figure
 
 
 def weights(learners: list) -> plt.Figure:
-    """Each class's 784 weights as a 28x28 image: manual, torch, and their difference."""
+    """The first layer's weights, one 28x28 image per row of W: manual, torch, difference.
+
+    Softmax regression: each class's 784 weights. MLP: the first 16 hidden units'.
+    """
     manual_w, torch_w = (learner.parameters()[0].detach().cpu().double() for learner in learners)
-    rows = {"manual": manual_w, "torch": torch_w, "manual - torch": manual_w - torch_w}
-    figure, axes = plt.subplots(3, NUM_CLASSES, figsize=(15, 5))
+    per_class = len(manual_w) == NUM_CLASSES
+    units = len(manual_w) if per_class else min(16, len(manual_w))
+    rows = {"manual": manual_w[:units], "torch": torch_w[:units],
+            "manual - torch": manual_w[:units] - torch_w[:units]}
+    figure, axes = plt.subplots(3, units, figsize=(1.5 * units, 5), squeeze=False)
     for row, (label, w) in zip(axes, rows.items(), strict=True):
         limit = w.abs().max().item() or 1.0
-        for digit, ax in enumerate(row):
-            image = ax.imshow(w[digit].reshape(28, 28).numpy(), cmap="RdBu_r",
+        for unit, ax in enumerate(row):
+            image = ax.imshow(w[unit].reshape(28, 28).numpy(), cmap="RdBu_r",
                               vmin=-limit, vmax=limit)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(str(digit) if label == "manual" else "")
+            ax.set_title(str(unit) if label == "manual" else "")
         row[0].set_ylabel(label)
         figure.colorbar(image, ax=list(row), fraction=0.015, pad=0.01)
-    figure.suptitle("Learned weights per class (red: pixel votes for the class, blue: against); "
-                    "bottom row: difference, on its own scale")
+    what = ("Learned weights per class (red: pixel votes for the class, blue: against)"
+            if per_class else f"First-layer weights of hidden units 0-{units - 1}, each unit's "
+            "784 weights as an image (red: the pixel excites it, blue: inhibits)")
+    figure.suptitle(f"{what}; bottom row: difference, on its own scale")
     return figure
 
 
