@@ -10,13 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import compare
 import manual
+from common.checks import ShapeMismatch, difference_stats
+from common.training import Learner
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--subset", "2000", "--epochs", "1", "--quiet"]
-PLOTS = ("curves.png", "weights.png", "predictions.png", "confusion.png")
+PLOTS = ("curves.png", "gradients.png", "weights.png", "predictions.png", "confusion.png")
+MLP = ["--model", "mlp", "--hidden", "32", "--lr", "0.1"]
 
 
 def run(capsys, mnist_root, tmp_path, *flags):
@@ -108,6 +112,11 @@ def test_float64_gradients_agree_to_1e_10_on_every_step(capsys, mnist_root, tmp_
     (["--nesterov"], "--nesterov needs --momentum > 0"),
     (["--momentum", "0.9", "--dampening", "0.1", "--nesterov"], "--nesterov needs"),
     (["--dtype", "float16"], "invalid choice"),
+    (["--hidden", "64"], "--hidden applies to --model mlp only"),
+    (["--batchnorm"], "--batchnorm applies to --model mlp only"),
+    (["--model", "mlp", "--hidden", "0"], "--hidden must be positive, got 0"),
+    (["--model", "mlp", "--batchnorm", "--batch-size", "1"], "--batchnorm needs --batch-size 2"),
+    (["--model", "cnn"], "argument --model: invalid choice: 'cnn'"),
 ])
 def test_bad_flags_exit_2_with_one_line_before_any_work(capsys, tmp_path, flags, message):
     """Each impossible or non-finite flag: exit status 2 and one line on stderr naming it,
@@ -157,3 +166,130 @@ def test_command_line_entry_point(mnist_root, tmp_path):
                             timeout=120)
     assert result.returncode == 2
     assert "--batch-size must be positive" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("batchnorm", [[], ["--batchnorm"]], ids=["mlp", "mlp-batchnorm"])
+def test_mlp_quick_run_matches(capsys, mnist_root, tmp_path, batchnorm):
+    """--model mlp --subset 2000 --epochs 1, with and without BatchNorm: MATCH, every parameter's
+    gradient and every hidden output's compared on each of the 20 steps, five PNGs."""
+    status, out, _, report = run(capsys, mnist_root, tmp_path, *QUICK, *MLP, *batchnorm)
+    assert status == 0, out
+    assert "MATCH" in out and "MISMATCH" not in out
+    expected = (["layers.0.weight", "layers.1.weight", "layers.1.bias", "layers.3.weight",
+                 "layers.3.bias", "hidden.linear", "hidden.batchnorm1d", "hidden.relu"]
+                if batchnorm else ["layers.0.weight", "layers.0.bias", "layers.2.weight",
+                                   "layers.2.bias", "hidden.linear", "hidden.relu"])
+    assert list(report["gradient_agreement"]) == expected
+    assert all(level["steps"] == 20 for level in report["gradient_agreement"].values())
+    assert report["max_grad_rel_diff"] == max(
+        level["max_rel_diff"] for level in report["gradient_agreement"].values())
+    assert list(report["buffer_agreement"]) == (
+        ["layers.1.running_mean", "layers.1.running_var"] if batchnorm else [])
+    assert report["config"]["hidden"] == 32 and report["config"]["batchnorm"] == bool(batchnorm)
+    for plot in PLOTS:
+        assert (tmp_path / "run" / plot).stat().st_size > 10_000
+
+
+def test_mlp_float64_gradients_agree_to_1e_10_with_batchnorm(capsys, mnist_root, tmp_path):
+    """--dtype float64 with BatchNorm and momentum: every named gradient and both running
+    statistics agree to 1e-10 relative on every step."""
+    status, out, _, report = run(capsys, mnist_root, tmp_path, *QUICK, *MLP, "--batchnorm",
+                                 "--no-plots", "--dtype", "float64", "--momentum", "0.9")
+    assert status == 0, out
+    for level in [*report["gradient_agreement"].values(), *report["buffer_agreement"].values()]:
+        assert level["steps"] == 20 and level["max_rel_diff"] <= 1e-10
+
+
+def relu_backward_leaking_below_zero(self, grad_output):
+    """Broken on purpose: ReLU's backward passes the gradient where x < 0 too."""
+    return grad_output
+
+
+def batchnorm_backward_without_mean_term(self, grad_output):
+    """Broken on purpose: BatchNorm's input gradient forgets the path through the batch mean."""
+    self.weight.grad = (grad_output * self.x_hat).sum(dim=0)
+    self.bias.grad = grad_output.sum(dim=0)
+    n = len(grad_output)
+    return (self.weight * self.inv_std / n) * (n * grad_output - self.x_hat * self.weight.grad)
+
+
+@pytest.mark.parametrize(("layer", "broken_backward", "flags"), [
+    ("ReLU", relu_backward_leaking_below_zero, []),
+    ("BatchNorm1d", batchnorm_backward_without_mean_term, ["--batchnorm"]),
+], ids=["relu", "batchnorm"])
+def test_broken_layer_backward_is_a_mismatch(capsys, mnist_root, tmp_path, monkeypatch,
+                                             layer, broken_backward, flags):
+    """A manual layer with a broken backward: MISMATCH and exit 1; the gradient below it,
+    dLoss/d(output of the first Linear), is far from torch's, the one above it is not."""
+    monkeypatch.setattr(getattr(manual.layers, layer), "backward", broken_backward)
+    status, out, _, report = run(capsys, mnist_root, tmp_path, *QUICK, *MLP, *flags,
+                                 "--no-plots")
+    assert status == 1
+    assert "MISMATCH" in out and "[FAILED]" in out and report["match"] is False
+    assert report["gradient_agreement"]["hidden.linear"]["max_rel_diff"] > 1e-2
+    assert report["gradient_agreement"]["hidden.relu"]["max_rel_diff"] < 1e-4
+
+
+def test_gradient_of_the_wrong_shape_is_a_mismatch(capsys, mnist_root, tmp_path, monkeypatch):
+    """A bias gradient of shape (1, 10) instead of (10,): MISMATCH in one line naming the step,
+    exit 1, report.json saying why (torch refuses to store it as .grad)."""
+    right = manual.layers.Linear.backward
+
+    def backward(self, grad_output, needs_input_grad=True):
+        grad_input = right(self, grad_output, needs_input_grad)
+        self.bias.grad = grad_output.sum(dim=0, keepdim=True)  # (1, out): wrong
+        return grad_input
+
+    monkeypatch.setattr(manual.layers.Linear, "backward", backward)
+    status, out, err, report = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots")
+    assert status == 1 and "Traceback" not in err
+    assert out.splitlines()[-1].startswith("MISMATCH (float32) in epoch 1, step 1: the manual")
+    assert "[1, 10]" in out and report["match"] is False and "[1, 10]" in report["stopped_by"]
+
+
+def test_missing_hidden_gradient_is_a_mismatch(capsys, mnist_root, tmp_path, monkeypatch):
+    """An MLP backward that never stores dLoss/dh: its .grad is None against torch's (N, 32):
+    MISMATCH naming the tensor, exit 1."""
+    right = manual.model.MLP.backward
+
+    def backward(self, grad_logits, needs_input_grad=True):
+        result = right(self, grad_logits, needs_input_grad)
+        self.hidden_outputs[-1].grad = None
+        return result
+
+    monkeypatch.setattr(manual.model.MLP, "backward", backward)
+    status, out, *_ = run(capsys, mnist_root, tmp_path, *QUICK, *MLP, "--no-plots")
+    assert status == 1
+    assert "step 1: gradient hidden.relu: shape None against (100, 32)" in out
+
+
+def test_shapes_must_agree_exactly_never_by_broadcasting():
+    """(64,) against (1, 64) would broadcast: difference_stats refuses it, either way round."""
+    with pytest.raises(ShapeMismatch, match=r"shape \(64,\) against \(1, 64\)"):
+        difference_stats(torch.ones(64), torch.ones(1, 64))
+    with pytest.raises(ShapeMismatch):
+        difference_stats(torch.ones(1, 64), torch.ones(64))
+
+
+def test_manual_learner_takes_torch_state_each_step_unless_independent(
+        capsys, mnist_root, tmp_path, monkeypatch):
+    """The lock step copies torch's state into the manual learner before each of the 20 steps;
+    --independent never does."""
+    calls = []
+    monkeypatch.setattr(Learner, "copy_state_from", lambda self, source: calls.append(self.name))
+    status, *_ = run(capsys, mnist_root, tmp_path / "a", *QUICK, *MLP, "--no-plots")
+    assert status == 0 and calls == ["manual"] * 20
+    calls.clear()
+    status, *_ = run(capsys, mnist_root, tmp_path / "b", *QUICK, *MLP, "--no-plots",
+                     "--independent")
+    assert status == 0 and calls == []
+
+
+def test_batchnorm_with_a_last_batch_of_one_exits_2(capsys, mnist_root, tmp_path):
+    """--subset 2001 --batch-size 100 leaves a last batch of 1, which BatchNorm cannot
+    normalize in training: one line, exit 2, before training."""
+    status = compare.main(["--data-root", str(mnist_root), "--out", str(tmp_path / "run"),
+                           *QUICK, *MLP, "--batchnorm", "--subset", "2001"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert "leaves a last batch of 1 from 2001 training images" in err
