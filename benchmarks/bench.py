@@ -11,7 +11,9 @@ Pipelines, each timed at batch sizes 32, 100, 1000 and the whole training set:
   torch_impl  the project's torch twin on common/data.py's in-memory batches
   manual      the hand-written twin on the same batches
   lockstep    compare.py's lock-step run of both, checking every step (the cost of checking)
-All train on the same 55,000 images with plain SGD, lr 0.5, in float32.
+All train on the same 55,000 images with plain SGD, lr 0.5, in float32. Then the MLP
+(--model mlp, 128 hidden units, lr 0.1), without and with BatchNorm1d, at batch 100 only:
+  mlp torch_impl, mlp manual, mlp lockstep         (and mlp-bn ... with BatchNorm1d)
 
 Each (pipeline, batch size) runs in a process of its own, which reports its peak
 resident memory: a warm-up of 100 steps, then --epochs timed epochs (more for a fast
@@ -67,6 +69,11 @@ from common.report import prepare_folder
 
 PIPELINES = ("baseline", "torch_impl", "manual", "lockstep")
 BATCH_SIZES = ("32", "100", "1000", "full")
+MLP_PIPELINES = tuple(f"{model} {pipeline}" for model in ("mlp", "mlp-bn")
+                      for pipeline in PIPELINES[1:])
+MLP_BATCH_SIZE = "100"
+MLP_FLAGS = {"mlp": ["--model", "mlp", "--lr", "0.1"],
+             "mlp-bn": ["--model", "mlp", "--batchnorm", "--lr", "0.1"]}
 LR = 0.5  # compare.py's default
 # Each timed job runs in a process of its own, forked from a server that imported torch once
 # (this CUDA build takes ~6 s to import) and ran nothing, so no thread pool is forked half-used.
@@ -98,7 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="timed epochs at least, after the warm-up")
     parser.add_argument("--batch-sizes", nargs="+", type=batch_size, default=BATCH_SIZES,
                         help="positive numbers, or 'full' for the whole training set")
-    parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=PIPELINES)
+    parser.add_argument("--pipelines", nargs="+", choices=PIPELINES + MLP_PIPELINES,
+                        default=PIPELINES + MLP_PIPELINES,
+                        help="the mlp ones run at batch 100 only")
     parser.add_argument("--threads", type=positive, default=os.cpu_count(),
                         help="torch.set_num_threads (default: every core)")
     parser.add_argument("--no-recipe", action="store_true", help="skip the 92.6 %% recipe runs")
@@ -190,10 +199,12 @@ def baseline_epoch(root: Path, batch_size: int, device: str):
 
 
 def project_epoch(pipeline: str, root: Path, batch_size: int, device: str):
-    """torch_impl, manual or both in lock step, on the project's in-memory batches."""
+    """torch_impl, manual or both in lock step, on the project's in-memory batches;
+    softmax regression, or the MLP for "mlp manual", "mlp-bn lockstep", ..."""
     data = load_splits(root, device=device)
+    model, _, pipeline = pipeline.rpartition(" ")
     args = compare.parse_args(["--batch-size", str(batch_size), "--lr", str(LR),
-                               "--device", device])
+                               "--device", device, *MLP_FLAGS.get(model, [])])
     learners = compare.make_learners(args, device, torch.float32)
 
     def epoch_batches(epoch: int, steps: int | None):
@@ -360,10 +371,12 @@ def table(results: list[dict], ceiling: dict, floor: float) -> str:
     lines = ["| pipeline | batch | s / epoch (median) | samples / s | × floor | "
              "× faster than baseline | peak RSS (MiB) |", "|---|---|--:|--:|--:|--:|--:|"]
     for r in results:
-        seconds = r["median_seconds"]
-        speedup = f"{baseline[r['batch']] / seconds:.1f}" if r["batch"] in baseline else "–"
+        seconds, softmax = r["median_seconds"], r["pipeline"] in PIPELINES
+        speedup = (f"{baseline[r['batch']] / seconds:.1f}"
+                   if softmax and r["batch"] in baseline else "–")
+        versus_floor = f"{seconds / floor:.1f}" if softmax else "–"  # the floor is softmax's
         lines.append(f"| {r['pipeline']} | {r['batch']} | {seconds:.4f} | "
-                     f"{TRAIN_SIZE / seconds:,.0f} | {seconds / floor:.1f} | {speedup} | "
+                     f"{TRAIN_SIZE / seconds:,.0f} | {versus_floor} | {speedup} | "
                      f"{r['peak_rss_mib']:.0f} |")
     work = epoch_work()
     lines += ["", f"Ceilings: float32 matmul {ceiling['matmul_gflops']:.1f} GFLOP/s "
@@ -400,6 +413,9 @@ def targets(results: list[dict], floor: float, recipe: list[dict]) -> str:
     add("torch_impl full batch / floor", ("torch_impl", "full"), None, "≤ 3", lambda r: r <= 3)
     add("lockstep / manual, batch 100", ("lockstep", "100"), ("manual", "100"), "≤ 2.5",
         lambda r: r <= 2.5)
+    for model in MLP_FLAGS:
+        add(f"{model} manual / {model} torch_impl, batch 100", (f"{model} manual", "100"),
+            (f"{model} torch_impl", "100"), "≤ 0.9", lambda r: r <= 0.9)
     if all((name, "100") in seconds for name in ("lockstep", "manual", "torch_impl")):
         both = seconds[("manual", "100")] + seconds[("torch_impl", "100")]
         rows.append(f"| (lockstep / (manual + torch_impl), batch 100: the checks' own cost) | "
@@ -434,11 +450,16 @@ def main(argv: list[str] | None = None) -> int:
     floor = floor_seconds(epoch_work(), ceiling)
     job = {"root": str(root), "device": args.device, "threads": args.threads,
            "epochs": args.epochs}
+    softmax = [p for p in args.pipelines if p in PIPELINES]
+    mlp = [p for p in args.pipelines if p in MLP_PIPELINES]
+    rounds = [(softmax, batch) for batch in args.batch_sizes] + [(mlp, MLP_BATCH_SIZE)]
     results = []
-    for batch in args.batch_sizes:
-        results += time_batch_size(job, args.pipelines, batch)
-        for r in results[-len(args.pipelines):]:
-            print(f"{r['pipeline']:>10} batch {batch:>5}: {r['median_seconds']:.4f} s/epoch "
+    for pipelines, batch in rounds:
+        if not pipelines:
+            continue
+        results += time_batch_size(job, pipelines, batch)
+        for r in results[-len(pipelines):]:
+            print(f"{r['pipeline']:>17} batch {batch:>5}: {r['median_seconds']:.4f} s/epoch "
                   f"({', '.join(f'{s:.3f}' for s in r['epoch_seconds'])})", file=sys.stderr)
     results.sort(key=lambda r: args.pipelines.index(r["pipeline"]))  # the table: by pipeline
     recipe = [] if args.no_recipe else [time_recipe_alone(job | {"pipeline": f"recipe {name}"})
