@@ -8,33 +8,46 @@ code (tests/test_docs.py rebuilds it in memory and compares it byte for byte).
 It only parses files (ast), it imports nothing from the project.
 
 How the pairs are found. Every file name in manual/ has its twin in torch_impl/
-(functional.py, model.py, optim.py, train.py, ...). In each pair of files, every
-function, class and method is paired with the item of the same qualified name
-(`softmax` with `softmax`, `SoftmaxRegression.forward` with
-`SoftmaxRegression.forward`). Where torch_impl/ has no such definition, the torch
-side shows what it has instead, found in this order:
+(functional.py, layers.py, model.py, optim.py, train.py, ...). In each pair of files,
+every function, class and method is paired with the item of the same qualified name
+(`softmax` with `softmax`, `MLP.forward` with `MLP.forward`). Where torch_impl/ has no
+such definition, the torch side shows what it has instead, found in this order:
 
 1. an import of that name: torch_impl/optim.py re-exports torch.optim.SGD, so the
-   manual class `SGD` faces the line `from torch.optim import SGD`;
-2. a comment naming it inside the twin class: the manual `SoftmaxRegression.backward`
-   faces the comment `# backward: written by autograd ...` in torch_impl/model.py,
-   and `parameters` faces `# parameters(): inherited from nn.Module ...`;
+   manual class `SGD` faces the line `from torch.optim import SGD`, and
+   torch_impl/layers.py re-exports nn.Linear, nn.ReLU and nn.BatchNorm1d;
+2. a comment naming it inside the twin class, `# name:` or `# name():`, or several
+   names separated by commas or slashes before the colon; it runs on over the comment
+   lines below it, up to the next such comment: the manual `MLP.backward` faces
+   `# backward: written by autograd ...` in torch_impl/model.py, and `MLP.train` and
+   `MLP.eval` both face `# named_parameters(), named_buffers(), train(), eval(): ...`;
 3. for a method of a class that torch_impl/ imports from torch (`SGD.step`,
-   `SGD.zero_grad`), a note naming torch's own method, which is not in this repository;
+   `Linear.forward`), a note naming torch's own method, which is not in this repository;
 4. otherwise a note that there is no counterpart.
+
+An item only torch_impl/ has, a definition or such a comment in a class both files
+have, gets its own section, just before the pair of the torch item that follows it.
+On the left, the method the manual class inherits under that name from a base class
+of manual/ (`class SoftmaxRegression(Linear)` runs Linear.forward and Linear.backward,
+shown from manual/layers.py, beside torch's SoftmaxRegression.forward and its
+`# backward:` comment); else a note that there is no counterpart.
 
 NOTES, below, adds a sentence by hand where the automatic match says too little:
 the manual helpers target_distribution and check_arguments have no twin because
-F.cross_entropy does that work inside its C++ kernel, and torch's own SGD and
-CosineAnnealingLR methods are described. The pairing "cross_entropy_grad (left)
-against loss.backward() (right)" needs no exception: it holds by name, since
-torch_impl.functional.cross_entropy_grad is the function that calls loss.backward().
-A definition only torch_impl/ has would get its own section, with a note on the left.
+F.cross_entropy does that work inside its C++ kernel; torch's own SGD and
+CosineAnnealingLR methods are described; and so are the nn.Module methods of the
+layers, where rule 3 would name a method that does not exist (nn.Linear has no
+backward: autograd runs the backward of the operations its forward recorded) or
+would not say that parameters(), train(), ... are inherited from nn.Module. The
+pairing "cross_entropy_grad (left) against loss.backward() (right)" needs no
+exception: it holds by name, since torch_impl.functional.cross_entropy_grad is the
+function that calls loss.backward().
 
 The formula above each pair comes from the manual docstring (the torch one where
 manual/ has none): its first paragraph, then its first displayed formula (an
 indented block, as SGD's update rule or the derivation of cross_entropy_grad)
-with the line that introduces it. A class is shown with its docstring and
+inside the sentence that introduces it: from that sentence's start, and on to its
+end when it goes on after the block. A class is shown with its docstring and
 __init__; its other methods follow one by one. __init__.py files give only the
 two packages' docstrings, at the top of the columns.
 
@@ -45,6 +58,7 @@ requirements.txt because its markup is part of the page.
 
 import argparse
 import ast
+import dataclasses
 import html
 import re
 import sys
@@ -59,7 +73,7 @@ from pygments.lexers import PythonLexer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = Path("docs") / "side_by_side.html"
 SIDES = ("manual", "torch_impl")
-ORDER = ("functional", "model", "optim", "lr_scheduler", "train")  # others follow, sorted
+ORDER = ("functional", "layers", "model", "optim", "lr_scheduler", "train")  # others, sorted
 STYLE = "friendly"
 CSS_CLASS = "code"
 
@@ -71,6 +85,58 @@ NOTES = {
     "functional.check_arguments":
         "No twin: F.cross_entropy checks reduction and label_smoothing itself; the manual "
         "code raises the same errors with the same messages.",
+    "layers.Linear.forward":
+        "torch.nn.Linear.forward() (torch/nn/modules/linear.py) returns F.linear(x, weight, "
+        "bias), which for a 2-D x runs the same addmm(bias, x, weight.T) (x @ weight.T with no "
+        "bias); autograd records it, and saves x, for backward.",
+    "layers.Linear.backward":
+        "nn.Linear has no backward method: in loss.backward(), autograd runs the backward of "
+        "what forward recorded, AddmmBackward0 (MmBackward0 with no bias): g W for x, g^T x for "
+        "the weight (through TBackward0, its .T), sum_n g_n for the bias. AccumulateGrad then "
+        "adds each into .grad, which zero_grad() left as None.",
+    "layers.Linear.named_parameters":
+        "nn.Module.named_parameters(), inherited by nn.Linear: (\"weight\", W), then "
+        "(\"bias\", b), in the order __init__ registered them; a generator, not a list.",
+    "layers.Linear.parameters":
+        "nn.Module.parameters(), inherited: the tensors of named_parameters(), without their "
+        "names; a generator, not a list.",
+    "layers.ReLU.forward":
+        "torch.nn.ReLU.forward() returns F.relu(x), that is torch.relu(x); autograd records it "
+        "and saves the output y for backward, as the manual method does.",
+    "layers.ReLU.backward":
+        "nn.ReLU has no backward method: autograd runs ReluBackward0, threshold_backward(g, y, 0): "
+        "g where the saved output y > 0, else 0, so at x = 0 the gradient is 0 here too.",
+    "layers.ReLU.named_parameters":
+        "nn.Module.named_parameters(), inherited: nn.ReLU registers no parameter, so it yields "
+        "nothing.",
+    "layers.ReLU.parameters":
+        "nn.Module.parameters(), inherited: nothing to yield, as here.",
+    "layers.BatchNorm1d.train":
+        "nn.Module.train(mode=True), inherited: sets .training on the module and on every "
+        "submodule, and returns the module.",
+    "layers.BatchNorm1d.eval":
+        "nn.Module.eval(), inherited: train(False).",
+    "layers.BatchNorm1d.forward":
+        "torch.nn.BatchNorm1d.forward() (torch/nn/modules/batchnorm.py, _BatchNorm) adds 1 to "
+        "num_batches_tracked in training mode, then calls F.batch_norm: its kernel normalizes "
+        "and updates running_mean and running_var (with the unbiased var) in place.",
+    "layers.BatchNorm1d.backward":
+        "nn.BatchNorm1d has no backward method: autograd runs what F.batch_norm recorded, "
+        "NativeBatchNormBackward0 on the CPU (native_batch_norm_backward; on a GPU, cuDNN's "
+        "kernel may take its place): the same three gradients, from x and the batch mean and "
+        "1/s its forward saved (in eval mode, from running_mean and running_var).",
+    "layers.BatchNorm1d.named_parameters":
+        "nn.Module.named_parameters(), inherited: (\"weight\", gamma), then (\"bias\", beta), as "
+        "nn.BatchNorm1d's __init__ registers them; a generator, not a list.",
+    "layers.BatchNorm1d.parameters":
+        "nn.Module.parameters(), inherited: gamma and beta, without their names.",
+    "layers.BatchNorm1d.named_buffers":
+        "nn.Module.named_buffers(), inherited: running_mean, running_var and "
+        "num_batches_tracked, which nn.BatchNorm1d's __init__ registers with register_buffer: "
+        "saved by state_dict() and moved by .to(), but not given to the optimizer.",
+    "model.MLP.parameters":
+        "parameters(), inherited from nn.Module like named_parameters(): the same tensors in "
+        "the same order, without their names.",
     "optim.SGD.zero_grad":
         "torch.optim.SGD.zero_grad(), inherited from torch.optim.Optimizer: with its default "
         "set_to_none=True it sets every p.grad to None, as the manual method does.",
@@ -96,7 +162,9 @@ class Item:
     start: int  # first line shown, 1-based
     end: int  # last line shown
     docstring: str | None = None
-    imported_from: str | None = None  # for an import: the module it comes from
+    imported_from: str | None = None  # for an import: the module it comes from ("torch.nn")
+    imported_name: str | None = None  # for an import: the name in that module
+    bases: tuple[str, ...] = ()  # for a class: its base classes, as written
 
 
 @dataclass
@@ -121,10 +189,13 @@ def parse_module(root: Path, path: str) -> Module:
         elif isinstance(node, ast.ClassDef):
             add_class(module, node)
         elif isinstance(node, ast.ImportFrom):
+            folders = path.split("/")[:-1]  # from .layers, in manual/model.py: manual.layers
+            package = folders[:len(folders) + 1 - node.level] if node.level else []
+            origin = ".".join(package + ([node.module] if node.module else []))
             for alias in node.names:
                 name = alias.asname or alias.name
                 module.items.setdefault(name, Item(name, "import", node.lineno, node.end_lineno,
-                                                   imported_from=node.module))
+                                                   imported_from=origin, imported_name=alias.name))
     return module
 
 
@@ -147,7 +218,8 @@ def add_class(module: Module, node: ast.ClassDef) -> None:
         head_end = body[methods[0]].end_lineno
         methods = methods[1:]
     module.items[node.name] = Item(node.name, "class", first_line(node), head_end,
-                                   ast.get_docstring(node))
+                                   ast.get_docstring(node),
+                                   bases=tuple(ast.unparse(base) for base in node.bases))
     for position, index in enumerate(methods):
         method = body[index]
         following = body[index + 1:methods[position + 1] if position + 1 < len(methods) else None]
@@ -157,26 +229,68 @@ def add_class(module: Module, node: ast.ClassDef) -> None:
                                       ast.get_docstring(method))
 
 
-COMMENT_ENTRY = re.compile(r"#\s*(\w+)(\(\))?:")  # "# backward:" or "# parameters():"
+# "# backward: ...", "# parameters(): ..." or "# train() / eval(): ...": one or more names,
+# separated by commas or slashes, then a colon; the comment lines below it belong to it
+COMMENT_NAME = r"[A-Za-z_]\w*(?:\(\))?"
+COMMENT_ENTRY = re.compile(rf"#\s*({COMMENT_NAME}(?:\s*[,/]\s*{COMMENT_NAME})*)\s*:")
+
+
+def comment_entries(module: Module, class_name: str) -> dict[str, Item]:
+    """The comments inside a class that name its methods (`# name:` and its sequel), by name;
+    a comment naming several methods is the entry of each."""
+    owner = module.items.get(class_name)
+    if owner is None or owner.kind != "class":
+        return {}
+    class_end = owner.start  # the class body runs on to the next unindented line
+    while class_end < len(module.lines) and not module.lines[class_end][:1].strip():
+        class_end += 1
+    entries = {}
+    for start in range(owner.start, class_end):
+        match = COMMENT_ENTRY.match(module.lines[start].strip())
+        if not match:
+            continue
+        end = start + 1
+        while (end < class_end and module.lines[end].strip().startswith("#")
+               and not COMMENT_ENTRY.match(module.lines[end].strip())):
+            end += 1
+        for name in re.findall(r"\w+", match.group(1)):
+            qualname = f"{class_name}.{name}"
+            entries.setdefault(name, Item(qualname, "comment", start + 1, end))
+    return entries
 
 
 def comment_item(module: Module, qualname: str) -> Item | None:
-    """The comment inside the twin class that names the method: `# name:` and its sequel."""
+    """The comment inside the twin class that names the method, if any."""
+    class_name, _, method = qualname.rpartition(".")
+    return comment_entries(module, class_name).get(method)
+
+
+def inherited(root: Path, module: Module, qualname: str) -> tuple[Module, Item] | None:
+    """Where the method `Class.name`, not defined in the class, comes from: the same method
+    of a base class defined in the file or imported from the same package (manual/), or
+    of one of its bases in turn; None if no base in this repository defines it."""
     class_name, _, method = qualname.rpartition(".")
     owner = module.items.get(class_name)
     if owner is None or owner.kind != "class":
         return None
-    class_end = owner.start  # the class body runs on to the next unindented line
-    while class_end < len(module.lines) and not module.lines[class_end][:1].strip():
-        class_end += 1
-    for start in range(owner.start, class_end):
-        match = COMMENT_ENTRY.match(module.lines[start].strip())
-        if match and match.group(1) == method:
-            end = start + 1
-            while (end < class_end and module.lines[end].strip().startswith("#")
-                   and not COMMENT_ENTRY.match(module.lines[end].strip())):
-                end += 1
-            return Item(qualname, "comment", start + 1, end)
+    package = module.path.split("/")[0]
+    for base in owner.bases:
+        base_module, entry = module, module.items.get(base)
+        if entry is not None and entry.kind == "import":
+            path = (entry.imported_from or "").replace(".", "/") + ".py"
+            if path.split("/")[0] != package or not (root / path).is_file():
+                continue
+            base_module = parse_module(root, path)
+            base = entry.imported_name or base
+            entry = base_module.items.get(base)
+        if entry is None or entry.kind != "class":
+            continue
+        item = base_module.items.get(f"{base}.{method}")
+        if item is not None and item.kind == "method":
+            return base_module, item
+        found = inherited(root, base_module, f"{base}.{method}")
+        if found is not None:
+            return found
     return None
 
 
@@ -219,22 +333,43 @@ def twin(manual: Module, torch: Module, stem: str, qualname: str) -> Side:
     return Side(torch, None, note or f"No counterpart in {torch.path}.")
 
 
+SENTENCE_END = re.compile(r"[.!?](?=\s+[A-Z]|\s*$)")  # ". " before a capital, or at the end
+
+
 def formula(docstring: str | None) -> str | None:
     """The docstring's first paragraph, then its first displayed (indented) block, if any,
-    with the line that introduces it."""
+    within the sentence that introduces it: from that sentence's start (the beginning of its
+    paragraph at the earliest) to its end, when it goes on after the block."""
     if not docstring:
         return None
     lines = docstring.strip().splitlines()
     summary = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
     shown = lines[:summary]
-    block = next((i for i, line in enumerate(lines) if line[:1].isspace() and line.strip()), None)
-    if block is not None:
-        end = block
-        while end < len(lines) and lines[end][:1].isspace() and lines[end].strip():
-            end += 1
-        lead = block - 1 if block - 1 >= summary and lines[block - 1].strip() else block
-        shown += [""] * (lead > summary) + lines[lead:end]
-    return "\n".join(shown)
+    block = next((i for i, line in enumerate(lines)
+                  if i > summary and line[:1].isspace() and line.strip()), None)
+    if block is None:
+        return "\n".join(shown)
+    end = block
+    while end < len(lines) and lines[end][:1].isspace() and lines[end].strip():
+        end += 1
+    lead = []  # the introducing sentence, back to its start
+    for line in reversed(lines[summary + 1:block]):
+        if not line.strip() or line[:1].isspace():
+            break
+        ends = list(SENTENCE_END.finditer(line.rstrip()))
+        if ends and (lead or ends[-1].end() < len(line.rstrip())):
+            lead[:0] = [line[ends[-1].end():].lstrip()] if line[ends[-1].end():].strip() else []
+            break
+        lead.insert(0, line)
+    tail = []  # the rest of the sentence, after the block
+    for line in lines[end:]:
+        if not line[:1].islower():
+            break
+        stop = SENTENCE_END.search(line.rstrip())
+        tail.append(line[:stop.end()] if stop else line)
+        if stop:
+            break
+    return "\n".join([*shown, "", *lead, *lines[block:end], *tail])
 
 
 def stems(root: Path) -> list[str]:
@@ -244,8 +379,23 @@ def stems(root: Path) -> list[str]:
     return [stem for stem in ORDER if stem in both] + sorted(both - set(ORDER))
 
 
+def counterpart(root: Path, manual: Module, qualname: str) -> Side:
+    """What manual/ shows for an item only torch_impl/ has: the method the manual class
+    inherits under that name, if any, else a note."""
+    found = inherited(root, manual, qualname) if "." in qualname else None
+    if found is None:
+        return Side(manual, None, f"No counterpart in {manual.path}.")
+    module, item = found
+    class_name, _, method = qualname.rpartition(".")
+    owner = item.qualname.rpartition(".")[0]
+    return Side(module, dataclasses.replace(item, qualname=qualname),  # its own line anchors
+                f"Inherited from {owner} ({module.path}): {class_name} has no {method} of "
+                "its own.")
+
+
 def concepts(root: Path, stem: str) -> tuple[Module, Module, list[Concept]]:
-    """Both files of one stem, parsed, and their pairs in source order."""
+    """Both files of one stem, parsed, and their pairs in source order; an item only
+    torch_impl/ has comes just before the pair of the torch item that follows it."""
     manual, torch = (parse_module(root, f"{side}/{stem}.py") for side in SIDES)
     pairs = []
     for qualname, item in manual.items.items():
@@ -255,11 +405,26 @@ def concepts(root: Path, stem: str) -> tuple[Module, Module, list[Concept]]:
         docstring = item.docstring or (side.item.docstring if side.item else None)
         pairs.append(Concept(f"{stem}.{qualname}", qualname, formula(docstring),
                              Side(manual, item), side))
-    for qualname, item in torch.items.items():  # torch-only definitions, if any appear
-        if item.kind not in ("import", "comment") and qualname not in manual.items:
-            pairs.append(Concept(f"{stem}.{qualname}", qualname, formula(item.docstring),
-                                 Side(manual, None, f"No counterpart in {manual.path}."),
-                                 Side(torch, item)))
+    # torch_impl/'s definitions, and its comment entries in the classes both files have,
+    # in source order: those with no manual item of the same name get a pair of their own
+    torch_items = [item for item in torch.items.values() if item.kind != "import"]
+    for name, item in torch.items.items():
+        if item.kind == "class" and manual.items.get(name, item).kind == "class":
+            torch_items += [entry for method, entry in comment_entries(torch, name).items()
+                            if f"{name}.{method}" not in torch.items]
+    torch_items.sort(key=lambda item: item.start)
+    paired = {pair.qualname for pair in pairs}
+    for position, item in enumerate(torch_items):
+        if item.qualname in paired:
+            continue
+        side = counterpart(root, manual, item.qualname)
+        docstring = (side.item.docstring if side.item else None) or item.docstring
+        concept = Concept(f"{stem}.{item.qualname}", item.qualname, formula(docstring),
+                          side, Side(torch, item))
+        following = next((f"{stem}.{later.qualname}" for later in torch_items[position + 1:]
+                          if later.qualname in paired), None)
+        keys = [pair.key for pair in pairs]
+        pairs.insert(keys.index(following) if following else len(pairs), concept)
     return manual, torch, pairs
 
 
@@ -290,9 +455,9 @@ h1 code { font-size: 25px; }
 .manual-side { border-top-color: var(--manual); }
 .torch-side { border-top-color: var(--torch); }
 nav.toc { margin: 18px 0 8px; font-size: 14px; }
-nav.toc div { margin: 2px 0; }
-nav.toc b { display: inline-block; min-width: 150px; }
-nav.toc a { margin-right: 14px; font-family: ui-monospace, "DejaVu Sans Mono", monospace;
+nav.toc div { margin: 2px 0; display: flex; }  /* a long row wraps beside its file name */
+nav.toc b { flex: none; min-width: 150px; }
+nav.toc a { margin-right: 10px; font-family: ui-monospace, "DejaVu Sans Mono", monospace;
             font-size: 13px; }
 section.file { margin-top: 30px; }
 h2 { font-size: 21px; margin: 0 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
@@ -370,9 +535,9 @@ def build_page(root: Path = REPO_ROOT) -> str:
     files = [(stem, *concepts(root, stem)) for stem in stems(root)]
     styles = HtmlFormatter(style=STYLE).get_style_defs(f".{CSS_CLASS}")
     toc = "\n".join(
-        f'<div><b><a href="#{stem}">{stem}.py</a></b>'
-        + "".join(f'<a href="#{html.escape(c.key)}">{html.escape(c.qualname)}</a>' for c in pairs)
-        + "</div>" for stem, _, _, pairs in files)
+        f'<div><b><a href="#{stem}">{stem}.py</a></b><span>'
+        + " ".join(f'<a href="#{html.escape(c.key)}">{html.escape(c.qualname)}</a>' for c in pairs)
+        + "</span></div>" for stem, _, _, pairs in files)
     heads = "".join(
         f'<div class="head {css}"><b><code>{side}/</code></b>'
         f'<span>{html.escape(package.docstring or "")}</span></div>'
@@ -400,10 +565,11 @@ def build_page(root: Path = REPO_ROOT) -> str:
         "<main>",
         '<header class="page">',
         "<h1>What does <code>loss.backward()</code> compute? Read it side by side</h1>",
-        '<p class="lead">The same MNIST softmax classifier, written twice. Left, '
-        "<code>manual/</code>: plain tensor operations with every gradient derived by hand. "
-        "Right, <code>torch_impl/</code>: <code>nn.Linear</code>, <code>F.cross_entropy</code>, "
-        "autograd and <code>torch.optim.SGD</code>. Each pair has the same name in the same "
+        '<p class="lead">The same MNIST classifiers, softmax regression and a small MLP, '
+        "written twice. Left, <code>manual/</code>: plain tensor operations with every "
+        "gradient derived by hand. Right, <code>torch_impl/</code>: <code>nn.Linear</code>, "
+        "<code>nn.BatchNorm1d</code>, <code>F.cross_entropy</code>, autograd and "
+        "<code>torch.optim.SGD</code>. Each pair has the same name in the same "
         "file, under the formula from its docstring. Generated from the source by "
         "<code>docs/build_side_by_side.py</code> (<code>make docs</code>).</p>",
         '<nav class="toc">', toc, "</nav>",

@@ -7,6 +7,7 @@
 """
 
 import ast
+import html
 import importlib.util
 import re
 from pathlib import Path
@@ -109,6 +110,108 @@ def test_side_by_side_pairs_follow_the_mirrored_names(builder):
     assert torch_lines("optim.SGD") == "from torch.optim import SGD"
     assert pairs["optim.SGD.step"].torch.note and pairs["optim.SGD.step"].torch.item is None
     assert "loss.backward()" in torch_lines("train.forward_backward")
+
+
+def test_side_by_side_layers_come_before_the_models_built_from_them(builder, page: str):
+    """layers.py has its section, between functional.py and model.py, with its pairs."""
+    stems = builder.stems(REPO_ROOT)
+    assert stems.index("functional") < stems.index("layers") < stems.index("model")
+    assert page.index('id="layers"') < page.index('id="model"')
+    for key in ("layers.Linear", "layers.Linear.forward", "layers.Linear.backward",
+                "layers.ReLU.backward", "layers.BatchNorm1d.forward",
+                "layers.BatchNorm1d.backward", "layers.BatchNorm1d.named_buffers",
+                "model.SoftmaxRegression.forward", "model.SoftmaxRegression.backward",
+                "model.MLP", "model.MLP.forward", "model.MLP.backward"):
+        assert f'id="{key}"' in page, f"no section {key}"
+
+
+def test_side_by_side_torch_layers_are_described_truly(builder):
+    """The layers are torch's own: their backward is autograd's (nn.Module has no backward
+    method), their parameters(), train(), ... are inherited from nn.Module."""
+    pairs = {concept.key: concept for concept in builder.concepts(REPO_ROOT, "layers")[2]}
+    assert pairs["layers.Linear"].torch.item.kind == "import"
+    inherited = ("named_parameters", "parameters", "named_buffers", "train", "eval")
+    methods = [concept for concept in pairs.values() if "." in concept.qualname]
+    assert methods
+    for concept in methods:
+        side, name = concept.torch, concept.qualname.rpartition(".")[2]
+        assert side.item is None and side.note, concept.key
+        assert "torch's own method, not in this repository" not in side.note, (
+            f"{concept.key}: the automatic note; NOTES should say what torch runs")
+        if name == "backward":
+            assert "has no backward method" in side.note and "autograd" in side.note
+        if name in inherited:
+            assert "nn.Module" in side.note and "inherited" in side.note, concept.key
+    assert "AddmmBackward0" in pairs["layers.Linear.backward"].torch.note
+    assert "threshold_backward" in pairs["layers.ReLU.backward"].torch.note
+    assert "native_batch_norm_backward" in pairs["layers.BatchNorm1d.backward"].torch.note
+
+
+def test_side_by_side_models_face_the_comments_and_the_inherited_layer(builder):
+    """MLP's methods face the comments of the torch class, one comment naming several;
+    SoftmaxRegression, which inherits forward and backward from manual Linear, shows them."""
+    concepts = builder.concepts(REPO_ROOT, "model")[2]
+    pairs = {concept.key: concept for concept in concepts}
+
+    def lines(side) -> str:
+        return "\n".join(side.module.lines[side.item.start - 1:side.item.end])
+
+    backward = pairs["model.MLP.backward"].torch
+    assert backward.item.kind == "comment" and backward.item.start == backward.item.end
+    assert lines(backward).lstrip().startswith("# backward: written by autograd")
+    for method in ("named_parameters", "named_buffers", "train", "eval"):
+        side = pairs[f"model.MLP.{method}"].torch
+        assert side.item is not None and side.item.kind == "comment", method
+        assert lines(side).lstrip().startswith("# named_parameters(), named_buffers(),")
+    for method in ("train", "eval"):
+        assert lines(pairs[f"model.SoftmaxRegression.{method}"].torch).lstrip().startswith(
+            "# train() / eval():")
+    keys = [concept.key for concept in concepts]
+    assert keys[:6] == [f"model.SoftmaxRegression{name}" for name in
+                        ("", ".forward", ".backward", ".parameters", ".train", ".eval")]
+    for method in ("forward", "backward"):
+        concept = pairs[f"model.SoftmaxRegression.{method}"]
+        assert concept.manual.module.path == "manual/layers.py", method
+        assert lines(concept.manual).lstrip().startswith(f"def {method}(")
+        assert "Inherited from Linear" in concept.manual.note
+    assert "return self.linear(x)" in lines(pairs["model.SoftmaxRegression.forward"].torch)
+    assert lines(pairs["model.SoftmaxRegression.backward"].torch).lstrip().startswith(
+        "# backward:")
+
+
+def formula_of(page: str, key: str) -> str:
+    """The formula block of one section of the page, unescaped."""
+    article = page.split(f'<article class="concept" id="{key}">', 1)[1].split("</article>")[0]
+    match = re.search(r'<div class="formula">(.*?)</div>', article, re.S)
+    assert match, f"{key} has no formula"
+    return html.unescape(match.group(1))
+
+
+def test_side_by_side_formulas_keep_their_displayed_blocks(page: str):
+    """The displayed block of a docstring reaches the page indented, inside its sentence."""
+    backward = formula_of(page, "layers.BatchNorm1d.backward")
+    assert "\nweight.grad = sum_n g_n x_hat_n" in backward
+    assert "\nreturns dLoss/dx (N, F):\n" in backward
+    assert ("\n    training: gamma / (N s) * (N g - sum_m g_m - x_hat sum_m g_m x_hat_m)"
+            in backward)
+    assert "\n    eval:     gamma / s * g" in backward
+    linear = formula_of(page, "layers.Linear.backward")
+    assert "\n    weight.grad = dLoss/dW = g^T x" in linear
+    assert "\nand returns dLoss/dx = g W" in linear  # the sentence goes on after the block
+    assert "such as the images." in linear
+    batchnorm = formula_of(page, "layers.BatchNorm1d")
+    assert "\nEach call also updates the estimates\n" in batchnorm  # from the sentence's start
+    assert "is the biased one" not in batchnorm
+    assert "\n    running_var  <- (1 - momentum) running_var" in batchnorm
+
+
+def test_formula_takes_the_sentence_around_the_block(builder):
+    """From the start of the introducing sentence to the end of the one the block is in."""
+    docstring = ("Summary line.\n\nFirst sentence. The update\nrule is:\n    p <- p - lr g\n"
+                 "for every p, in place. Not shown.\n\nLater text.")
+    assert builder.formula(docstring) == (
+        "Summary line.\n\nThe update\nrule is:\n    p <- p - lr g\nfor every p, in place.")
+    assert builder.formula("Only a summary.") == "Only a summary."
 
 
 # 2. The README's side-by-side section ----------------------------------------------------------
