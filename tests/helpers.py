@@ -12,6 +12,7 @@ import torch
 
 import manual.functional as F
 from common.checks import Agreement, agreement, assert_agrees
+from manual.layers import BatchNorm1d, ReLU
 from manual.model import SoftmaxRegression
 
 DTYPES = (torch.float32, torch.float64)
@@ -162,3 +163,26 @@ class WorstAgreement:
     def report(self) -> None:
         for name, (step, result) in self.worst.items():
             print(f"worst of {self.steps[name]} checks (step {step}) {result}")
+
+
+# Broken twins: each must fail the checks that the right layer passes (test_layers.py)
+# and make compare.py say MISMATCH (test_compare.py).
+
+class GradientLeakingReLU(ReLU):
+    """Broken: backward passes g through where x < 0 too, as if ReLU were the identity."""
+
+    def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
+        return grad_output
+
+
+class BatchNormWithoutMeanTerm(BatchNorm1d):
+    """Broken: the training-mode input gradient forgets the mean path, - sum_m g_m."""
+
+    def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
+        self.weight.grad = (grad_output * self.x_hat).sum(dim=0)
+        self.bias.grad = grad_output.sum(dim=0)
+        scale = self.weight * self.inv_std
+        if not self.batch_statistics:
+            return grad_output * scale
+        n = len(grad_output)
+        return (scale / n) * (n * grad_output - self.x_hat * self.weight.grad)

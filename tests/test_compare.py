@@ -16,6 +16,7 @@ import compare
 import manual
 from common.checks import ShapeMismatch, difference_stats
 from common.training import Learner
+from tests.helpers import BatchNormWithoutMeanTerm, GradientLeakingReLU
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--subset", "2000", "--epochs", "1", "--quiet"]
@@ -200,22 +201,9 @@ def test_mlp_float64_gradients_agree_to_1e_10_with_batchnorm(capsys, mnist_root,
         assert level["steps"] == 20 and level["max_rel_diff"] <= 1e-10
 
 
-def relu_backward_leaking_below_zero(self, grad_output):
-    """Broken on purpose: ReLU's backward passes the gradient where x < 0 too."""
-    return grad_output
-
-
-def batchnorm_backward_without_mean_term(self, grad_output):
-    """Broken on purpose: BatchNorm's input gradient forgets the path through the batch mean."""
-    self.weight.grad = (grad_output * self.x_hat).sum(dim=0)
-    self.bias.grad = grad_output.sum(dim=0)
-    n = len(grad_output)
-    return (self.weight * self.inv_std / n) * (n * grad_output - self.x_hat * self.weight.grad)
-
-
 @pytest.mark.parametrize(("layer", "broken_backward", "flags"), [
-    ("ReLU", relu_backward_leaking_below_zero, []),
-    ("BatchNorm1d", batchnorm_backward_without_mean_term, ["--batchnorm"]),
+    ("ReLU", GradientLeakingReLU.backward, []),
+    ("BatchNorm1d", BatchNormWithoutMeanTerm.backward, ["--batchnorm"]),
 ], ids=["relu", "batchnorm"])
 def test_broken_layer_backward_is_a_mismatch(capsys, mnist_root, tmp_path, monkeypatch,
                                              layer, broken_backward, flags):

@@ -32,6 +32,8 @@ from tests.helpers import (
     DTYPE_IDS,
     DTYPES,
     FINITE_DIFFERENCE_MAX_REL_DIFF,
+    BatchNormWithoutMeanTerm,
+    GradientLeakingReLU,
     assert_matches_torch,
     one_thread,
 )
@@ -402,26 +404,6 @@ def test_mlp_passes_torch_gradcheck(batchnorm, mode):
 
 
 # The checks can fail: broken twins ---------------------------------------------------------
-
-class GradientLeakingReLU(ReLU):
-    """Broken: backward passes g through where x < 0 too, as if ReLU were the identity."""
-
-    def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
-        return grad_output
-
-
-class BatchNormWithoutMeanTerm(BatchNorm1d):
-    """Broken: the training-mode input gradient forgets the mean path, - sum_m g_m."""
-
-    def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
-        self.weight.grad = (grad_output * self.x_hat).sum(dim=0)
-        self.bias.grad = grad_output.sum(dim=0)
-        scale = self.weight * self.inv_std
-        if not self.batch_statistics:
-            return grad_output * scale
-        n = len(grad_output)
-        return (scale / n) * (n * grad_output - self.x_hat * self.weight.grad)
-
 
 class AccumulatingLinear(Linear):
     """Broken: backward adds to .grad, as autograd does, instead of setting it."""
