@@ -133,15 +133,17 @@ class BatchNorm1d:
             if n < 2:
                 raise ValueError("Expected more than 1 value per channel when training, "
                                  f"got input size {list(x.shape)}")
-            var, mean = torch.var_mean(x, dim=0, correction=0)  # biased: divided by N
+            mean = x.mean(dim=0)
+            centered = x - mean
+            var = centered.square().mean(dim=0)  # biased: divided by N
             self.running_mean.mul_(1 - self.momentum).add_(mean, alpha=self.momentum)
             self.running_var.mul_(1 - self.momentum).add_(var * (n / (n - 1)),
                                                           alpha=self.momentum)
             self.num_batches_tracked += 1
         else:
-            mean, var = self.running_mean, self.running_var
+            centered, var = x - self.running_mean, self.running_var
         self.inv_std = (var + self.eps).rsqrt()
-        self.x_hat = (x - mean) * self.inv_std
+        self.x_hat = centered * self.inv_std
         return self.x_hat * self.weight + self.bias
 
     __call__ = forward
