@@ -168,7 +168,7 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
         grad_stats.append(compared(step, "gradient", Learner.named_gradients, learners))
         for learner in learners:
             learner.step()  # the optimizer's, then the learning-rate schedule's
-        param_stats.append(compared(step, "parameter", named_parameters, learners))
+        param_stats.append(compared(step, "parameter", Learner.named_parameters, learners))
         buffer_stats.append(compared(step, "buffer", Learner.named_buffers, learners))
         progress.update()
     dtype = learners[0].parameters()[0].dtype
@@ -178,10 +178,6 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
             "grad_stats": levels(torch.stack(grad_stats), dtype).cpu(),
             "param_stats": levels(torch.stack(param_stats), dtype).cpu(),
             "buffer_stats": levels(torch.stack(buffer_stats), dtype).cpu()}
-
-
-def named_parameters(learner: Learner) -> list[tuple[str, torch.Tensor]]:
-    return list(learner.model.named_parameters())
 
 
 def compared(step: int, what: str, named, learners: list[Learner]) -> torch.Tensor:

@@ -40,11 +40,15 @@ class Learner:
         """The model's parameters, in nn's order (softmax regression: [weight, bias])."""
         return self.params
 
+    def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """The parameters by name: "weight", "bias" (softmax regression), "layers.0.weight", ..."""
+        return list(self.model.named_parameters())
+
     def named_gradients(self) -> list[tuple[str, torch.Tensor]]:
         """What the lock step compares after backward, by name: every parameter's gradient
         ("weight", "layers.0.weight", ...), then dLoss/dh of every hidden output h, in
         forward order ("hidden.linear", "hidden.batchnorm1d", "hidden.relu")."""
-        named = [(name, param.grad) for name, param in self.model.named_parameters()]
+        named = [(name, param.grad) for name, param in self.named_parameters()]
         hidden_outputs = getattr(self.model, "hidden_outputs", [])  # the last layer's is the logits
         for layer, output in zip(getattr(self.model, "layers", [])[:-1], hidden_outputs,
                                  strict=True):
