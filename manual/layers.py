@@ -136,15 +136,15 @@ class BatchNorm1d:
             mean = x.mean(dim=0)
             centered = x - mean
             var = centered.square().mean(dim=0)  # biased: divided by N
-            self.running_mean.mul_(1 - self.momentum).add_(mean, alpha=self.momentum)
-            self.running_var.mul_(1 - self.momentum).add_(var * (n / (n - 1)),
-                                                          alpha=self.momentum)
+            # running <- (1 - momentum) running + momentum new, in one call: lerp_
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * (n / (n - 1)), self.momentum)  # unbiased
             self.num_batches_tracked += 1
         else:
             centered, var = x - self.running_mean, self.running_var
         self.inv_std = (var + self.eps).rsqrt()
         self.x_hat = centered * self.inv_std
-        return self.x_hat * self.weight + self.bias
+        return torch.addcmul(self.bias, self.x_hat, self.weight)  # beta + x_hat gamma in one call
 
     __call__ = forward
 
@@ -154,7 +154,7 @@ class BatchNorm1d:
         weight.grad = sum_n g_n x_hat_n     (F,)
         bias.grad   = sum_n g_n             (F,)
         returns dLoss/dx (N, F):
-            training: gamma / (N s) * (N g - sum_m g_m - x_hat sum_m g_m x_hat_m)
+            training: gamma / s * (g - mean_m g_m - x_hat mean_m g_m x_hat_m)
             eval:     gamma / s * g         (mean and s = sqrt(var + eps) are constants)
         Derivation, for one feature (drop its index), with s = sqrt(var + eps) and
         d = dLoss/dx_hat = gamma g. x_n moves the output through three paths: its own
@@ -163,7 +163,7 @@ class BatchNorm1d:
         (from dmean/dx_n = 1/N and dvar/dx_n = 2 (x_n - mean) / N). Summed over m:
             dLoss/dx_n = sum_m d_m dx_hat_m/dx_n
                        = (d_n - mean_m d_m - x_hat_n mean_m d_m x_hat_m) / s
-        which is the line above. The mean term removes what shifts every example
+        which is the line above (d = gamma g). The mean term removes what shifts every example
         alike; the x_hat term, what scales them alike: the batch's own statistics
         absorb both, so they cannot change the output.
         """
@@ -172,8 +172,8 @@ class BatchNorm1d:
         scale = self.weight * self.inv_std
         if not self.batch_statistics:
             return grad_output * scale
-        n = len(grad_output)
-        return (scale / n) * (n * grad_output - self.bias.grad - self.x_hat * self.weight.grad)
+        mean_terms = (self.bias.grad + self.x_hat * self.weight.grad) / len(grad_output)
+        return scale * (grad_output - mean_terms)
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
         """[("weight", gamma), ("bias", beta)], nn.BatchNorm1d's names and order."""

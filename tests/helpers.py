@@ -176,7 +176,7 @@ class GradientLeakingReLU(ReLU):
 
 
 class BatchNormWithoutMeanTerm(BatchNorm1d):
-    """Broken: the training-mode input gradient forgets the mean path, - sum_m g_m."""
+    """Broken: the training-mode input gradient forgets the mean path, - mean_m g_m."""
 
     def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
         self.weight.grad = (grad_output * self.x_hat).sum(dim=0)
@@ -184,5 +184,5 @@ class BatchNormWithoutMeanTerm(BatchNorm1d):
         scale = self.weight * self.inv_std
         if not self.batch_statistics:
             return grad_output * scale
-        n = len(grad_output)
-        return (scale / n) * (n * grad_output - self.x_hat * self.weight.grad)
+        mean_terms = self.x_hat * self.weight.grad / len(grad_output)  # no bias.grad / N
+        return scale * (grad_output - mean_terms)
