@@ -85,7 +85,7 @@ class ReLU:
 
         At x = 0 exactly, where the slope is undefined, torch takes 0; so does this.
         """
-        return grad_output.masked_fill(self.output <= 0, 0.0)  # the gate shut: no gradient
+        return grad_output * (self.output > 0)  # the gate [y > 0]: 1 or 0
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
         return []
