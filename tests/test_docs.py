@@ -192,7 +192,7 @@ def test_side_by_side_formulas_keep_their_displayed_blocks(page: str):
     backward = formula_of(page, "layers.BatchNorm1d.backward")
     assert "\nweight.grad = sum_n g_n x_hat_n" in backward
     assert "\nreturns dLoss/dx (N, F):\n" in backward
-    assert ("\n    training: gamma / (N s) * (N g - sum_m g_m - x_hat sum_m g_m x_hat_m)"
+    assert ("\n    training: gamma / s * (g - mean_m g_m - x_hat mean_m g_m x_hat_m)"
             in backward)
     assert "\n    eval:     gamma / s * g" in backward
     linear = formula_of(page, "layers.Linear.backward")
