@@ -96,7 +96,7 @@ def weights(learners: list) -> plt.Figure:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(str(unit) if label == "manual" else "")
-        row[0].set_ylabel(label)
+        row[0].set_ylabel(label if w.abs().max() > 0 else f"{label}\n(all 0)")
         figure.colorbar(image, ax=list(row), fraction=0.015, pad=0.01)
     what = ("Learned weights per class (red: pixel votes for the class, blue: against)"
             if per_class else f"First-layer weights of hidden units 0-{units - 1}, each unit's "
