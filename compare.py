@@ -26,7 +26,7 @@ from tqdm import tqdm
 import manual
 import torch_impl
 from common import plots, report
-from common.checks import ShapeMismatch, levels, named_stats
+from common.checks import ShapeMismatch, levels, named_stats, relu_gate_flips
 from common.data import NUM_CLASSES, NUM_PIXELS, DataError, batches, load_splits, resolve_root
 from common.flags import ArgumentParser, finite
 from common.training import Learner
@@ -154,7 +154,7 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     the levels are worked out once, at the end of the epoch.
     """
     manual_learner, torch_learner = learners
-    losses, grad_stats, param_stats, buffer_stats = [], [], [], []
+    losses, grad_stats, param_stats, buffer_stats, gate_flips = [], [], [], [], []
     for step, (x, y) in enumerate(epoch_batches, start=1):
         if not independent:
             manual_learner.copy_state_from(torch_learner)  # a no-op where they agree to the bit
@@ -166,6 +166,7 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
         if not torch.isfinite(losses[-1]).all():
             raise Diverged(f"step {step}: loss {losses[-1].tolist()}")
         grad_stats.append(compared(step, "gradient", Learner.named_gradients, learners))
+        gate_flips.append(relu_flips(learners))
         for learner in learners:
             learner.step()  # the optimizer's, then the learning-rate schedule's
         param_stats.append(compared(step, "parameter", Learner.named_parameters, learners))
@@ -177,7 +178,16 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
             "buffer_names": [name for name, _ in manual_learner.named_buffers()],
             "grad_stats": levels(torch.stack(grad_stats), dtype).cpu(),
             "param_stats": levels(torch.stack(param_stats), dtype).cpu(),
-            "buffer_stats": levels(torch.stack(buffer_stats), dtype).cpu()}
+            "buffer_stats": levels(torch.stack(buffer_stats), dtype).cpu(),
+            "gate_flips": torch.stack(gate_flips).double().cpu()}
+
+
+def relu_flips(learners: list[Learner]) -> torch.Tensor:
+    """(2,): checks.relu_gate_flips of the two models' ReLU outputs (the worst, should there
+    be several ReLU layers); zeros for a model without ReLU."""
+    pairs = zip(*(learner.named_hidden_outputs() for learner in learners), strict=True)
+    flips = [relu_gate_flips(m, t) for (name, m), (_, t) in pairs if name == "hidden.relu"]
+    return torch.stack(flips).amax(dim=0) if flips else torch.zeros(2)
 
 
 def compared(step: int, what: str, named, learners: list[Learner]) -> torch.Tensor:

@@ -80,6 +80,19 @@ def named_stats(actual: list[tuple[str, torch.Tensor]],
     return torch.stack(stats) if stats else torch.empty(0, 3)
 
 
+@torch.no_grad()
+def relu_gate_flips(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """Two ReLU outputs (N, H) of the same step: [entries open on one side only, the largest
+    such entry relative to the largest output of `expected`]. Stays on the device.
+
+    A gate [z > 0] that disagrees lets the gradient through on one side only. If its input was
+    within rounding of 0 (a relative distance of ~1e-7 in float32), rounding flipped it.
+    """
+    differ = (actual > 0) != (expected > 0)
+    distance = torch.where(differ, actual + expected, 0).amax()  # one of the two is 0 there
+    return torch.stack([differ.sum().to(distance.dtype), distance / expected.amax()])
+
+
 def levels(stats: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """difference_stats (..., 3) -> (..., 4) float64: max abs diff, max rel diff, identical, close.
 

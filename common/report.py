@@ -17,6 +17,8 @@ from common.data import Splits
 NAMES = ("manual", "torch")  # the report's names for the manual and torch_impl learners
 ABS, REL, IDENTICAL, CLOSE = range(4)
 MAX_GRAD_REL_DIFF = {"float32": 1e-4, "float64": 1e-10}
+# A ReLU input this close to 0, relative to the layer's largest output, is a tie for rounding.
+ROUNDING_DISTANCE = {"float32": 1e-5, "float64": 1e-13}
 MAX_ACCURACY_GAP = 0.001  # 0.1 percentage point
 MIN_PREDICTION_AGREEMENT = 0.999
 
@@ -27,7 +29,7 @@ class History:
     def __init__(self):
         self.train_loss = {name: [] for name in NAMES}
         self.val_accuracy = {name: [] for name in NAMES}
-        self.stats = {"grad": [], "param": [], "buffer": []}
+        self.stats = {"grad": [], "param": [], "buffer": [], "gate": []}
         self.grad_names, self.buffer_names = [], []
 
     def add_epoch(self, result: dict, val_accuracies: list[float]) -> None:
@@ -35,11 +37,12 @@ class History:
             self.train_loss[name].append(loss)
             self.val_accuracy[name].append(accuracy)
         for which, stats in self.stats.items():
-            stats.append(result[f"{which}_stats"])
+            stats.append(result["gate_flips" if which == "gate" else f"{which}_stats"])
         self.grad_names, self.buffer_names = result["grad_names"], result["buffer_names"]
 
     def all_steps(self, which: str) -> torch.Tensor:
-        """(steps, tensors, 4) stats of every step so far; which: "grad", "param" or "buffer"."""
+        """(steps, tensors, 4) stats of every step so far; which: "grad", "param" or "buffer";
+        "gate": (steps, 2), the ReLU gates open on one side only (checks.relu_gate_flips)."""
         stats = self.stats[which]
         return torch.cat(stats) if stats else torch.full((1, 1, 4), float("nan"))
 
@@ -70,6 +73,7 @@ def summarize(args: argparse.Namespace, device: str, learners: list, data: Split
         "first_step_grad_rel_diff": grads[0, :, REL].max().item(),
         "prediction_agreement": (predictions[0] == predictions[1]).double().mean().item(),
         "test_images": len(data.test_y),
+        "relu_gate_flips": gate_flips(history, MAX_GRAD_REL_DIFF[args.dtype]),
         "gradient_agreement": {name: levels(grads[:, i])
                                for i, name in enumerate(history.grad_names)},
         "buffer_agreement": {name: levels(buffers[:, i])
@@ -87,6 +91,19 @@ def levels(stats: torch.Tensor) -> dict:
     return {"steps": len(stats), "identical_steps": int(stats[:, IDENTICAL].sum()),
             "close_steps": int(stats[:, CLOSE].sum()), "max_abs_diff": stats[:, ABS].max().item(),
             "max_rel_diff": stats[:, REL].max().item()}
+
+
+def gate_flips(history: History, limit: float) -> dict:
+    """How many steps had a ReLU gate open on one side only, how many entries in all, how far
+    from 0 such an input was at most (relative to the layer's largest output), and how many
+    of the steps whose gradients went over `limit` had a flipped gate."""
+    flips, worst = history.all_steps("gate"), history.all_steps("grad")[..., REL].amax(dim=-1)
+    flipped, over = flips[:, 0] > 0, ~(worst <= limit)  # NaN counts as over
+    return {"steps": int(flipped.sum()), "entries": int(flips[:, 0].sum()),
+            "max_relative_distance": flips[flipped, 1].max().item() if flipped.any() else 0.0,
+            "steps_over_limit": int(over.sum()),
+            "over_limit_with_flip": int((over & flipped).sum()),
+            "first_step_over_limit": int(over.nonzero()[0]) + 1 if over.any() else None}
 
 
 def verdict_checks(summary: dict) -> dict[str, bool]:
@@ -124,7 +141,19 @@ def final_table(summary: dict) -> str:
               f"test accuracies within {limits['max_accuracy_gap']:.1%} [{marks['accuracies']}]; "
               f"predictions agree >= {limits['min_prediction_agreement']:.1%} "
               f"[{marks['predictions']}]"]
-    if not summary["match"] and summary["max_param_rel_diff"] > 1e-3:
+    flips, dtype = summary["relu_gate_flips"], summary["config"]["dtype"]
+    if (not checks["gradients"] and flips["over_limit_with_flip"] == flips["steps_over_limit"]
+            and flips["max_relative_distance"] <= ROUNDING_DISTANCE[dtype]):
+        count, first = flips["steps_over_limit"], flips["first_step_over_limit"]
+        steps = next(iter(summary["gradient_agreement"].values()))["steps"]
+        which = f"each of the {count} steps" if count > 1 else "1 step"
+        lines.append(
+            f"note: on {which} over the limit (the first: step {first} of {steps}), a ReLU input "
+            f"within {dtype} rounding of 0 (at most {flips['max_relative_distance']:.0e} of the "
+            "layer's largest output) was positive on one side only, so one side let its gradient "
+            "through and the other did not. Each is right for its own rounding: not an error. In "
+            "float64 such a tie is far rarer.")
+    elif not summary["match"] and summary["max_param_rel_diff"] > 1e-3:
         lines.append(
             f"note: step 1, taken from identical parameters, agreed to "
             f"{summary['first_step_grad_rel_diff']:.1e}; then the parameters drifted apart "

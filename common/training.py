@@ -49,11 +49,15 @@ class Learner:
         ("weight", "layers.0.weight", ...), then dLoss/dh of every hidden output h, in
         forward order ("hidden.linear", "hidden.batchnorm1d", "hidden.relu")."""
         named = [(name, param.grad) for name, param in self.named_parameters()]
-        hidden_outputs = getattr(self.model, "hidden_outputs", [])  # the last layer's is the logits
-        for layer, output in zip(getattr(self.model, "layers", [])[:-1], hidden_outputs,
-                                 strict=True):
-            named.append((f"hidden.{type(layer).__name__.lower()}", output.grad))
-        return named
+        return named + [(name, output.grad) for name, output in self.named_hidden_outputs()]
+
+    def named_hidden_outputs(self) -> list[tuple[str, torch.Tensor]]:
+        """Each hidden layer's output of the last forward, by its layer: "hidden.linear",
+        "hidden.batchnorm1d", "hidden.relu" (none for softmax regression)."""
+        outputs = getattr(self.model, "hidden_outputs", [])  # the last layer's is the logits
+        layers = getattr(self.model, "layers", [])[:-1]
+        return [(f"hidden.{type(layer).__name__.lower()}", output)
+                for layer, output in zip(layers, outputs, strict=True)]
 
     def named_buffers(self) -> list[tuple[str, torch.Tensor]]:
         """The floating-point buffers (BatchNorm1d's running_mean, running_var), by name."""

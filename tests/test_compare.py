@@ -14,7 +14,8 @@ import torch
 
 import compare
 import manual
-from common.checks import ShapeMismatch, difference_stats
+from common import report as report_module
+from common.checks import ShapeMismatch, difference_stats, relu_gate_flips
 from common.training import Learner
 from tests.helpers import BatchNormWithoutMeanTerm, GradientLeakingReLU
 
@@ -281,3 +282,50 @@ def test_batchnorm_with_a_last_batch_of_one_exits_2(capsys, mnist_root, tmp_path
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1
     assert "leaves a last batch of 1 from 2001 training images" in err
+
+
+def test_relu_gate_flips_counts_gates_open_on_one_side_only():
+    """Two ReLU outputs that differ in one gate, 1e-8 from 0: one flip, at 1e-8 of the largest
+    output (2.0); identical outputs: none."""
+    torch_side = torch.tensor([[0.0, 2.0], [1.0, 0.0]])
+    manual_side = torch_side.clone()
+    manual_side[0, 0] = 2e-8  # open here, shut on torch's side
+    count, distance = relu_gate_flips(manual_side, torch_side).tolist()
+    assert count == 1 and distance == pytest.approx(1e-8)
+    assert relu_gate_flips(torch_side, torch_side).tolist() == [0.0, 0.0]
+
+
+def shut_the_largest_gate(self, x):
+    """Broken on purpose: ReLU's forward also shuts the gate of each row's largest input."""
+    self.output = x.clamp_min(0)
+    self.output[torch.arange(len(x)), x.argmax(dim=1)] = 0
+    return self.output
+
+
+def test_a_gate_shut_by_a_bug_is_not_called_rounding(capsys, mnist_root, tmp_path, monkeypatch):
+    """A ReLU forward that shuts open gates far from 0: every step has flipped gates, at a
+    distance of the order of the largest output: MISMATCH, and no note blaming rounding."""
+    monkeypatch.setattr(manual.layers.ReLU, "forward", shut_the_largest_gate)
+    monkeypatch.setattr(manual.layers.ReLU, "__call__", shut_the_largest_gate)
+    status, out, _, report = run(capsys, mnist_root, tmp_path, *QUICK, *MLP, "--no-plots")
+    assert status == 1 and "MISMATCH" in out and "rounding of 0" not in out
+    flips = report["relu_gate_flips"]
+    assert flips["steps"] == 20 and flips["entries"] >= 20 * 100
+    assert flips["max_relative_distance"] > 0.1
+
+
+@pytest.mark.parametrize(("distance", "with_flip", "explained"), [
+    (3e-8, 1, True), (0.5, 1, False), (3e-8, 0, False)], ids=["tie", "far", "elsewhere"])
+def test_gradient_excess_from_a_rounding_tie_at_a_gate_is_explained(
+        capsys, mnist_root, tmp_path, distance, with_flip, explained):
+    """The final table explains a gradient over the limit by a ReLU gate only if every such
+    step had a flipped gate and each flipped input was within rounding of 0."""
+    *_, summary = run(capsys, mnist_root, tmp_path, *QUICK, *MLP, "--no-plots")
+    summary["max_grad_rel_diff"], summary["match"] = 1.8e-2, False
+    summary["relu_gate_flips"] |= {"steps": 1, "entries": 1, "max_relative_distance": distance,
+                                   "steps_over_limit": 1, "over_limit_with_flip": with_flip,
+                                   "first_step_over_limit": 7}
+    table = report_module.final_table(summary)
+    assert "MISMATCH" in table
+    assert ("note: on 1 step over the limit (the first: step 7 of 20), a ReLU input within "
+            "float32 rounding of 0 (at most 3e-08" in table) is explained
