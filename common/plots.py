@@ -56,7 +56,7 @@ def gradients(history: History) -> plt.Figure:
     stats, names = history.all_steps("grad"), history.grad_names
     columns = min(len(names), 4)
     rows = -(-len(names) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), sharex=True,
+    figure, axes = plt.subplots(rows, columns, figsize=(3.75 * columns, 2.75 * rows), sharex=True,
                                 sharey=True, squeeze=False)
     for ax, (i, name) in zip(axes.flat, enumerate(names), strict=False):  # spare panels: hidden
         relative = stats[:, i, REL]
@@ -87,7 +87,7 @@ def weights(learners: list) -> plt.Figure:
     units = len(manual_w) if per_class else min(16, len(manual_w))
     rows = {"manual": manual_w[:units], "torch": torch_w[:units],
             "manual - torch": manual_w[:units] - torch_w[:units]}
-    figure, axes = plt.subplots(3, units, figsize=(1.5 * units, 5), squeeze=False)
+    figure, axes = plt.subplots(3, units, figsize=(15, 5), squeeze=False)  # as wide as curves
     for row, (label, w) in zip(axes, rows.items(), strict=True):
         limit = w.abs().max().item() or 1.0
         for unit, ax in enumerate(row):
