@@ -31,6 +31,8 @@ from common.data import NUM_CLASSES, NUM_PIXELS, DataError, batches, load_splits
 from common.flags import ArgumentParser, finite
 from common.training import Learner
 
+DEFAULT_HIDDEN = 128  # --model mlp without --hidden
+
 
 class Diverged(Exception):
     """The loss became NaN or infinite."""
@@ -79,9 +81,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.model == "mlp" and args.hidden is None:
         args.hidden = DEFAULT_HIDDEN
     return args
-
-
-DEFAULT_HIDDEN = 128
 
 
 def usage_problem(args: argparse.Namespace) -> str | None:
