@@ -5,7 +5,7 @@ Twin of torch_impl/lr_scheduler.py.
 
 import math
 
-from manual.optim import SGD
+from manual.optim import Optimizer
 
 
 class CosineAnnealingLR:
@@ -18,7 +18,7 @@ class CosineAnnealingLR:
     step() once after each optimizer.step(); it sets optimizer.lr for the next one.
     """
 
-    def __init__(self, optimizer: SGD, T_max: int, eta_min: float = 0.0):
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):
         self.optimizer, self.T_max, self.eta_min = optimizer, T_max, eta_min
         self.base_lr = optimizer.lr
         self.last_epoch = 0  # torch's name for t, the number of step() calls so far

@@ -14,6 +14,7 @@ import manual.functional as F
 from common.checks import Agreement, agreement, assert_agrees
 from manual.layers import BatchNorm1d, ReLU
 from manual.model import SoftmaxRegression
+from manual.optim import Adam, AdamW
 
 DTYPES = (torch.float32, torch.float64)
 DTYPE_IDS = ["float32", "float64"]  # test ids: test_x[float32] rather than test_x[dtype0]
@@ -165,8 +166,8 @@ class WorstAgreement:
             print(f"worst of {self.steps[name]} checks (step {step}) {result}")
 
 
-# Broken twins: each must fail the checks that the right layer passes (test_layers.py)
-# and make compare.py say MISMATCH (test_compare.py).
+# Broken twins: each must fail the checks that the right layer or optimizer passes
+# (test_layers.py, test_optim.py) and make compare.py say MISMATCH (test_compare.py).
 
 class GradientLeakingReLU(ReLU):
     """Broken: backward passes g through where x < 0 too, as if ReLU were the identity."""
@@ -186,3 +187,23 @@ class BatchNormWithoutMeanTerm(BatchNorm1d):
             return grad_output * scale
         mean_terms = self.x_hat * self.weight.grad / len(grad_output)  # no bias.grad / N
         return scale * (grad_output - mean_terms)
+
+
+class AdamWithoutBiasCorrection(Adam):
+    """Broken: m and v are used as they are, never divided by 1 - beta^t."""
+
+    def bias_corrections(self, step: int) -> tuple[float, float]:
+        return 1.0, 1.0
+
+
+class AdamWithEpsInsideTheRoot(Adam):
+    """Broken: sqrt(v_hat + eps) instead of sqrt(v_hat) + eps (eps = 1e-8 then acts as 1e-4)."""
+
+    def denominator(self, v: torch.Tensor, bias_correction2: float) -> torch.Tensor:
+        return (v / bias_correction2).add_(self.eps).sqrt()
+
+
+class AdamWDecayingThroughTheGradient(AdamW):
+    """Broken: AdamW's weight decay added to the gradient (Adam's L2 penalty), not decoupled."""
+
+    decay = Adam.decay
