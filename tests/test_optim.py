@@ -252,7 +252,7 @@ ADAM_INVALID_ARGUMENTS = [
 @pytest.mark.parametrize("optimizer_class", ADAM_CLASSES, ids=lambda cls: cls.__name__)
 @pytest.mark.parametrize("options", ADAM_INVALID_ARGUMENTS, ids=options_id)
 def test_adam_refuses_what_torch_refuses_with_the_same_message(optimizer_class, options):
-    """Negative lr, eps or weight decay, a beta outside [0, 1): torch's ValueError, word for word."""
+    """Negative lr, eps or weight decay, a beta outside [0, 1): torch's ValueError, verbatim."""
     torch_class = getattr(torch.optim, optimizer_class.__name__)
     with pytest.raises(ValueError) as expected:
         torch_class([torch.zeros(1, requires_grad=True)], **options)

@@ -11,4 +11,4 @@ Adam, at step t (AdamW: p <- p - lr * weight_decay * p instead of the L2 term):
 
 from torch.optim import SGD, Adam, AdamW, Optimizer
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
