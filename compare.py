@@ -12,6 +12,7 @@ diverging run, 2 on bad usage or bad data.
     python compare.py                      # defaults: softmax regression, 5 epochs, lr 0.5
     python compare.py --dtype float64      # gradients must agree to 1e-10
     python compare.py --model mlp --batchnorm --lr 0.1    # a hidden layer, normalized
+    python compare.py --model mlp --optimizer adam --lr 1e-3   # Adam, its state compared too
 """
 
 import argparse
@@ -32,6 +33,15 @@ from common.flags import ArgumentParser, finite
 from common.training import Learner
 
 DEFAULT_HIDDEN = 128  # --model mlp without --hidden
+# --optimizer: the class in manual/optim.py and torch_impl/optim.py, the flags that are its
+# options, and the defaults of those not given (Adam's and AdamW's are torch's own).
+OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+OPTIONS = {"sgd": ("lr", "momentum", "dampening", "weight_decay", "nesterov"),
+           "adam": ("lr", "betas", "eps", "weight_decay", "amsgrad")}
+OPTIONS["adamw"] = OPTIONS["adam"]
+DEFAULTS = {"sgd": {"lr": 0.5, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0},
+            "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+            "adamw": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}}
 
 
 class Diverged(Exception):
@@ -52,11 +62,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="--model mlp: BatchNorm1d between the hidden Linear and the ReLU")
     parser.add_argument("--epochs", type=int, default=5, help="passes over the training set")
     parser.add_argument("--batch-size", type=int, default=100, help="examples per step")
-    parser.add_argument("--lr", type=finite, default=0.5, help="learning rate")
-    parser.add_argument("--momentum", type=finite, default=0.0, help="SGD momentum")
-    parser.add_argument("--dampening", type=finite, default=0.0, help="SGD momentum dampening")
-    parser.add_argument("--weight-decay", type=finite, default=0.0, help="L2 penalty")
-    parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd",
+                        help="torch.optim's SGD, Adam or AdamW, each also written by hand")
+    parser.add_argument("--lr", type=finite,
+                        help="learning rate (default 0.5 for sgd; 1e-3 for adam and adamw)")
+    parser.add_argument("--momentum", type=finite, help="sgd: momentum (default 0)")
+    parser.add_argument("--dampening", type=finite, help="sgd: momentum dampening (default 0)")
+    parser.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
+    parser.add_argument("--betas", type=finite, nargs=2, metavar=("B1", "B2"),
+                        help="adam, adamw: decay rates of the running means of the gradient "
+                             "and of its square (default 0.9 0.999)")
+    parser.add_argument("--eps", type=finite,
+                        help="adam, adamw: added to the denominator (default 1e-8)")
+    parser.add_argument("--amsgrad", action="store_true",
+                        help="adam, adamw: divide by the largest second moment so far")
+    parser.add_argument("--weight-decay", type=finite,
+                        help="sgd, adam: L2 penalty added to the gradient (default 0); adamw: "
+                             "decoupled weight decay (default 1e-2)")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                         help="cosine: anneal the lr to 0 over the whole run, step by step")
     parser.add_argument("--label-smoothing", type=finite, default=0.0, help="in [0, 1)")
@@ -75,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-plots", action="store_true", help="write report.json only")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    problem = usage_problem(args)
+    problem = misplaced_flag(args) or usage_problem(with_defaults(args))
     if problem:
         parser.error(problem)
     if args.model == "mlp" and args.hidden is None:
@@ -83,8 +105,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def misplaced_flag(args: argparse.Namespace) -> str | None:
+    """A flag given that is not an option of --optimizer (--momentum with adam, --amsgrad
+    with sgd), or None."""
+    for name, family in (("sgd", "sgd"), ("adam", "adam or adamw")):
+        for option in OPTIONS[name]:
+            value = getattr(args, option)  # None, or False for a switch, when not given
+            if option not in OPTIONS[args.optimizer] and value is not None and value is not False:
+                return (f"--{option.replace('_', '-')} applies to --optimizer {family} only, "
+                        f"not {args.optimizer}")
+    return None
+
+
+def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """args, with each option of --optimizer that was not given set to its default."""
+    for option, value in DEFAULTS[args.optimizer].items():
+        if getattr(args, option) is None:
+            setattr(args, option, value)
+    if args.betas is not None:
+        args.betas = tuple(args.betas)
+    return args
+
+
 def usage_problem(args: argparse.Namespace) -> str | None:
-    """What is impossible about these flags, or None."""
+    """What is impossible about these flags (their defaults filled in), or None."""
     if args.model == "softmax" and (args.hidden is not None or args.batchnorm):
         flag = "--hidden" if args.hidden is not None else "--batchnorm"
         return f"{flag} applies to --model mlp only (softmax regression has no hidden layer)"
@@ -95,14 +139,20 @@ def usage_problem(args: argparse.Namespace) -> str | None:
     for flag in ("epochs", "batch_size", "lr"):
         if not getattr(args, flag) > 0:
             return f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}"
-    if not 0 <= args.momentum < 1:
-        return f"--momentum must be in [0, 1), got {args.momentum}"
-    if not 0 <= args.dampening <= 1:
-        return f"--dampening must be in [0, 1], got {args.dampening}"
     if args.weight_decay < 0:
         return f"--weight-decay must not be negative, got {args.weight_decay}"
-    if args.nesterov and (args.momentum <= 0 or args.dampening != 0):
-        return "--nesterov needs --momentum > 0 and --dampening 0"
+    if args.optimizer == "sgd":
+        if not 0 <= args.momentum < 1:
+            return f"--momentum must be in [0, 1), got {args.momentum}"
+        if not 0 <= args.dampening <= 1:
+            return f"--dampening must be in [0, 1], got {args.dampening}"
+        if args.nesterov and (args.momentum <= 0 or args.dampening != 0):
+            return "--nesterov needs --momentum > 0 and --dampening 0"
+    else:
+        if not all(0 <= beta < 1 for beta in args.betas):
+            return f"--betas must each be in [0, 1), got {args.betas[0]} {args.betas[1]}"
+        if not args.eps > 0:
+            return f"--eps must be positive, got {args.eps}"
     if not 0 <= args.label_smoothing < 1:
         return f"--label-smoothing must be in [0, 1), got {args.label_smoothing}"
     if not 0 <= args.seed < 2**32:
@@ -120,8 +170,7 @@ def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
 
     --lr-schedule cosine anneals over epochs * steps_per_epoch steps, so it needs the latter.
     """
-    options = dict(lr=args.lr, momentum=args.momentum, dampening=args.dampening,
-                   weight_decay=args.weight_decay, nesterov=args.nesterov)
+    options = {option: getattr(args, option) for option in OPTIONS[args.optimizer]}
     anneal_steps = None
     if args.lr_schedule == "cosine":
         if steps_per_epoch is None:
@@ -132,8 +181,15 @@ def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
         torch.manual_seed(args.seed)
         learners.append(Learner(package, NUM_PIXELS, NUM_CLASSES, options,
                                 args.label_smoothing, device, dtype, anneal_steps,
-                                args.hidden, args.batchnorm))
+                                args.hidden, args.batchnorm, OPTIMIZERS[args.optimizer]))
     return learners
+
+
+# What the lock step compares after the update, by report key: (what to call it, the
+# named tensors). The gradients are compared before the update.
+AFTER_UPDATE = {"param": ("parameter", Learner.named_parameters),
+                "buffer": ("buffer", Learner.named_buffers),
+                "state": ("optimizer state", Learner.named_optimizer_state)}
 
 
 def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
@@ -141,19 +197,25 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     """One epoch of both learners on the same batches, checking every step.
 
     Before each step, the manual learner takes over torch's parameters, running
-    statistics and momentum: rounding makes the two differ in the last bits, and in
+    statistics and optimizer state: rounding makes the two differ in the last bits, and in
     float32 a ReLU whose input lies within rounding of 0 can then let a gradient
     through on one side only, after which two MLPs drift apart for good. So every
-    step is checked from the same state; independent=True skips the copy.
+    step is checked from the same state. Once its gradients are compared, the manual
+    learner also takes over torch's, so that the update is checked on its own: Adam
+    divides each entry by that entry's own running scale, so an entry whose gradient is
+    all rounding (3e-9, where the largest is 1.5e-2) would move by 16 % more on one side.
+    independent=True skips both copies.
 
     Returns the mean loss of each learner and, per step, the agreement levels
-    (checks.levels) of the named gradients (parameters', then the hidden outputs'),
-    of the parameters after the update and of the running statistics, each
-    (steps, tensors, 4). Each step only queues a few reductions on the device;
-    the levels are worked out once, at the end of the epoch.
+    (checks.levels) of the named gradients (parameters', then the hidden outputs'), then,
+    after the update, of the parameters, the running statistics and the optimizer's state
+    tensors: "stats"[which] (steps, tensors, 4) and "names"[which], which in "grad", "param",
+    "buffer", "state". Each step only queues a few reductions on the device; the levels
+    are worked out once, at the end of the epoch.
     """
     manual_learner, torch_learner = learners
-    losses, grad_stats, param_stats, buffer_stats, gate_flips = [], [], [], [], []
+    losses, gate_flips = [], []
+    stats = {which: [] for which in ("grad", *AFTER_UPDATE)}
     for step, (x, y) in enumerate(epoch_batches, start=1):
         if not independent:
             manual_learner.copy_state_from(torch_learner)  # a no-op where they agree to the bit
@@ -164,20 +226,23 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
         losses.append(torch.stack([manual_loss, torch_learner.gradients(x, y)]))
         if not torch.isfinite(losses[-1]).all():
             raise Diverged(f"step {step}: loss {losses[-1].tolist()}")
-        grad_stats.append(compared(step, "gradient", Learner.named_gradients, learners))
+        stats["grad"].append(compared(step, "gradient", Learner.named_gradients, learners))
         gate_flips.append(relu_flips(learners))
+        if not independent:  # the update is checked on the same gradients, see above
+            manual_learner.copy_gradients_from(torch_learner)
         for learner in learners:
             learner.step()  # the optimizer's, then the learning-rate schedule's
-        param_stats.append(compared(step, "parameter", Learner.named_parameters, learners))
-        buffer_stats.append(compared(step, "buffer", Learner.named_buffers, learners))
+        for which, (what, named) in AFTER_UPDATE.items():
+            stats[which].append(compared(step, what, named, learners))
         progress.update()
     dtype = learners[0].parameters()[0].dtype
+    named = {"grad": Learner.named_gradients} | {which: named for which, (_, named)
+                                                 in AFTER_UPDATE.items()}
     return {"loss": torch.stack(losses).double().mean(dim=0).tolist(),
-            "grad_names": [name for name, _ in manual_learner.named_gradients()],
-            "buffer_names": [name for name, _ in manual_learner.named_buffers()],
-            "grad_stats": levels(torch.stack(grad_stats), dtype).cpu(),
-            "param_stats": levels(torch.stack(param_stats), dtype).cpu(),
-            "buffer_stats": levels(torch.stack(buffer_stats), dtype).cpu(),
+            "names": {which: [name for name, _ in named[which](manual_learner)]
+                      for which in stats},
+            "stats": {which: levels(torch.stack(steps), dtype).cpu()
+                      for which, steps in stats.items()},
             "gate_flips": torch.stack(gate_flips).double().cpu()}
 
 

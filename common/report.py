@@ -1,9 +1,11 @@
 """What compare.py measured: per-epoch history, the verdict, the final table, report.json.
 
-Gradient, parameter and buffer stats come as tensors (steps, tensors, 4) with the
-columns of checks.levels: max abs diff, max rel diff, identical, close. The gradients
-are named: each parameter's ("weight", "layers.0.weight", ...), then each hidden
-output's ("hidden.relu", ...); the buffers are BatchNorm1d's running statistics.
+Gradient, parameter, buffer and optimizer-state stats come as tensors (steps, tensors, 4)
+with the columns of checks.levels: max abs diff, max rel diff, identical, close. Each
+tensor compared is named. The gradients: each parameter's ("weight", "layers.0.weight",
+...), then each hidden output's ("hidden.relu", ...); the buffers are BatchNorm1d's running
+statistics; the optimizer's state is named by parameter and torch's key
+("weight.momentum_buffer", "layers.0.weight.exp_avg", ...).
 """
 
 import argparse
@@ -21,6 +23,9 @@ MAX_GRAD_REL_DIFF = {"float32": 1e-4, "float64": 1e-10}
 ROUNDING_DISTANCE = {"float32": 1e-5, "float64": 1e-13}
 MAX_ACCURACY_GAP = 0.001  # 0.1 percentage point
 MIN_PREDICTION_AGREEMENT = 0.999
+# verdict checks held to the gradients' limit, and the report.json key of their agreement
+WITHIN_THE_LIMIT_TOO = {"parameters": "parameter_agreement", "running stats": "buffer_agreement",
+                        "optimizer state": "state_agreement"}
 
 
 class History:
@@ -29,20 +34,27 @@ class History:
     def __init__(self):
         self.train_loss = {name: [] for name in NAMES}
         self.val_accuracy = {name: [] for name in NAMES}
-        self.stats = {"grad": [], "param": [], "buffer": [], "gate": []}
-        self.grad_names, self.buffer_names = [], []
+        self.stats = {"grad": [], "param": [], "buffer": [], "state": [], "gate": []}
+        self.names = {which: [] for which in self.stats}  # of the tensors compared
+
+    @property
+    def grad_names(self) -> list[str]:
+        return self.names["grad"]
 
     def add_epoch(self, result: dict, val_accuracies: list[float]) -> None:
+        """result: what compare.train_epoch_lockstep returns for one epoch."""
         for name, loss, accuracy in zip(NAMES, result["loss"], val_accuracies, strict=True):
             self.train_loss[name].append(loss)
             self.val_accuracy[name].append(accuracy)
-        for which, stats in self.stats.items():
-            stats.append(result["gate_flips" if which == "gate" else f"{which}_stats"])
-        self.grad_names, self.buffer_names = result["grad_names"], result["buffer_names"]
+        for which, stats in result["stats"].items():
+            self.stats[which].append(stats)
+            self.names[which] = result["names"][which]
+        self.stats["gate"].append(result["gate_flips"])
 
     def all_steps(self, which: str) -> torch.Tensor:
-        """(steps, tensors, 4) stats of every step so far; which: "grad", "param" or "buffer";
-        "gate": (steps, 2), the ReLU gates open on one side only (checks.relu_gate_flips)."""
+        """(steps, tensors, 4) stats of every step so far; which: "grad", "param", "buffer" or
+        "state"; "gate": (steps, 2), the ReLU gates open on one side only
+        (checks.relu_gate_flips)."""
         stats = self.stats[which]
         return torch.cat(stats) if stats else torch.full((1, 1, 4), float("nan"))
 
@@ -59,7 +71,6 @@ def summarize(args: argparse.Namespace, device: str, learners: list, data: Split
     """Everything report.json holds, the verdict included."""
     predictions = [learner.predict(data.test_x) for learner in learners]
     grads, params = history.all_steps("grad"), history.all_steps("param")
-    buffers = history.all_steps("buffer")
     summary = {"config": config(args, device), "diverged": False, "seconds": round(seconds, 3)}
     for name, prediction in zip(NAMES, predictions, strict=True):
         summary[name] = {"test_accuracy": (prediction == data.test_y).double().mean().item(),
@@ -74,16 +85,22 @@ def summarize(args: argparse.Namespace, device: str, learners: list, data: Split
         "prediction_agreement": (predictions[0] == predictions[1]).double().mean().item(),
         "test_images": len(data.test_y),
         "relu_gate_flips": gate_flips(history, MAX_GRAD_REL_DIFF[args.dtype]),
-        "gradient_agreement": {name: levels(grads[:, i])
-                               for i, name in enumerate(history.grad_names)},
-        "buffer_agreement": {name: levels(buffers[:, i])
-                             for i, name in enumerate(history.buffer_names)},
+        "gradient_agreement": agreement(history, "grad"),
+        "parameter_agreement": agreement(history, "param"),
+        "buffer_agreement": agreement(history, "buffer"),
+        "state_agreement": agreement(history, "state"),
     }
     summary["thresholds"] = {"max_grad_rel_diff": MAX_GRAD_REL_DIFF[args.dtype],
                              "max_accuracy_gap": MAX_ACCURACY_GAP,
                              "min_prediction_agreement": MIN_PREDICTION_AGREEMENT}
     summary["match"] = all(verdict_checks(summary).values())
     return summary
+
+
+def agreement(history: History, which: str) -> dict:
+    """{name: levels} of each tensor compared; which: "grad", "param", "buffer" or "state"."""
+    stats = history.all_steps(which)
+    return {name: levels(stats[:, i]) for i, name in enumerate(history.names[which])}
 
 
 def levels(stats: torch.Tensor) -> dict:
@@ -111,9 +128,12 @@ def verdict_checks(summary: dict) -> dict[str, bool]:
     limits = summary["thresholds"]
     gap = abs(summary["manual"]["test_accuracy"] - summary["torch"]["test_accuracy"])
     checks = {"gradients": summary["max_grad_rel_diff"] <= limits["max_grad_rel_diff"]}
-    if summary["buffer_agreement"]:  # BatchNorm1d's running statistics, held to the same limit
-        checks["running stats"] = all(level["max_rel_diff"] <= limits["max_grad_rel_diff"]
-                                      for level in summary["buffer_agreement"].values())
+    # held to the same limit: the parameters after each update (the optimizer's step), the
+    # running statistics (BatchNorm1d) and the optimizer's state, where there are such
+    for check, key in WITHIN_THE_LIMIT_TOO.items():
+        if summary[key]:
+            checks[check] = all(level["max_rel_diff"] <= limits["max_grad_rel_diff"]
+                                for level in summary[key].values())
     return checks | {
         "accuracies": gap <= limits["max_accuracy_gap"] + 1e-12,
         "predictions": summary["prediction_agreement"] >= limits["min_prediction_agreement"]}
@@ -130,11 +150,13 @@ def final_table(summary: dict) -> str:
                  f"max rel diff {summary['max_param_rel_diff']:.2e}")
     if summary["buffer_agreement"]:
         lines += ["", *agreement_rows("after each step", summary["buffer_agreement"])]
+    if summary["state_agreement"]:
+        lines += ["", *agreement_rows("optimizer state", summary["state_agreement"])]
     lines.append("(close: within torch.testing.assert_close's default tolerances)")
     limits, checks = summary["thresholds"], verdict_checks(summary)
     marks = {key: "ok" if passed else "FAILED" for key, passed in checks.items()}
-    running = ("" if "running stats" not in checks else
-               f"running stats within it too [{marks['running stats']}]; ")
+    too = [f"{check} [{marks[check]}]" for check in WITHIN_THE_LIMIT_TOO if check in checks]
+    running = f"within it too: {', '.join(too)}; " if too else ""
     lines += ["", f"{'MATCH' if summary['match'] else 'MISMATCH'} ({summary['config']['dtype']}): "
               f"gradients max rel diff {summary['max_grad_rel_diff']:.1e} <= "
               f"{limits['max_grad_rel_diff']:.0e} [{marks['gradients']}]; {running}"

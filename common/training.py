@@ -2,8 +2,8 @@
 model (forward / backward), optimizer (update) and train.forward_backward.
 
 A package here is `manual` or `torch_impl`: both have model.SoftmaxRegression,
-model.MLP, optim.SGD, lr_scheduler.CosineAnnealingLR and train.forward_backward
-with the same signatures.
+model.MLP, optim.SGD, optim.Adam, optim.AdamW, lr_scheduler.CosineAnnealingLR and
+train.forward_backward with the same signatures.
 """
 
 from collections.abc import Iterable
@@ -19,8 +19,10 @@ class Learner:
                  optimizer_options: dict, label_smoothing: float = 0.0,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  anneal_steps: int | None = None, hidden: int | None = None,
-                 batchnorm: bool = False):
-        """anneal_steps: cosine-anneal the learning rate to 0 over that many optimizer
+                 batchnorm: bool = False, optimizer: str = "SGD"):
+        """optimizer: the name of the package's optimizer class ("SGD", "Adam", "AdamW"),
+        built with optimizer_options.
+        anneal_steps: cosine-anneal the learning rate to 0 over that many optimizer
         steps (lr_scheduler.CosineAnnealingLR); None keeps it constant.
         hidden: None for softmax regression, else the MLP's hidden units (with BatchNorm1d
         if batchnorm)."""
@@ -30,7 +32,8 @@ class Learner:
         self.model = (package.model.SoftmaxRegression(in_features, num_classes, **kinds)
                       if hidden is None else
                       package.model.MLP(in_features, hidden, num_classes, batchnorm, **kinds))
-        self.optimizer = package.optim.SGD(self.model.parameters(), **optimizer_options)
+        self.optimizer = getattr(package.optim, optimizer)(self.model.parameters(),
+                                                           **optimizer_options)
         self.scheduler = (None if anneal_steps is None else
                           package.lr_scheduler.CosineAnnealingLR(self.optimizer, anneal_steps))
         self.label_smoothing = label_smoothing
@@ -64,10 +67,22 @@ class Learner:
         buffers = getattr(self.model, "named_buffers", list)()
         return [(name, buffer) for name, buffer in buffers if buffer.is_floating_point()]
 
+    def named_optimizer_state(self) -> list[tuple[str, torch.Tensor]]:
+        """The optimizer's state tensors, by parameter and torch's key, keys sorted:
+        "weight.momentum_buffer" (SGD with momentum); "weight.exp_avg", "weight.exp_avg_sq",
+        "weight.max_exp_avg_sq" (Adam, AdamW; the last with amsgrad). The step count is
+        not a tensor on the manual side and is not listed."""
+        named = []
+        for name, param in self.named_parameters():
+            state = self.optimizer.state.get(param, {})
+            named += [(f"{name}.{key}", state[key]) for key in sorted(state) if key != "step"]
+        return named
+
     @torch.no_grad()
     def copy_state_from(self, source: "Learner") -> None:
         """Take over `source`'s parameters, running statistics and optimizer state (momentum
-        buffers), in place, so that both learners take their next step from the same state."""
+        buffers, Adam's moments), in place, so that both learners take their next step from
+        the same state. The step counts agree by construction: both step together."""
         for mine, theirs in zip(self.params, source.params, strict=True):
             mine.copy_(theirs)
             for key, value in source.optimizer.state.get(theirs, {}).items():
@@ -77,6 +92,13 @@ class Learner:
         for (_, mine), (_, theirs) in zip(self.named_buffers(), source.named_buffers(),
                                           strict=True):
             mine.copy_(theirs)
+
+    @torch.no_grad()
+    def copy_gradients_from(self, source: "Learner") -> None:
+        """Take over `source`'s parameter gradients, in place (shapes already checked), so
+        that both optimizers take their next step from the same state and gradients."""
+        for mine, theirs in zip(self.params, source.params, strict=True):
+            mine.grad.copy_(theirs.grad)
 
     def gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Zero the old gradients, fill each parameter's .grad for this batch; return the loss."""

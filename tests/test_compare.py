@@ -262,12 +262,16 @@ def test_shapes_must_agree_exactly_never_by_broadcasting():
 
 def test_manual_learner_takes_torch_state_each_step_unless_independent(
         capsys, mnist_root, tmp_path, monkeypatch):
-    """The lock step copies torch's state into the manual learner before each of the 20 steps;
-    --independent never does."""
+    """The lock step copies torch's state into the manual learner before each of the 20 steps,
+    and torch's gradients once they are compared; --independent never does."""
     calls = []
-    monkeypatch.setattr(Learner, "copy_state_from", lambda self, source: calls.append(self.name))
+    monkeypatch.setattr(Learner, "copy_state_from",
+                        lambda self, source: calls.append(("state", self.name)))
+    copy_gradients = Learner.copy_gradients_from
+    monkeypatch.setattr(Learner, "copy_gradients_from", lambda self, source: (
+        calls.append(("gradients", self.name)), copy_gradients(self, source)))
     status, *_ = run(capsys, mnist_root, tmp_path / "a", *QUICK, *MLP, "--no-plots")
-    assert status == 0 and calls == ["manual"] * 20
+    assert status == 0 and calls == [("state", "manual"), ("gradients", "manual")] * 20
     calls.clear()
     status, *_ = run(capsys, mnist_root, tmp_path / "b", *QUICK, *MLP, "--no-plots",
                      "--independent")
