@@ -13,8 +13,9 @@ every function, class and method is paired with the item of the same qualified n
 (`softmax` with `softmax`, `MLP.forward` with `MLP.forward`). Where torch_impl/ has no
 such definition, the torch side shows what it has instead, found in this order:
 
-1. an import of that name: torch_impl/optim.py re-exports torch.optim.SGD, so the
-   manual class `SGD` faces the line `from torch.optim import SGD`, and
+1. an import of that name: torch_impl/optim.py re-exports torch.optim.SGD, Adam, AdamW
+   and Optimizer, so the manual class `SGD` faces the line `from torch.optim import SGD,
+   Adam, AdamW, Optimizer`, and
    torch_impl/layers.py re-exports nn.Linear, nn.ReLU and nn.BatchNorm1d;
 2. a comment naming it inside the twin class, `# name:` or `# name():`, or several
    names separated by commas or slashes before the colon; it runs on over the comment
@@ -137,12 +138,39 @@ NOTES = {
     "model.MLP.parameters":
         "parameters(), inherited from nn.Module like named_parameters(): the same tensors in "
         "the same order, without their names.",
-    "optim.SGD.zero_grad":
-        "torch.optim.SGD.zero_grad(), inherited from torch.optim.Optimizer: with its default "
+    "optim.Optimizer.zero_grad":
+        "torch.optim.Optimizer.zero_grad(), inherited by SGD, Adam and AdamW: with its default "
         "set_to_none=True it sets every p.grad to None, as the manual method does.",
+    "optim.Optimizer.gradients":
+        "No method of torch.optim.Optimizer: each step() gathers the parameters whose .grad "
+        "is not None (_init_group), and the update function negates each gradient itself "
+        "when maximize is set.",
     "optim.SGD.step":
         "torch.optim.SGD.step() (torch/optim/sgd.py) applies the same update rule, one "
         "parameter at a time, or all at once with torch._foreach_* kernels on a GPU.",
+    "optim.Adam.step":
+        "torch.optim.Adam.step() (torch/optim/adam.py) runs _single_tensor_adam on the CPU: "
+        "the same operations in the same order (lerp_, mul_ and addcmul_, addcdiv_), so the "
+        "results are bit-identical; on a GPU, _multi_tensor_adam does the same with "
+        "torch._foreach_* kernels, all parameters at once.",
+    "optim.Adam.init_state":
+        "Inside torch.optim.Adam._init_group: on a parameter's first step, state['step'] = "
+        "tensor(0.) (a tensor, so that CUDA graphs can capture it), and exp_avg, exp_avg_sq "
+        "(and max_exp_avg_sq with amsgrad) as torch.zeros_like(p, "
+        "memory_format=torch.preserve_format).",
+    "optim.Adam.decay":
+        "Inside _single_tensor_adam: with weight_decay != 0, grad = grad.add(param, "
+        "alpha=weight_decay), or, when decoupled_weight_decay (AdamW), param.mul_(1 - lr * "
+        "weight_decay).",
+    "optim.Adam.bias_corrections":
+        "Inside _single_tensor_adam: bias_correction1 = 1 - beta1 ** step and "
+        "bias_correction2 = 1 - beta2 ** step, with step read from the state tensor.",
+    "optim.Adam.denominator":
+        "Inside _single_tensor_adam: denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt)"
+        ".add_(eps), then param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1).",
+    "optim.AdamW.decay":
+        "torch.optim.AdamW is Adam with decoupled_weight_decay=True: _single_tensor_adam "
+        "then runs param.mul_(1 - lr * weight_decay) and leaves the gradient alone.",
     "lr_scheduler.CosineAnnealingLR.step":
         "torch.optim.lr_scheduler.CosineAnnealingLR.step(), torch's own method: it reaches "
         "the same lr_t recursively, from lr_(t-1) times a ratio of two cosines, so the last "
@@ -568,9 +596,10 @@ def build_page(root: Path = REPO_ROOT) -> str:
         '<p class="lead">The same MNIST classifiers, softmax regression and a small MLP, '
         "written twice. Left, <code>manual/</code>: plain tensor operations with every "
         "gradient derived by hand. Right, <code>torch_impl/</code>: <code>nn.Linear</code>, "
-        "<code>nn.BatchNorm1d</code>, <code>F.cross_entropy</code>, autograd and "
-        "<code>torch.optim.SGD</code>. Each pair has the same name in the same "
-        "file, under the formula from its docstring. Generated from the source by "
+        "<code>nn.BatchNorm1d</code>, <code>F.cross_entropy</code>, autograd, "
+        "<code>torch.optim.SGD</code>, <code>Adam</code> and <code>AdamW</code>. Each pair "
+        "has the same name in the same file, under the formula from its docstring. "
+        "Generated from the source by "
         "<code>docs/build_side_by_side.py</code> (<code>make docs</code>).</p>",
         '<nav class="toc">', toc, "</nav>",
         "</header>",

@@ -83,8 +83,7 @@ class Adam(Optimizer):
         g <- g + weight_decay * p                  L2 penalty, through the gradient (AdamW: no)
         m <- beta1 * m + (1 - beta1) * g           exp_avg: running mean of the gradients
         v <- beta2 * v + (1 - beta2) * g * g       exp_avg_sq: running mean of their squares
-        v_max <- max(v_max, v)                     if amsgrad (max_exp_avg_sq); then v_max
-                                                   stands for v below
+        v_max <- max(v_max, v)                     amsgrad only (max_exp_avg_sq): used as v
         m_hat = m / (1 - beta1^t)                  bias corrections: m and v start at 0,
         v_hat = v / (1 - beta2^t)                  so early on they are too small
         p <- p - lr * m_hat / (sqrt(v_hat) + eps)  eps outside the root, after the correction

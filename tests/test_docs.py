@@ -107,7 +107,10 @@ def test_side_by_side_pairs_follow_the_mirrored_names(builder):
     assert ".backward()" in torch_lines("functional.cross_entropy_grad")
     assert pairs["model.SoftmaxRegression.backward"].torch.item.kind == "comment"
     assert torch_lines("model.SoftmaxRegression.backward").lstrip().startswith("# backward:")
-    assert torch_lines("optim.SGD") == "from torch.optim import SGD"
+    assert torch_lines("optim.SGD") == "from torch.optim import SGD, Adam, AdamW, Optimizer"
+    assert torch_lines("optim.Adam") == torch_lines("optim.SGD")
+    for method in ("step", "decay", "bias_corrections", "denominator"):
+        assert pairs[f"optim.Adam.{method}"].torch.note, method
     assert pairs["optim.SGD.step"].torch.note and pairs["optim.SGD.step"].torch.item is None
     assert "loss.backward()" in torch_lines("train.forward_backward")
 
