@@ -1,13 +1,13 @@
 """Train the manual and the torch implementation side by side and prove they match.
 
 Both start from the same parameters and see the same batches. On every step
-the two gradients are compared, then (after the update) the two parameter
-sets; before the next step the manual learner takes over torch's state, so that
-every step is checked from the same starting point (--independent: never, and
-see float32 trajectories drift apart). At the end, their test accuracies and predictions
-are compared. Prints a verdict,
-writes report.json and plots, and exits 0 on MATCH, 1 on MISMATCH or a
-diverging run, 2 on bad usage or bad data.
+the two gradients are compared; then both optimizers step on torch's gradients,
+and the two parameter sets, running statistics and optimizer states are compared;
+before the next step the manual learner takes over torch's state, so that every
+step is checked from the same starting point (--independent: never, and see
+float32 trajectories drift apart). At the end, their test accuracies and
+predictions are compared. Prints a verdict, writes report.json and plots, and
+exits 0 on MATCH, 1 on MISMATCH or a diverging run, 2 on bad usage or bad data.
 
     python compare.py                      # defaults: softmax regression, 5 epochs, lr 0.5
     python compare.py --dtype float64      # gradients must agree to 1e-10
@@ -83,8 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="cosine: anneal the lr to 0 over the whole run, step by step")
     parser.add_argument("--label-smoothing", type=finite, default=0.0, help="in [0, 1)")
     parser.add_argument("--independent", action="store_true",
-                        help="never copy torch's state into the manual learner: each follows "
-                             "its own trajectory (an MLP's drift apart in float32)")
+                        help="never copy torch's state or gradients into the manual learner: "
+                             "each follows its own trajectory (an MLP's drift apart in float32)")
     parser.add_argument("--seed", type=int, default=0, help="seeds parameters, split, batches")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -1,4 +1,4 @@
-"""MNIST softmax regression by hand: plain tensors and hand-derived gradients, no autograd."""
+"""MNIST classifiers by hand: plain tensors, hand-derived gradients and updates, no autograd."""
 
 from manual import functional, lr_scheduler, model, optim, train
 

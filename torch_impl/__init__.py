@@ -1,4 +1,4 @@
-"""MNIST softmax regression the idiomatic way: nn.Linear, F.cross_entropy, torch.optim.SGD."""
+"""MNIST classifiers the idiomatic way: torch.nn layers, F.cross_entropy, autograd, torch.optim."""
 
 from torch_impl import functional, lr_scheduler, model, optim, train
 
