@@ -175,12 +175,20 @@ def final_table(summary: dict) -> str:
             "layer's largest output) was positive on one side only, so one side let its gradient "
             "through and the other did not. Each is right for its own rounding: not an error. In "
             "float64 such a tie is far rarer.")
-    elif not summary["match"] and summary["max_param_rel_diff"] > 1e-3:
+    elif (not summary["match"] and summary["config"]["independent"]
+          and summary["max_param_rel_diff"] > 1e-3):
         lines.append(
             f"note: step 1, taken from identical parameters, agreed to "
             f"{summary['first_step_grad_rel_diff']:.1e}; then the parameters drifted apart "
             f"(max rel diff {summary['max_param_rel_diff']:.1e}). Unstable training (too large "
             "--lr for this --batch-size) amplifies rounding differences: try a smaller --lr.")
+    elif (checks["gradients"] and not summary["config"]["independent"]
+          and not (checks["parameters"] and checks.get("optimizer state", True))):
+        lines.append(
+            "note: the gradients agreed, but the updates did not (parameters max rel diff "
+            f"{summary['max_param_rel_diff']:.1e}). Each update started from the same "
+            "parameters, optimizer state and gradients on both sides, so the manual optimizer's "
+            "step itself differs from torch's.")
     elif not checks["gradients"] and all(level["close_steps"] == level["steps"]
                                          for level in summary["gradient_agreement"].values()):
         lines.append(

@@ -10,6 +10,7 @@ import pytest
 
 import compare
 import manual
+from common import report as report_module
 from tests.helpers import (
     AdamWDecayingThroughTheGradient,
     AdamWithEpsInsideTheRoot,
@@ -92,6 +93,8 @@ def test_a_broken_adam_is_a_mismatch(capsys, mnist_root, tmp_path, monkeypatch, 
                                  "--optimizer", optimizer)
     assert status == 1 and report["match"] is False
     assert f"{failed} [FAILED]" in out and "gradients max rel diff" in out
+    assert "so the manual optimizer's step itself differs from torch's" in out
+    assert "smaller --lr" not in out  # nothing drifted: each step started from torch's state
     assert report["max_grad_rel_diff"] <= 1e-4
     agreement = report["parameter_agreement" if failed == "parameters" else "state_agreement"]
     assert max(level["max_rel_diff"] for level in agreement.values()) > 1e-3
@@ -107,6 +110,22 @@ def test_a_broken_sgd_update_is_a_mismatch(capsys, mnist_root, tmp_path, monkeyp
                                  "--momentum", "0.9", "--dampening", "0.5")
     assert status == 1 and report["match"] is False
     assert "parameters [FAILED]" in out and "optimizer state [FAILED]" in out
+    assert "the manual optimizer's step itself differs" in out and "smaller --lr" not in out
+
+
+@pytest.mark.parametrize("independent", [True, False], ids=["independent", "lockstep"])
+def test_drifting_parameters_blame_the_lr_only_when_the_runs_were_independent(
+        capsys, mnist_root, tmp_path, independent):
+    """Parameters far apart with the gradients over the limit: the learning-rate advice only
+    for --independent runs; in the lock step each update starts from torch's state, so nothing
+    can drift."""
+    *_, summary = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots")
+    summary["config"]["independent"], summary["match"] = independent, False
+    summary["max_grad_rel_diff"], summary["max_param_rel_diff"] = 0.5, 0.2
+    summary["relu_gate_flips"] |= {"steps_over_limit": 5, "first_step_over_limit": 3}
+    table = report_module.final_table(summary)
+    assert ("then the parameters drifted apart (max rel diff 2.0e-01)" in table) is independent
+    assert "step itself differs" not in table  # the gradients did not agree
 
 
 @pytest.mark.parametrize(("flags", "message"), [
