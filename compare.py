@@ -185,11 +185,12 @@ def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
     return learners
 
 
-# What the lock step compares after the update, by report key: (what to call it, the
-# named tensors). The gradients are compared before the update.
-AFTER_UPDATE = {"param": ("parameter", Learner.named_parameters),
-                "buffer": ("buffer", Learner.named_buffers),
-                "state": ("optimizer state", Learner.named_optimizer_state)}
+# What the lock step compares, by report key: (what to call it, a learner's named tensors).
+# The gradients before the update, the others after it.
+COMPARED = {"grad": ("gradient", Learner.named_gradients),
+            "param": ("parameter", Learner.named_parameters),
+            "buffer": ("buffer", Learner.named_buffers),
+            "state": ("optimizer state", Learner.named_optimizer_state)}
 
 
 def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
@@ -215,7 +216,7 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     """
     manual_learner, torch_learner = learners
     losses, gate_flips = [], []
-    stats = {which: [] for which in ("grad", *AFTER_UPDATE)}
+    stats = {which: [] for which in COMPARED}
     for step, (x, y) in enumerate(epoch_batches, start=1):
         if not independent:
             manual_learner.copy_state_from(torch_learner)  # a no-op where they agree to the bit
@@ -226,21 +227,19 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
         losses.append(torch.stack([manual_loss, torch_learner.gradients(x, y)]))
         if not torch.isfinite(losses[-1]).all():
             raise Diverged(f"step {step}: loss {losses[-1].tolist()}")
-        stats["grad"].append(compared(step, "gradient", Learner.named_gradients, learners))
+        stats["grad"].append(compared(step, *COMPARED["grad"], learners))
         gate_flips.append(relu_flips(learners))
         if not independent:  # the update is checked on the same gradients, see above
             manual_learner.copy_gradients_from(torch_learner)
         for learner in learners:
             learner.step()  # the optimizer's, then the learning-rate schedule's
-        for which, (what, named) in AFTER_UPDATE.items():
-            stats[which].append(compared(step, what, named, learners))
+        for which in ("param", "buffer", "state"):
+            stats[which].append(compared(step, *COMPARED[which], learners))
         progress.update()
     dtype = learners[0].parameters()[0].dtype
-    named = {"grad": Learner.named_gradients} | {which: named for which, (_, named)
-                                                 in AFTER_UPDATE.items()}
     return {"loss": torch.stack(losses).double().mean(dim=0).tolist(),
-            "names": {which: [name for name, _ in named[which](manual_learner)]
-                      for which in stats},
+            "names": {which: [name for name, _ in named(manual_learner)]
+                      for which, (_, named) in COMPARED.items()},
             "stats": {which: levels(torch.stack(steps), dtype).cpu()
                       for which, steps in stats.items()},
             "gate_flips": torch.stack(gate_flips).double().cpu()}
