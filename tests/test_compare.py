@@ -123,6 +123,12 @@ def test_float64_gradients_agree_to_1e_10_on_every_step(capsys, mnist_root, tmp_
 def test_bad_flags_exit_2_with_one_line_before_any_work(capsys, tmp_path, flags, message):
     """Each impossible or non-finite flag: exit status 2 and one line on stderr naming it,
     before the data is even looked for (the data root given here holds nothing)."""
+    assert_refused(capsys, tmp_path, flags, message)
+
+
+def assert_refused(capsys, tmp_path, flags: list[str], message: str) -> None:
+    """compare.main(flags) exits 2 with one line on stderr holding `message`, and has neither
+    looked for the data nor created the output folder."""
     with pytest.raises(SystemExit) as exit_:
         compare.main(["--data-root", str(tmp_path / "no-data"), "--out", str(tmp_path / "run"),
                       *QUICK, *flags])
