@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 import manual
 import torch_impl
-from common import plots, report
-from common.checks import ShapeMismatch, levels, named_stats, relu_gate_flips
+from common import diagnosis, plots, report
+from common.checks import ShapeMismatch, exceeds, levels, named_stats, relu_gate_flips
 from common.data import NUM_CLASSES, NUM_PIXELS, DataError, batches, load_splits, resolve_root
 from common.flags import ArgumentParser, finite
 from common.training import Learner
@@ -49,8 +49,13 @@ class Diverged(Exception):
 
 
 class Mismatch(Exception):
-    """A step could not even be compared: tensors of different shapes, or the manual
-    forward / backward failed where torch's ran."""
+    """A step could not even be compared: tensors of different shapes, the manual forward /
+    backward failed where torch's ran, or one side's loss is NaN or infinite. Carries the
+    diagnosis (common.diagnosis)."""
+
+    def __init__(self, found: dict, first: dict | None = None):
+        super().__init__(found["message"])
+        self.diagnosis = first or found  # the first mismatch of the epoch, should it be earlier
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -186,15 +191,17 @@ def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
 
 
 # What the lock step compares, by report key: (what to call it, a learner's named tensors).
-# The gradients before the update, the others after it.
-COMPARED = {"grad": ("gradient", Learner.named_gradients),
+# The loss and the gradients before the update, the others after it.
+COMPARED = {"loss": ("loss", Learner.named_loss),
+            "grad": ("gradient", Learner.named_gradients),
             "param": ("parameter", Learner.named_parameters),
             "buffer": ("buffer", Learner.named_buffers),
             "state": ("optimizer state", Learner.named_optimizer_state)}
 
 
 def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
-                         independent: bool = False) -> dict:
+                         independent: bool = False, first_step: int = 1,
+                         diagnose: bool = True) -> dict:
     """One epoch of both learners on the same batches, checking every step.
 
     Before each step, the manual learner takes over torch's parameters, running
@@ -208,41 +215,62 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     independent=True skips both copies.
 
     Returns the mean loss of each learner and, per step, the agreement levels
-    (checks.levels) of the named gradients (parameters', then the hidden outputs'), then,
-    after the update, of the parameters, the running statistics and the optimizer's state
-    tensors: "stats"[which] (steps, tensors, 4) and "names"[which], which in "grad", "param",
-    "buffer", "state". Each step only queues a few reductions on the device; the levels
-    are worked out once, at the end of the epoch.
+    (checks.levels) of the loss and the named gradients (backward's order), then, after the
+    update, of the parameters, the running statistics and the optimizer's state tensors:
+    "stats"[which] (steps, tensors, 4) and "names"[which], which in COMPARED. Each step only
+    queues a few reductions on the device and reads one number back: whether the loss or a
+    gradient went over the limit (or the loss is not finite). The levels are worked out once,
+    at the end of the epoch.
+
+    diagnose: find where the first mismatch starts ("diagnosis", common.diagnosis; steps are
+    numbered from first_step) and, in float32, how far each side's step 1 is from float64
+    ("reference"); the detail is computed only once a tensor went over the limit.
     """
     manual_learner, torch_learner = learners
-    losses, gate_flips = [], []
+    dtype = learners[0].parameters()[0].dtype
+    limit = report.MAX_GRAD_REL_DIFF[str(dtype).removeprefix("torch.")]
+    losses, gate_flips, found, reference = [], [], None, None
     stats = {which: [] for which in COMPARED}
-    for step, (x, y) in enumerate(epoch_batches, start=1):
+    for step, (x, y) in enumerate(epoch_batches, start=first_step):
         if not independent:
             manual_learner.copy_state_from(torch_learner)  # a no-op where they agree to the bit
         try:
-            manual_loss = manual_learner.gradients(x, y)
-        except RuntimeError as error:  # e.g. a .grad of the wrong shape, refused by torch
-            raise Mismatch(f"step {step}: the manual forward / backward failed: {error}") from None
-        losses.append(torch.stack([manual_loss, torch_learner.gradients(x, y)]))
-        if not torch.isfinite(losses[-1]).all():
-            raise Diverged(f"step {step}: loss {losses[-1].tolist()}")
-        stats["grad"].append(compared(step, *COMPARED["grad"], learners))
+            manual_learner.gradients(x, y)
+            torch_learner.gradients(x, y)
+            for which in ("loss", "grad"):
+                stats[which].append(named_stats(*(COMPARED[which][1](learner)
+                                                  for learner in learners)))
+        except (RuntimeError, ShapeMismatch) as error:  # e.g. a .grad of the wrong shape
+            raise Mismatch(diagnosis.of_failure(step, learners, x, y, error, limit),
+                           found) from None
+        losses.append(torch.stack([manual_learner.loss, torch_learner.loss]))
+        if exceeds(torch.cat([stats["loss"][-1], stats["grad"][-1]]), limit):  # one host sync
+            if not torch.isfinite(losses[-1]).any():
+                raise Diverged(f"step {step}: loss {losses[-1].tolist()}")
+            one_side = not torch.isfinite(losses[-1]).all()  # not a divergence: a mismatch
+            if found is None and (diagnose or one_side):
+                found = diagnosis.of_gradients(step, learners, x, y, limit, independent)
+            if one_side:
+                raise Mismatch(found)
+        if diagnose and step == 1 and dtype == torch.float32:
+            reference = diagnosis.float64_errors(learners, x, y)
         gate_flips.append(relu_flips(learners))
         if not independent:  # the update is checked on the same gradients, see above
             manual_learner.copy_gradients_from(torch_learner)
         for learner in learners:
             learner.step()  # the optimizer's, then the learning-rate schedule's
         for which in ("param", "buffer", "state"):
-            stats[which].append(compared(step, *COMPARED[which], learners))
+            stats[which].append(compared(step, *COMPARED[which], learners, found))
         progress.update()
-    dtype = learners[0].parameters()[0].dtype
-    return {"loss": torch.stack(losses).double().mean(dim=0).tolist(),
-            "names": {which: [name for name, _ in named(manual_learner)]
-                      for which, (_, named) in COMPARED.items()},
-            "stats": {which: levels(torch.stack(steps), dtype).cpu()
-                      for which, steps in stats.items()},
-            "gate_flips": torch.stack(gate_flips).double().cpu()}
+    names = {which: [name for name, _ in named(manual_learner)]
+             for which, (_, named) in COMPARED.items()}
+    stats = {which: levels(torch.stack(steps), dtype).cpu() for which, steps in stats.items()}
+    if diagnose:  # the update and the running statistics: found from the levels, replayed
+        found = diagnosis.first_of_epoch(found, stats, names, learners, limit, first_step,
+                                         independent)
+    return {"loss": torch.stack(losses).double().mean(dim=0).tolist(), "names": names,
+            "stats": stats, "gate_flips": torch.stack(gate_flips).double().cpu(),
+            "diagnosis": found, "reference": reference}
 
 
 def relu_flips(learners: list[Learner]) -> torch.Tensor:
@@ -253,13 +281,14 @@ def relu_flips(learners: list[Learner]) -> torch.Tensor:
     return torch.stack(flips).amax(dim=0) if flips else torch.zeros(2)
 
 
-def compared(step: int, what: str, named, learners: list[Learner]) -> torch.Tensor:
+def compared(step: int, what: str, named, learners: list[Learner],
+             found: dict | None = None) -> torch.Tensor:
     """(tensors, 3): checks.named_stats of named(manual) against named(torch); tensors of
     different shapes stop the run as a Mismatch (they must never pass by broadcasting)."""
     try:
         return named_stats(*(named(learner) for learner in learners))
     except ShapeMismatch as error:
-        raise Mismatch(f"step {step}: {what} {error}") from None
+        raise Mismatch(diagnosis.make(step, what, "shape", f"{what} {error}."), found) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                   disable=args.quiet, file=sys.stderr) as progress:
             try:
                 result = train_epoch_lockstep(learners, epoch_batches, progress,
-                                              args.independent)
+                                              args.independent,
+                                              (epoch - 1) * steps_per_epoch + 1,
+                                              diagnose=history.diagnosis is None)
             except Diverged as error:
                 print(f"error: training diverged in epoch {epoch}, {error}: "
                       f"lower --lr (now {args.lr:g})", file=sys.stderr)
@@ -308,9 +339,13 @@ def main(argv: list[str] | None = None) -> int:
                                                  time.perf_counter() - start))
                 return 1
             except Mismatch as error:
+                first = history.diagnosis or error.diagnosis
                 print(f"MISMATCH ({args.dtype}) in epoch {epoch}, {error}")
+                if first["message"] != str(error):
+                    print(f"diagnosis: {first['message']}")
                 report.write(out, report.stopped(args, device, history,
-                                                 time.perf_counter() - start, str(error)))
+                                                 time.perf_counter() - start, str(error),
+                                                 first))
                 return 1
         history.add_epoch(result, [learner.accuracy(data.val_x, data.val_y)
                                    for learner in learners])

@@ -81,6 +81,13 @@ def named_stats(actual: list[tuple[str, torch.Tensor]],
 
 
 @torch.no_grad()
+def exceeds(stats: torch.Tensor, limit: float) -> bool:
+    """Whether any row of difference_stats (T, 3) has max|a - b| > limit max|b|, or a NaN
+    (a NaN or infinite tensor on either side gives one). One reduction and one host sync."""
+    return not (stats[:, 0] - limit * stats[:, 1]).amax() <= 0
+
+
+@torch.no_grad()
 def relu_gate_flips(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
     """Two ReLU outputs (N, H) of the same step: [entries open on one side only, the largest
     such entry relative to the largest output of `expected`]. Stays on the device.

@@ -28,6 +28,10 @@ class Learner:
         if batchnorm)."""
         self.name = package.__name__
         self.package = package
+        self.dtype = dtype
+        self.settings = dict(in_features=in_features, num_classes=num_classes,  # for twin()
+                             optimizer_options=optimizer_options, label_smoothing=label_smoothing,
+                             device=device, hidden=hidden, batchnorm=batchnorm, optimizer=optimizer)
         kinds = dict(device=device, dtype=dtype)
         self.model = (package.model.SoftmaxRegression(in_features, num_classes, **kinds)
                       if hidden is None else
@@ -38,6 +42,7 @@ class Learner:
                           package.lr_scheduler.CosineAnnealingLR(self.optimizer, anneal_steps))
         self.label_smoothing = label_smoothing
         self.params = list(self.model.parameters())  # updated in place: the same tensors always
+        self.loss = self.last_logits = None  # of the last gradients(), with dLoss/dlogits in .grad
 
     def parameters(self) -> list[torch.Tensor]:
         """The model's parameters, in nn's order (softmax regression: [weight, bias])."""
@@ -47,12 +52,25 @@ class Learner:
         """The parameters by name: "weight", "bias" (softmax regression), "layers.0.weight", ..."""
         return list(self.model.named_parameters())
 
+    def named_loss(self) -> list[tuple[str, torch.Tensor]]:
+        """[("loss", the loss of the last gradients())]: the lock step compares it too."""
+        return [("loss", self.loss)]
+
     def named_gradients(self) -> list[tuple[str, torch.Tensor]]:
-        """What the lock step compares after backward, by name: every parameter's gradient
-        ("weight", "layers.0.weight", ...), then dLoss/dh of every hidden output h, in
-        forward order ("hidden.linear", "hidden.batchnorm1d", "hidden.relu")."""
-        named = [(name, param.grad) for name, param in self.named_parameters()]
-        return named + [(name, output.grad) for name, output in self.named_hidden_outputs()]
+        """What the lock step compares after backward, by name, in the order backward computes
+        it: dLoss/dlogits ("logits"), then from the top layer down each layer's parameter
+        gradients ("layers.2.weight", "layers.2.bias") and dLoss/d(the layer's input), which
+        is the output of the hidden layer below ("hidden.relu"). Softmax regression:
+        "logits", "weight", "bias"."""
+        hidden, params = self.named_hidden_outputs(), self.named_parameters()
+        named = [("logits", getattr(self.last_logits, "grad", None))]
+        for index in reversed(range(len(hidden) + 1)):  # hidden[i] is the output of layer i
+            named += [(name, param.grad) for name, param in params
+                      if layer_index(name) == index]
+            if index:
+                name, output = hidden[index - 1]
+                named.append((name, output.grad))
+        return named
 
     def named_hidden_outputs(self) -> list[tuple[str, torch.Tensor]]:
         """Each hidden layer's output of the last forward, by its layer: "hidden.linear",
@@ -101,9 +119,32 @@ class Learner:
             mine.grad.copy_(theirs.grad)
 
     def gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Zero the old gradients, fill each parameter's .grad for this batch; return the loss."""
+        """Zero the old gradients, fill each parameter's .grad for this batch; return the loss.
+        The loss and the logits (with dLoss/dlogits in .grad) stay in self.loss and
+        self.last_logits until the next call."""
         self.optimizer.zero_grad()
-        return self.package.train.forward_backward(self.model, x, y, self.label_smoothing)
+        self.loss, self.last_logits = self.package.train.forward_backward(self.model, x, y,
+                                                                     self.label_smoothing)
+        return self.loss
+
+    @torch.no_grad()
+    def twin(self, dtype: torch.dtype | None = None) -> "Learner":
+        """A new Learner of the same package and configuration, in `dtype` (default: this
+        one's), holding a copy of this one's parameters, gradients, running statistics and
+        optimizer state. It has no learning-rate schedule: its optimizer keeps the base lr.
+        Built without touching torch's random streams (the parameters are copied anyway)."""
+        with torch.random.fork_rng():
+            twin = Learner(self.package, **self.settings, dtype=dtype or self.dtype)
+        for mine, theirs in zip(twin.params, self.params, strict=True):
+            mine.copy_(theirs)
+            mine.grad = None if theirs.grad is None else theirs.grad.to(mine.dtype, copy=True)
+            state = self.optimizer.state.get(theirs, {})
+            twin.optimizer.state[mine] = {key: copied(value, mine.dtype)
+                                          for key, value in state.items()}
+        for (_, mine), (_, theirs) in zip(twin.named_buffers(), self.named_buffers(),
+                                          strict=True):
+            mine.copy_(theirs)
+        return twin
 
     def step(self) -> None:
         """Update the parameters with their gradients, then the learning rate if scheduled."""
@@ -137,3 +178,18 @@ class Learner:
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Share of the N examples classified correctly, in [0, 1]."""
         return (self.predict(x) == y).double().mean().item()
+
+
+def layer_index(name: str) -> int:
+    """The index of the layer a parameter belongs to: "layers.2.bias" -> 2; 0 for softmax
+    regression's "weight", "bias" (its only layer)."""
+    parts = name.split(".")
+    return int(parts[1]) if parts[0] == "layers" else 0
+
+
+def copied(value, dtype: torch.dtype):
+    """A copy of one optimizer-state entry: a tensor of a parameter's shape in `dtype`; a
+    0-dim tensor (torch's step count) or a Python number as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype, copy=True) if value.dim() else value.clone()
+    return value

@@ -7,13 +7,16 @@ from torch_impl.model import MLP, SoftmaxRegression
 
 
 def forward_backward(model: SoftmaxRegression | MLP, x: torch.Tensor, y: torch.Tensor,
-                     label_smoothing: float = 0.0) -> torch.Tensor:
-    """Fill every parameter's .grad with dLoss/dparameter; return the loss.
+                     label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill every parameter's .grad with dLoss/dparameter; return the loss and the logits.
 
-    x: (N, D), y: (N,) -> scalar mean cross-entropy of the batch.
+    x: (N, D), y: (N,) -> (scalar mean cross-entropy of the batch, logits (N, C)), with
+    dLoss/dlogits (N, C) kept in logits.grad: autograd frees an intermediate gradient once
+    it has passed it on, unless retain_grad() asks it to keep it.
     F.cross_entropy is what nn.CrossEntropyLoss() calls when applied.
     """
     logits = model(x)
+    logits.retain_grad()
     loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     loss.backward()
-    return loss.detach()
+    return loss.detach(), logits
