@@ -237,14 +237,15 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
         try:
             manual_learner.gradients(x, y)
             torch_learner.gradients(x, y)
-            for which in ("loss", "grad"):
-                stats[which].append(named_stats(*(COMPARED[which][1](learner)
-                                                  for learner in learners)))
+            before = named_stats(*(learner.named_loss() + learner.named_gradients()
+                                   for learner in learners))
         except (RuntimeError, ShapeMismatch) as error:  # e.g. a .grad of the wrong shape
             raise Mismatch(diagnosis.of_failure(step, learners, x, y, error, limit),
                            found) from None
+        stats["loss"].append(before[:1])
+        stats["grad"].append(before[1:])
         losses.append(torch.stack([manual_learner.loss, torch_learner.loss]))
-        if exceeds(torch.cat([stats["loss"][-1], stats["grad"][-1]]), limit):  # one host sync
+        if exceeds(before, limit):  # the one host sync of the step: NaN and inf count too
             if not torch.isfinite(losses[-1]).any():
                 raise Diverged(f"step {step}: loss {losses[-1].tolist()}")
             one_side = not torch.isfinite(losses[-1]).all()  # not a divergence: a mismatch

@@ -218,9 +218,11 @@ def project_epoch(pipeline: str, root: Path, batch_size: int, device: str):
     def epoch_batches(epoch: int, steps: int | None):
         return itertools.islice(batches(data.train_x, data.train_y, batch_size, SEED, epoch), steps)
 
-    if pipeline == "lockstep":
+    if pipeline == "lockstep":  # the float64 reference of step 1: in the warm-up, epoch 0
+        steps_per_epoch = -(-len(data.train_x) // batch_size)
         return lambda epoch, steps=None: compare.train_epoch_lockstep(
-            learners, epoch_batches(epoch, steps), tqdm(disable=True))
+            learners, epoch_batches(epoch, steps), tqdm(disable=True),
+            first_step=epoch * steps_per_epoch + 1)
     learner = learners[0] if pipeline == "manual" else learners[1]
     return lambda epoch, steps=None: learner.train_epoch(epoch_batches(epoch, steps))
 
