@@ -67,7 +67,7 @@ def classify(a: torch.Tensor | None, b: torch.Tensor | None, limit: float, batch
     a, b = a.nan_to_num(0.0, 0.0, 0.0), b.nan_to_num(0.0, 0.0, 0.0)  # both non-finite: alike
     factor = constant_factor(a, b, limit)
     if factor is not None:
-        return "scale", factor, scale_sentence(factor, batch_size)
+        return "scale", *scale_sentence(factor, batch_size)
     differ = (a - b).abs() > limit * b.abs().amax()
     active = (a != 0) | (b != 0)  # entries that are 0 on both sides prove nothing
     sentence = partial_sentence(differ, active, axes)
@@ -89,18 +89,21 @@ def constant_factor(a: torch.Tensor, b: torch.Tensor, limit: float) -> float | N
     return k if fits and abs(k - 1) > limit else None
 
 
-def scale_sentence(k: float, batch_size: int) -> str:
-    """The sentence for a = k b: k = N, 1/N, -1 get their likely cause."""
+def scale_sentence(k: float, batch_size: int) -> tuple[float, str]:
+    """(the factor, the sentence) for a = k b: k = N, 1/N and -1 are named, and given exactly;
+    any other k to 6 significant digits."""
     if batch_size > 1 and abs(k / batch_size - 1) < SCALE_FIT:
-        return (f"manual's is {k:.4g} x torch's, the batch size N = {batch_size}: did you "
-                "forget to divide by the batch size?")
+        return float(batch_size), (
+            f"manual's is {batch_size} x torch's, the batch size N = {batch_size}: did you "
+            "forget to divide by the batch size?")
     if batch_size > 1 and abs(k * batch_size - 1) < SCALE_FIT:
-        return (f"manual's is 1/{batch_size} of torch's, 1/N for the batch size N = "
-                f"{batch_size}: did you divide by the batch size where torch sums (a mean "
-                "instead of a sum)?")
+        return 1 / batch_size, (
+            f"manual's is 1/{batch_size} of torch's, 1/N for the batch size N = {batch_size}: "
+            "did you divide by the batch size where torch sums (a mean instead of a sum)?")
     if abs(k + 1) < SCALE_FIT:
-        return "manual's is -1 x torch's: the sign is flipped."
-    return f"manual's is {k:.4g} x torch's: off by a constant factor of {k:.4g}."
+        return -1.0, "manual's is -1 x torch's: the sign is flipped."
+    k = float(f"{k:.6g}")
+    return k, f"manual's is {k:.4g} x torch's: off by a constant factor of {k:.4g}."
 
 
 def shape_sentence(a: torch.Tensor | None, b: torch.Tensor | None, limit: float) -> str:

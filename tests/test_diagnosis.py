@@ -1,0 +1,340 @@
+"""The tutor (common/diagnosis.py) on small synthetic steps, no MNIST needed: each kind of
+difference, the order in which tensors are searched, the float64 reference, the replayed
+update, and the replayed failure. Seeded bugs are monkeypatched into the manual code; the
+same step without them must find nothing.
+"""
+
+import pytest
+import torch
+
+import manual
+import torch_impl
+from common import diagnosis
+from common.checks import difference_stats, exceeds, named_stats
+from common.training import Learner
+from tests.helpers import random_batch
+
+LIMIT = 1e-4
+IN_FEATURES, HIDDEN, NUM_CLASSES, BATCH = 20, 8, 5, 16
+
+
+def learners(hidden=None, batchnorm=False, dtype=torch.float32, optimizer="SGD",
+             options=None):
+    """A manual and a torch learner from the same seed (identical parameters)."""
+    pair = []
+    for package in (manual, torch_impl):
+        torch.manual_seed(0)
+        pair.append(Learner(package, IN_FEATURES, NUM_CLASSES, options or {"lr": 0.1},
+                            dtype=dtype, hidden=hidden, batchnorm=batchnorm,
+                            optimizer=optimizer))
+    return pair
+
+
+def both_gradients(pair, x, y):
+    for learner in pair:
+        learner.gradients(x, y)
+
+
+def batch(dtype=torch.float32, seed=0):
+    x, y = random_batch(BATCH, IN_FEATURES, NUM_CLASSES, dtype=dtype, seed=seed)
+    return x, y
+
+
+# -- the kinds, on tensors made to order -------------------------------------------------------
+
+B = torch.randn(6, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.1
+
+
+def changed(rows=None, columns=None, entries=None):
+    """B with some rows, columns or (row, column) entries doubled."""
+    a = B.clone()
+    if rows is not None:
+        a[rows] *= 2
+    if columns is not None:
+        a[:, columns] *= 2
+    for entry in entries or []:
+        a[entry] *= 2
+    return a
+
+
+@pytest.mark.parametrize(("a", "kind", "factor", "words"), [
+    (B * 6, "scale", 6, "the batch size N = 6: did you forget to divide by the batch size?"),
+    (B / 6, "scale", 1 / 6, "1/6 of torch's, 1/N for the batch size N = 6"),
+    (-B, "scale", -1, "-1 x torch's: the sign is flipped"),
+    (1.01 * B, "scale", 1.01, "1.01 x torch's: off by a constant factor of 1.01"),
+    (B.T.contiguous(), "shape", None, "manual's transposed (a.T) equals torch's"),
+    (B.reshape(1, 6, 4), "shape", None, "manual's reshaped to (6, 4) equals torch's"),
+    (B[:3], "shape", None, "neither manual's transposed nor a reshape of it"),
+    (None, "shape", None, "manual's was never set (None); the other's is (6, 4)"),
+    (changed(rows=[2]), "partial", None, "only some rows differ: 2 (1 of the 6"),
+    (changed(columns=[0, 3]), "partial", None, "only some columns differ: 0, 3 (2 of the 4"),
+    (changed(entries=[(0, 0), (5, 3)]) * torch.tensor([1.0, 1, 1, 1]), "partial", None,
+     "only some rows differ: 0, 5"),
+    (B + torch.randn(6, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64),
+     "other", None, "no simple pattern"),
+], ids=["N", "1/N", "sign", "factor", "transposed", "reshaped", "shape", "missing",
+        "row", "columns", "two-rows", "noise"])
+def test_each_kind_of_difference_is_named(a, kind, factor, words):
+    """Manual's tensor against B: the kind, the factor of a scale, and the sentence."""
+    found_kind, found_factor, sentence = diagnosis.classify(a, B, LIMIT, batch_size=6)
+    assert found_kind == kind and words in sentence
+    assert found_factor == (None if factor is None else pytest.approx(factor))
+
+
+def test_entries_are_listed_when_neither_rows_nor_columns_are_spared():
+    """One entry per row and per column doubled in an 8 x 8 tensor: every row and column has
+    one, so only the entries are named, and they are fewer than half."""
+    b = torch.rand(8, 8, dtype=torch.float64) + 1
+    a = b.clone()
+    a[torch.arange(8), torch.arange(8)] *= 2
+    kind, _, sentence = diagnosis.classify(a, b, LIMIT, batch_size=8)
+    assert kind == "partial" and "only some entries differ: 8 of the 64" in sentence
+
+
+@pytest.mark.parametrize("side", ["manual", "torch"])
+def test_non_finite_on_one_side_is_named_before_anything_else(side):
+    """A NaN in one tensor only: non-finite, naming the side and the first entry; the same
+    NaN on both sides is no difference of that kind."""
+    bad = B.clone()
+    bad[1, 2] = float("nan")
+    a, b = (bad, B) if side == "manual" else (B, bad)
+    kind, _, sentence = diagnosis.classify(a, b, LIMIT, batch_size=6)
+    assert kind == "non-finite"
+    assert sentence == f"{side}'s has 1 NaN entry (the first at [1, 2]) where the other " \
+                       "side's is finite."
+    assert diagnosis.classify(bad * 2, bad, LIMIT, batch_size=6)[0] == "scale"
+
+
+def test_rounding_is_asked_after_shape_and_non_finite_and_before_scale():
+    """classify consults the rounding function only for finite tensors of the same shape,
+    and its sentence wins over a scale."""
+    calls = []
+
+    def rounding():
+        calls.append(1)
+        return "both round"
+
+    assert diagnosis.classify(B.T, B, LIMIT, 6, rounding=rounding)[0] == "shape"
+    assert calls == []
+    assert diagnosis.classify(2 * B, B, LIMIT, 6, rounding=rounding) == (
+        "rounding", None, "both round")
+    assert diagnosis.classify(2 * B, B, LIMIT, 6, rounding=lambda: None)[0] == "scale"
+
+
+# -- the per-step alarm -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("a", "over"), [
+    (torch.tensor([1.0, 2.0]), False),
+    (torch.tensor([1.0, 2.0 + 1e-6]), False),
+    (torch.tensor([1.0, 2.001]), True),
+    (torch.tensor([1.0, float("nan")]), True),
+    (torch.tensor([1.0, float("inf")]), True),
+], ids=["equal", "within", "over", "nan", "inf"])
+def test_exceeds_flags_a_tensor_over_the_limit_or_not_finite(a, over):
+    """exceeds over the stats of (zeros, zeros) and (a, [1, 2]): the limit is relative."""
+    stats = named_stats([("z", torch.zeros(3)), ("a", a)],
+                        [("z", torch.zeros(3)), ("a", torch.tensor([1.0, 2.0]))])
+    assert exceeds(stats, LIMIT) is over
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_named_stats_at_once_equal_the_formula_tensor_by_tensor(dtype):
+    """The _foreach_ path gives, for each pair, max|a - b|, max|b|, max(|a - b| - rtol |b|),
+    a scalar loss and an empty-free mix of shapes included."""
+    generator = torch.Generator().manual_seed(3)
+    b = [torch.randn(shape, generator=generator, dtype=dtype) for shape in ((), (7,), (3, 5))]
+    a = [t + 1e-3 * torch.randn(t.shape, generator=generator, dtype=dtype) for t in b]
+    rtol = 1.3e-6 if dtype == torch.float32 else 1e-7
+    stats = named_stats([("", t) for t in a], [("", t) for t in b])
+    for row, x, y in zip(stats, a, b, strict=True):
+        diff = (x - y).abs()
+        expected = torch.stack([diff.max(), y.abs().max(), (diff - rtol * y.abs()).max()])
+        torch.testing.assert_close(row, expected, rtol=0, atol=0)
+        torch.testing.assert_close(difference_stats(x, y), expected, rtol=0, atol=0)
+
+
+# -- the order, the twin, and the gradient phase -----------------------------------------------
+
+@pytest.mark.parametrize(("batchnorm", "expected"), [
+    (False, ["logits", "layers.2.weight", "layers.2.bias", "hidden.relu", "hidden.linear",
+             "layers.0.weight", "layers.0.bias"]),
+    (True, ["logits", "layers.3.weight", "layers.3.bias", "hidden.relu", "hidden.batchnorm1d",
+            "layers.1.weight", "layers.1.bias", "hidden.linear", "layers.0.weight"]),
+], ids=["mlp", "mlp-batchnorm"])
+def test_gradients_are_named_in_the_order_backward_computes_them(batchnorm, expected):
+    """dLoss/dlogits, then the top layer's parameters, then dLoss/d(its input), and so on
+    down; both packages' tensors line up in shape."""
+    pair = learners(hidden=HIDDEN, batchnorm=batchnorm)
+    both_gradients(pair, *batch())
+    named = [learner.named_gradients() for learner in pair]
+    assert [name for name, _ in named[0]] == expected
+    assert [a.shape for _, a in named[0]] == [b.shape for _, b in named[1]]
+
+
+def test_twin_copies_the_state_without_touching_the_random_stream():
+    """A float64 twin of an Adam learner after one step: the same parameters, gradients and
+    state; changing it leaves the original alone; torch's random stream is where it was."""
+    pair = learners(hidden=HIDDEN, batchnorm=True, optimizer="Adam", options={"lr": 1e-3})
+    x, y = batch()
+    for learner in pair:
+        learner.gradients(x, y)
+        learner.step()
+        learner.gradients(x, y)
+    for learner in pair:
+        before = torch.get_rng_state()
+        twin = learner.twin(torch.float64)
+        assert torch.equal(torch.get_rng_state(), before)
+        for mine, theirs in zip(twin.params, learner.params, strict=True):
+            assert mine.dtype == torch.float64 and torch.equal(mine, theirs.double())
+            assert torch.equal(mine.grad, theirs.grad.double())
+            state, source = twin.optimizer.state[mine], learner.optimizer.state[theirs]
+            assert int(state["step"]) == int(source["step"]) == 1
+            assert torch.equal(state["exp_avg"], source["exp_avg"].double())
+        assert [b.tolist() for _, b in twin.named_buffers()] == [
+            b.double().tolist() for _, b in learner.named_buffers()]
+        with torch.no_grad():
+            twin.params[0].add_(1.0)
+        assert not torch.equal(twin.params[0], learner.params[0].double())
+
+
+def test_a_right_step_has_nothing_to_diagnose():
+    pair = learners(hidden=HIDDEN)
+    x, y = batch()
+    both_gradients(pair, x, y)
+    assert diagnosis.of_gradients(1, pair, x, y, LIMIT, independent=False) is None
+
+
+def forgets_the_batch_size(logits, targets, reduction="mean", label_smoothing=0.0):
+    return RIGHT_GRAD(logits, targets, "sum", label_smoothing)
+
+
+def forgets_the_target(logits, targets, reduction="mean", label_smoothing=0.0):
+    """softmax(z) / N: the - q term left out, so only each example's target entry differs."""
+    return manual.functional.softmax(logits) / len(logits)
+
+
+RIGHT_GRAD = manual.functional.cross_entropy_grad
+RIGHT_LINEAR = manual.layers.Linear.backward
+
+
+def linear_backward(weight=None, bias=None):
+    """Linear.backward with its weight or bias gradient replaced by weight(self, g) / bias(g)."""
+    def backward(self, grad_output, needs_input_grad=True):
+        grad_input = RIGHT_LINEAR(self, grad_output, needs_input_grad)
+        if weight:
+            self.weight.grad = weight(self, grad_output)
+        if bias and self.bias is not None:
+            self.bias.grad = bias(grad_output)
+        return grad_input
+    return backward
+
+
+@pytest.mark.parametrize(("hidden", "patch", "tensor", "kind", "factor"), [
+    (None, ("functional", "cross_entropy_grad", forgets_the_batch_size),
+     "logits.grad", "scale", BATCH),
+    (None, ("layers.Linear", "backward", linear_backward(bias=lambda g: g.mean(dim=0))),
+     "bias.grad", "scale", 1 / BATCH),
+    (HIDDEN, ("layers.Linear", "backward", linear_backward(bias=lambda g: g.mean(dim=0))),
+     "layers.2.bias.grad", "scale", 1 / BATCH),
+    (None, ("layers.Linear", "backward", linear_backward(weight=lambda s, g: -(g.T @ s.input))),
+     "weight.grad", "scale", -1),
+    (HIDDEN, ("functional", "cross_entropy_grad", forgets_the_target),
+     "logits.grad", "partial", None),
+], ids=["no-N", "bias-mean", "mlp-top-bias-mean", "sign", "no-target"])
+def test_seeded_bugs_are_found_where_they_start(monkeypatch, hidden, patch, tensor, kind,
+                                                factor):
+    """Each bug, on one float32 step: the first tensor over the limit in backward's order,
+    its kind and factor. The MLP's bias bug is found at the top layer, where backward meets
+    it first."""
+    where, name, value = patch
+    owner = manual
+    for part in where.split("."):
+        owner = getattr(owner, part)
+    monkeypatch.setattr(owner, name, value)
+    pair = learners(hidden=hidden)
+    x, y = batch()
+    both_gradients(pair, x, y)
+    found = diagnosis.of_gradients(7, pair, x, y, LIMIT, independent=False)
+    assert (found["step"], found["tensor"], found["kind"]) == (7, tensor, kind)
+    assert found["factor"] == (None if factor is None else pytest.approx(factor, rel=1e-4))
+    assert found["message"].startswith(f"step 7, {diagnosis.label(tensor)} differs first "
+                                       f"({kind}): ")
+    if kind == "partial":
+        assert f"only some entries differ: {BATCH} of the {BATCH * NUM_CLASSES}" in \
+            found["message"]
+
+
+def test_a_relu_tie_within_rounding_is_rounding_and_a_far_one_is_not():
+    """Flip one ReLU gate on the manual side: within float32 rounding of 0 (relative 3e-8),
+    the tensors below the ReLU are excused; far from 0 (0.5) they are not; and the ReLU's own
+    output gradient, computed above it, never is."""
+    pair = learners(hidden=HIDDEN)
+    x, y = batch()
+    both_gradients(pair, x, y)
+    relu = [dict(learner.named_hidden_outputs())["hidden.relu"] for learner in pair]
+    names = ["loss"] + [name for name, _ in pair[0].named_gradients()]
+    below, above = names.index("hidden.linear"), names.index("hidden.relu")
+    row, unit = (relu[1] == 0).nonzero()[0].tolist()
+    largest = relu[1].max().item()
+    for distance, excused in ((3e-8, True), (0.5, False)):
+        relu[0].detach()[row, unit] = distance * largest
+        assert (diagnosis.relu_tie(pair, below) is not None) is excused
+        assert diagnosis.relu_tie(pair, above) is None
+
+
+def test_float64_reference_of_a_right_step_is_rounding_on_both_sides():
+    """float32 step 1 against torch's float64: both sides within 1e-6; a manual gradient
+    scaled by 1.01 is 1e-2 off while torch stays within rounding."""
+    pair = learners(hidden=HIDDEN)
+    x, y = batch()
+    both_gradients(pair, x, y)
+    reference = diagnosis.float64_errors(pair, x, y)
+    assert set(reference["tensors"]) == {"loss", *(n for n, _ in pair[0].named_gradients())}
+    assert 0 < reference["manual"] < 1e-6 and 0 < reference["torch"] < 1e-6
+    pair[0].params[0].grad.mul_(1.01)
+    assert reference["torch"] == diagnosis.float64_errors(pair, x, y)["torch"]
+    assert diagnosis.float64_errors(pair, x, y)["manual"] == pytest.approx(1e-2, rel=1e-3)
+
+
+# -- the update, replayed; and a step that failed ----------------------------------------------
+
+def uphill_step(self):
+    for param, grad in self.gradients():
+        param.add_(grad, alpha=self.lr)
+
+
+def test_a_broken_update_is_replayed_and_classified(monkeypatch):
+    """An SGD that steps uphill: replayed from torch's state, manual's change of each
+    parameter is -1 x torch's. Without the bug, the replay agrees: in the lock step that is
+    'other' (the difference depended on the step), for independent runs 'rounding'."""
+    pair = learners()
+    x, y = batch()
+    both_gradients(pair, x, y)
+    found = diagnosis.of_update(3, "param", "weight", pair, LIMIT, independent=False)
+    assert (found["kind"], found["tensor"]) == ("other", "weight after the update")
+    found = diagnosis.of_update(3, "param", "weight", pair, LIMIT, independent=True)
+    assert found["kind"] == "rounding" and "try a smaller --lr" in found["message"]
+    found = diagnosis.of_update(1, "param", "weight", pair, LIMIT, independent=True)
+    assert found["kind"] == "rounding" and "smaller --lr" not in found["message"]
+    monkeypatch.setattr(manual.optim.SGD, "step", uphill_step)
+    pair = learners()
+    both_gradients(pair, x, y)
+    found = diagnosis.of_update(3, "param", "weight", pair, LIMIT, independent=False)
+    assert (found["kind"], found["factor"]) == ("scale", -1)
+    assert "manual's update of weight (after - before) is -1 x torch's" in found["message"]
+    assert all(learner.params[0].grad is not None for learner in pair)  # the learners untouched
+
+
+def test_a_gradient_assigned_transposed_is_recovered_from_the_failed_step(monkeypatch):
+    """torch refuses to store a transposed weight gradient; the replay records it anyway and
+    names it: shape, at weight.grad, and its transpose is torch's."""
+    monkeypatch.setattr(manual.layers.Linear, "backward",
+                        linear_backward(weight=lambda self, g: self.input.T @ g))
+    pair = learners()
+    x, y = batch()
+    with pytest.raises(RuntimeError, match="assign a gradient of size"):
+        pair[0].gradients(x, y)
+    found = diagnosis.of_failure(1, pair, x, y, RuntimeError("refused"), LIMIT)
+    assert (found["tensor"], found["kind"]) == ("weight.grad", "shape")
+    assert f"manual's is ({IN_FEATURES}, {NUM_CLASSES}), torch's ({NUM_CLASSES}, " \
+           f"{IN_FEATURES}), and manual's transposed (a.T) equals torch's" in found["message"]
