@@ -71,7 +71,8 @@ def gradients(history: History) -> plt.Figure:
     for ax in axes[:, 0]:
         ax.set_ylabel("max|manual - torch| / max|torch|", fontsize=8)
     hidden = any(name.startswith("hidden.") for name in names)
-    figure.suptitle("Gradient difference per step, tensor by tensor" + (
+    figure.suptitle("Gradient difference per step, tensor by tensor, in the order backward "
+                    "computes them" + (
         "\nhidden.x: dLoss/d(output of the hidden layer x)" if hidden else ""))
     figure.tight_layout()
     return figure

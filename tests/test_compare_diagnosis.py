@@ -132,4 +132,4 @@ def test_drift_in_independent_runs_gets_the_learning_rate_advice(capsys, mnist_r
     found = report["diagnosis"]
     assert status == 1 and found["kind"] == "rounding" and found["step"] > 1
     assert "the parameters have drifted apart" in found["message"]
-    assert "try a smaller --lr" in found["message"]
+    assert "try a smaller --lr" in found["message"] and found["message"] in out
