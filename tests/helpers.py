@@ -12,7 +12,7 @@ import torch
 
 import manual.functional as F
 from common.checks import Agreement, agreement, assert_agrees
-from manual.layers import BatchNorm1d, ReLU
+from manual.layers import BatchNorm1d, Linear, ReLU
 from manual.model import SoftmaxRegression
 from manual.optim import Adam, AdamW
 
@@ -168,6 +168,21 @@ class WorstAgreement:
 
 # Broken twins: each must fail the checks that the right layer or optimizer passes
 # (test_layers.py, test_optim.py) and make compare.py say MISMATCH (test_compare.py).
+
+def linear_backward(weight=None, bias=None):
+    """Broken on demand: Linear.backward with its weight gradient replaced by weight(layer, g)
+    and its bias gradient by bias(g), g = dLoss/dy; the returned dLoss/dx stays right."""
+    right = Linear.backward
+
+    def backward(self, grad_output, needs_input_grad=True):
+        grad_input = right(self, grad_output, needs_input_grad)
+        if weight:
+            self.weight.grad = weight(self, grad_output)
+        if bias and self.bias is not None:
+            self.bias.grad = bias(grad_output)
+        return grad_input
+    return backward
+
 
 class GradientLeakingReLU(ReLU):
     """Broken: backward passes g through where x < 0 too, as if ReLU were the identity."""

@@ -6,36 +6,24 @@ float64 reference line; report.json's diagnosis, null on a MATCH.
 import pytest
 
 import manual
+from tests.helpers import linear_backward
 from tests.test_compare import MLP, QUICK, run
 
 RIGHT_GRAD = manual.functional.cross_entropy_grad
-RIGHT_LINEAR = manual.layers.Linear.backward
 RIGHT_LOSS = manual.functional.cross_entropy
-
-
-def linear_backward(weight=None, bias=None):
-    """Linear.backward with its weight or bias gradient replaced by weight(self, g) / bias(g)."""
-    def backward(self, grad_output, needs_input_grad=True):
-        grad_input = RIGHT_LINEAR(self, grad_output, needs_input_grad)
-        if weight:
-            self.weight.grad = weight(self, grad_output)
-        if bias:
-            self.bias.grad = bias(grad_output)
-        return grad_input
-    return backward
 
 
 def nan_at_call(number):
     """Linear.backward that puts a NaN into its weight gradient on its `number`-th call."""
     calls = []
 
-    def backward(self, grad_output, needs_input_grad=True):
-        grad_input = RIGHT_LINEAR(self, grad_output, needs_input_grad)
+    def weight(layer, grad_output):
         calls.append(1)
+        grad = grad_output.T @ layer.input
         if len(calls) == number:
-            self.weight.grad[0, 0] = float("nan")
-        return grad_input
-    return backward
+            grad[0, 0] = float("nan")
+        return grad
+    return linear_backward(weight=weight)
 
 
 SEEDED = {  # name: (what to patch, attribute, value, step, tensor, kind, factor)
@@ -63,10 +51,7 @@ def test_seeded_bugs_are_diagnosed_where_they_start(capsys, mnist_root, tmp_path
     """Each seeded bug: MISMATCH, exit 1, report.json's diagnosis with the right step, tensor,
     kind and factor, its message printed, and no learning-rate advice."""
     where, name, value, step, tensor, kind, factor = SEEDED[bug]
-    owner = manual
-    for part in where.split("."):
-        owner = getattr(owner, part)
-    monkeypatch.setattr(owner, name, value)
+    monkeypatch.setattr(f"manual.{where}.{name}", value)
     status, out, err, report = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots")
     assert status == 1 and "MISMATCH" in out and "Traceback" not in err
     found = report["diagnosis"]

@@ -12,7 +12,7 @@ import torch_impl
 from common import diagnosis
 from common.checks import difference_stats, exceeds, named_stats
 from common.training import Learner
-from tests.helpers import random_batch
+from tests.helpers import linear_backward, random_batch
 
 LIMIT = 1e-4
 IN_FEATURES, HIDDEN, NUM_CLASSES, BATCH = 20, 8, 5, 16
@@ -214,19 +214,6 @@ def forgets_the_target(logits, targets, reduction="mean", label_smoothing=0.0):
 
 
 RIGHT_GRAD = manual.functional.cross_entropy_grad
-RIGHT_LINEAR = manual.layers.Linear.backward
-
-
-def linear_backward(weight=None, bias=None):
-    """Linear.backward with its weight or bias gradient replaced by weight(self, g) / bias(g)."""
-    def backward(self, grad_output, needs_input_grad=True):
-        grad_input = RIGHT_LINEAR(self, grad_output, needs_input_grad)
-        if weight:
-            self.weight.grad = weight(self, grad_output)
-        if bias and self.bias is not None:
-            self.bias.grad = bias(grad_output)
-        return grad_input
-    return backward
 
 
 @pytest.mark.parametrize(("hidden", "patch", "tensor", "kind", "factor"), [
@@ -247,10 +234,7 @@ def test_seeded_bugs_are_found_where_they_start(monkeypatch, hidden, patch, tens
     its kind and factor. The MLP's bias bug is found at the top layer, where backward meets
     it first."""
     where, name, value = patch
-    owner = manual
-    for part in where.split("."):
-        owner = getattr(owner, part)
-    monkeypatch.setattr(owner, name, value)
+    monkeypatch.setattr(f"manual.{where}.{name}", value)
     pair = learners(hidden=hidden)
     x, y = batch()
     both_gradients(pair, x, y)
