@@ -228,7 +228,7 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     """
     manual_learner, torch_learner = learners
     dtype = learners[0].parameters()[0].dtype
-    limit = report.MAX_GRAD_REL_DIFF[str(dtype).removeprefix("torch.")]
+    limit = report.limit(dtype)
     losses, gate_flips, found, reference = [], [], None, None
     stats = {which: [] for which in COMPARED}
     for step, (x, y) in enumerate(epoch_batches, start=first_step):
@@ -246,13 +246,8 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
         stats["grad"].append(before[1:])
         losses.append(torch.stack([manual_learner.loss, torch_learner.loss]))
         if exceeds(before, limit):  # the one host sync of the step: NaN and inf count too
-            if not torch.isfinite(losses[-1]).any():
-                raise Diverged(f"step {step}: loss {losses[-1].tolist()}")
-            one_side = not torch.isfinite(losses[-1]).all()  # not a divergence: a mismatch
-            if found is None and (diagnose or one_side):
-                found = diagnosis.of_gradients(step, learners, x, y, limit, independent)
-            if one_side:
-                raise Mismatch(found)
+            found = over_the_limit(step, learners, x, y, losses[-1], found, diagnose,
+                                   independent)
         if diagnose and step == 1 and dtype == torch.float32:
             reference = diagnosis.float64_errors(learners, x, y)
         gate_flips.append(relu_flips(learners))
@@ -272,6 +267,23 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     return {"loss": torch.stack(losses).double().mean(dim=0).tolist(), "names": names,
             "stats": stats, "gate_flips": torch.stack(gate_flips).double().cpu(),
             "diagnosis": found, "reference": reference}
+
+
+def over_the_limit(step: int, learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
+                   loss: torch.Tensor, found: dict | None, diagnose: bool,
+                   independent: bool) -> dict | None:
+    """A step whose loss or gradients went over the limit. Both losses (loss: (2,)) NaN or
+    infinite: training diverged (raises Diverged). Otherwise its diagnosis, unless the epoch
+    already has one (found) or diagnose is off; and a loss NaN or infinite on one side only
+    is a mismatch that stops the run (raises Mismatch), whatever found."""
+    finite = torch.isfinite(loss)
+    if not finite.any():
+        raise Diverged(f"step {step}: loss {loss.tolist()}")
+    if found is None and (diagnose or not finite.all()):
+        found = diagnosis.of_gradients(step, learners, x, y, report.limit(x.dtype), independent)
+    if not finite.all():
+        raise Mismatch(found)
+    return found
 
 
 def relu_flips(learners: list[Learner]) -> torch.Tensor:

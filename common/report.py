@@ -31,6 +31,11 @@ WITHIN_THE_LIMIT_TOO = {"loss": "loss_agreement", "parameters": "parameter_agree
                         "running stats": "buffer_agreement", "optimizer state": "state_agreement"}
 
 
+def limit(dtype: torch.dtype) -> float:
+    """MAX_GRAD_REL_DIFF for a torch dtype: the limit of every compared tensor."""
+    return MAX_GRAD_REL_DIFF[str(dtype).removeprefix("torch.")]
+
+
 class History:
     """Per-epoch losses and accuracies of both learners, and every step's difference stats."""
 
