@@ -236,10 +236,14 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
             manual_learner.copy_state_from(torch_learner)  # a no-op where they agree to the bit
         try:
             manual_learner.gradients(x, y)
-            torch_learner.gradients(x, y)
+        except Exception as error:  # e.g. a .grad of the wrong shape, refused by torch
+            raise Mismatch(diagnosis.of_failure(step, learners, x, y, error, limit),
+                           found) from None
+        torch_learner.gradients(x, y)
+        try:
             before = named_stats(*(learner.named_loss() + learner.named_gradients()
                                    for learner in learners))
-        except (RuntimeError, ShapeMismatch) as error:  # e.g. a .grad of the wrong shape
+        except ShapeMismatch as error:  # e.g. a .grad never set
             raise Mismatch(diagnosis.of_failure(step, learners, x, y, error, limit),
                            found) from None
         stats["loss"].append(before[:1])
@@ -279,10 +283,11 @@ def over_the_limit(step: int, learners: list[Learner], x: torch.Tensor, y: torch
     finite = torch.isfinite(loss)
     if not finite.any():
         raise Diverged(f"step {step}: loss {loss.tolist()}")
-    if found is None and (diagnose or not finite.all()):
-        found = diagnosis.of_gradients(step, learners, x, y, report.limit(x.dtype), independent)
-    if not finite.all():
-        raise Mismatch(found)
+    if (found is None and diagnose) or not finite.all():
+        now = diagnosis.of_gradients(step, learners, x, y, report.limit(x.dtype), independent)
+        if not finite.all():
+            raise Mismatch(now, found)
+        found = found or now
     return found
 
 

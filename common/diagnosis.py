@@ -61,10 +61,17 @@ def classify(a: torch.Tensor | None, b: torch.Tensor | None, limit: float, batch
     one_side = a.isfinite() != b.isfinite()
     if one_side.any():
         return "non-finite", None, non_finite_sentence(a, b, one_side)
+    if not a.isfinite().all() and agrees(a.nan_to_num(0.0, 0.0, 0.0),
+                                         b.nan_to_num(0.0, 0.0, 0.0), limit):
+        return "non-finite", None, "both sides are NaN or infinite at the same entries."
     sentence = rounding() if rounding else None
     if sentence:
         return "rounding", None, sentence
     a, b = a.nan_to_num(0.0, 0.0, 0.0), b.nan_to_num(0.0, 0.0, 0.0)  # both non-finite: alike
+    if a.dim() == 2 and a.shape[0] == a.shape[1] and agrees(a.T, b, limit):
+        return "shape", None, ("manual's transposed (a.T) equals torch's; the shapes agree only "
+                               "because the matrix is square: the product is taken in the "
+                               "wrong order.")
     factor = constant_factor(a, b, limit)
     if factor is not None:
         return "scale", *scale_sentence(factor, batch_size)
@@ -85,7 +92,8 @@ def constant_factor(a: torch.Tensor, b: torch.Tensor, limit: float) -> float | N
     if size == 0:
         return None
     k = ((a * b).sum() / size).item()
-    fits = (a - k * b).abs().amax() <= SCALE_FIT * a.abs().amax()
+    residual = (a - k * b).abs().amax()  # what k b leaves: small against a, and against k - 1
+    fits = residual <= SCALE_FIT * a.abs().amax() and residual <= 0.1 * abs(k - 1) * b.abs().amax()
     return k if fits and abs(k - 1) > limit else None
 
 
@@ -102,8 +110,10 @@ def scale_sentence(k: float, batch_size: int) -> tuple[float, str]:
             "did you divide by the batch size where torch sums (a mean instead of a sum)?")
     if abs(k + 1) < SCALE_FIT:
         return -1.0, "manual's is -1 x torch's: the sign is flipped."
+    if k == 0:
+        return 0.0, "manual's is all zeros where torch's is not: was it ever computed?"
     k = float(f"{k:.6g}")
-    return k, f"manual's is {k:.4g} x torch's: off by a constant factor of {k:.4g}."
+    return k, f"manual's is {k:.6g} x torch's: off by a constant factor of {k:.6g}."
 
 
 def shape_sentence(a: torch.Tensor | None, b: torch.Tensor | None, limit: float) -> str:
@@ -134,6 +144,8 @@ def non_finite_sentence(a: torch.Tensor, b: torch.Tensor, one_side: torch.Tensor
     entries = (one_side & ~values.isfinite()).nonzero()
     nans = int(values[one_side].isnan().sum())
     what = "NaN" if nans == len(entries) else "inf" if nans == 0 else "NaN or inf"
+    if values.dim() == 0:
+        return f"{side}'s is {what} where the other side's is finite."
     return (f"{side}'s has {len(entries)} {what} entr{'y' if len(entries) == 1 else 'ies'} "
             f"(the first at {entries[0].tolist()}) where the other side's is finite.")
 
@@ -178,27 +190,26 @@ def axes_of(name: str) -> tuple[str, str]:
 
 @torch.no_grad()
 def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
-                 limit: float, independent: bool) -> dict | None:
+                 limit: float, independent: bool) -> dict:
     """The first of the loss, dLoss/dlogits and the gradients (backward's order) that is over
-    `limit` at this step, and its kind; None if none is. Called right after both backward
-    passes, before the update, so the parameters are still those the step started from."""
-    named = [learner.named_loss() + learner.named_gradients() for learner in learners]
+    `limit` at this step (should none be, at the limit's edge: the furthest apart), and its
+    kind. Called right after both backward passes, before the update, so the parameters are
+    still those the step started from."""
+    pairs = list(zip(*(learner.named_loss() + learner.named_gradients()
+                       for learner in learners), strict=True))
+    over = [not agrees(a, b, limit) for (_, a), (_, b) in pairs]  # NaN never agrees
+    index = over.index(True) if any(over) else max(
+        range(len(pairs)), key=lambda i: distance(pairs[i][0][1], pairs[i][1][1].double()))
+    (name, a), (_, b) = pairs[index]
     references = {}
-    for index, ((name, a), (_, b)) in enumerate(zip(*named, strict=True)):
-        if agrees(a, b, limit) and a.isfinite().all() == b.isfinite().all():
-            continue
-        group = "loss" if index == 0 else "grad"
 
-        def rounding(name=name, a=a, b=b, index=index):
-            if not references:
-                references.update(float64_references(learners, x, y, independent))
-            return rounding_sentence(learners, name, index, a, b, references, limit,
-                                     independent)
+    def rounding():
+        references.update(references or float64_references(learners, x, y, independent))
+        return rounding_sentence(learners, name, index, a, b, references, limit, independent)
 
-        kind, factor, sentence = classify(a, b, limit, len(x), axes_of(name),
-                                          rounding if a.dtype == torch.float32 else None)
-        return make(step, tensor_key(group, name), kind, sentence, factor)
-    return None
+    kind, factor, sentence = classify(a, b, limit, len(x), axes_of(name),
+                                      rounding if a.dtype == torch.float32 else None)
+    return make(step, tensor_key("loss" if index == 0 else "grad", name), kind, sentence, factor)
 
 
 def float64_references(learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
@@ -251,9 +262,9 @@ def rounding_sentence(learners: list[Learner], name: str, index: int, a: torch.T
     size = reference_b.abs().amax().item()
     return (f"not an error: {numbers}, so both are float32 rounding of the same math. The "
             f"difference is large only next to the tensor itself, nearly 0 here (largest "
-            f"entry {size:.1e}): a small batch that the model already classifies well gives "
-            "a tiny loss and tiny gradients, made of much larger terms whose rounding remains. "
-            "--dtype float64 agrees to ~1e-13.")
+            f"entry {size:.1e}), as when a small batch is already classified well: a tiny "
+            "result of much larger terms, whose rounding remains. --dtype float64 rounds "
+            "about 5e8 times finer.")
 
 
 def relu_tie(learners: list[Learner], index: int) -> float | None:
@@ -266,7 +277,14 @@ def relu_tie(learners: list[Learner], index: int) -> float | None:
         return None
     outputs = [dict(learner.named_hidden_outputs())["hidden.relu"] for learner in learners]
     count, relative = relu_gate_flips(*outputs).tolist()
-    return relative if count and relative <= ROUNDING_DISTANCE["float32"] else None
+    if not count or relative > ROUNDING_DISTANCE["float32"]:
+        return None
+    # the gradient the ReLU passes on must differ nowhere else than at the flipped gates
+    passed = names[names.index("hidden.relu") + 1]
+    below = [dict(learner.named_gradients())[passed] for learner in learners]
+    flipped = (outputs[0] > 0) != (outputs[1] > 0)
+    elsewhere = (below[0] - below[1]).abs().masked_fill(flipped, 0).amax()
+    return relative if elsewhere <= ROUNDING_DISTANCE["float32"] * below[1].abs().amax() else None
 
 
 def parameter_drift(learners: list[Learner]) -> float:
@@ -307,25 +325,35 @@ class Recorder(torch.Tensor):
 @torch.no_grad()
 def of_failure(step: int, learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
                error: Exception, limit: float) -> dict:
-    """The manual forward / backward failed, or left a tensor of the wrong shape: replay the
-    step on a copy of the manual learner whose parameters record what is assigned to their
-    .grad, and name the first tensor whose shape differs from torch's."""
+    """The manual forward / backward raised `error`, or left a tensor of the wrong shape:
+    replay the step on a copy of the manual learner whose parameters record what is assigned
+    to their .grad, and name the first tensor, in backward's order, that is missing or whose
+    shape differs from torch's. Missing because the replay failed before it: the error."""
     manual_learner, torch_learner = learners
     probe = manual_learner.twin()
     for owner in getattr(probe.model, "layers", [probe.model]):
         for name, param in owner.named_parameters():
             setattr(owner, name, param.as_subclass(Recorder))
+    probe.loss = probe.last_logits = None
+    failed = None
     try:
         probe.gradients(x, y)
-    except Exception:  # the same failure again: what was recorded before it is what counts
-        pass
+    except Exception as again:  # any error of the manual code is the learner's to see
+        failed = again
     with torch.enable_grad():
         torch_learner.gradients(x, y)
-    pairs = zip(probe.named_gradients(), torch_learner.named_gradients(), strict=True)
-    for (name, a), (_, b) in pairs:
+    pairs = zip(probe.named_loss() + probe.named_gradients(),
+                torch_learner.named_loss() + torch_learner.named_gradients(), strict=True)
+    for index, ((name, a), (_, b)) in enumerate(pairs):
+        tensor = tensor_key("loss" if index == 0 else "grad", name)
+        if a is None and failed is not None:
+            return make(step, tensor, "other", (
+                f"the manual code failed before computing it: {type(failed).__name__}: "
+                f"{failed}"))
         if a is None or b is None or a.shape != b.shape:
-            return make(step, tensor_key("grad", name), "shape", shape_sentence(a, b, limit))
-    return make(step, "loss", "other", f"The manual forward / backward failed: {error}")
+            return make(step, tensor, "shape", shape_sentence(a, b, limit))
+    return make(step, "loss", "other", (
+        f"the manual forward / backward failed: {type(error).__name__}: {error}"))
 
 
 # -- the update and the running statistics, found at the end of the epoch ---------------------
@@ -376,27 +404,46 @@ def of_update(step: int, group: str, name: str, learners: list[Learner], limit: 
         a, b = replayed_update(learners, group, name)
         what = f"update of {name} (after - before)" if group == "param" else name
     tensor = f"{name} after the update" if group == "param" else name
-    if agrees(a, b, limit) and a.isfinite().all() == b.isfinite().all():
-        if independent and step == 1:
-            return make(step, tensor, "rounding", (
-                "not an error in either: the gradients agreed within float32 rounding, and "
-                "replayed from the same state with the same gradients the two updates agree. "
-                "The update magnified the gradients' rounding: Adam divides each entry by its "
-                "own running scale, so an entry whose gradient is all rounding moves "
-                "differently on each side. Without --independent each update is checked on "
-                "torch's gradients."))
-        if independent:
-            return make(step, tensor, "rounding", (
-                "not an error in either: step 1 agreed, and replayed from the same state the "
-                "two updates agree, so the parameters drifted apart step by step, from float32 "
-                "rounding. Unstable training (too large --lr for this --batch-size) amplifies "
-                "such differences: try a smaller --lr."))
+    rates = [learner.lr() for learner in learners]
+    if group != "buffer" and abs(rates[0] - rates[1]) > limit * abs(rates[1]):
         return make(step, tensor, "other", (
-            f"It went over the limit at step {step}, but {what}, replayed from torch's state, "
-            "agrees: the difference depends on the step."))
+            f"the learning rates differ: manual's is now {rates[0]:.6g}, torch's {rates[1]:.6g}"
+            " (the learning-rate schedule?)."))
+    if agrees(a, b, limit) and a.isfinite().all() == b.isfinite().all():
+        return agreeing_replay(step, tensor, group, what, a, b, learners, independent)
     kind, factor, sentence = classify(a, b, limit, batch_size=0)
     sentence = sentence.replace("manual's", f"manual's {what}", 1)
     return make(step, tensor, kind, sentence, factor)
+
+
+def agreeing_replay(step: int, tensor: str, group: str, what: str, a: torch.Tensor,
+                    b: torch.Tensor, learners: list[Learner], independent: bool) -> dict:
+    """What it means that `tensor` went over the limit at `step` though, replayed (or, the
+    running statistics, looked at now), manual's and torch's agree: --independent, within
+    rounding, the learners drifted apart (or, at step 1, the update magnified the gradients'
+    rounding); else the difference depended on the step."""
+    rounding = 10 * torch.finfo(b.dtype).eps  # relative: a few roundings of one update
+    if independent and group != "buffer" and agrees(a, b, rounding):
+        if step == 1:
+            adam = any(key.endswith(".exp_avg_sq") for key, _ in
+                       learners[1].named_optimizer_state())
+            why = (": Adam divides each entry by its own running scale, so an entry whose "
+                   "gradient is all rounding moves differently on each side" if adam else "")
+            return make(step, tensor, "rounding", (
+                "not an error in either: replayed from the same state with the same gradients, "
+                f"the two updates agree to rounding, so the update magnified the rounding "
+                f"differences of the gradients{why}. Without --independent each update is "
+                "checked on torch's gradients."))
+        return make(step, tensor, "rounding", (
+            "not an error in either: step 1 agreed, and replayed from the same state the two "
+            "updates agree to rounding, so the parameters drifted apart step by step, from "
+            "rounding. Unstable training (too large --lr for this --batch-size) amplifies "
+            "such differences: try a smaller --lr."))
+    looked = "looked at after the epoch" if group == "buffer" else "replayed from torch's state"
+    return make(step, tensor, "other", (
+        f"it went over the limit at step {step}, but {what}, {looked}, agrees within "
+        f"{(a.double() - b.double()).abs().amax() / b.double().abs().amax():.1e}: "
+        "the difference depends on the step (or accumulated over steps)."))
 
 
 def replayed_update(learners: list[Learner], group: str, name: str) -> list[torch.Tensor]:

@@ -195,8 +195,11 @@ def reference_line(reference: dict) -> str:
     line = (f"step 1 against float64, the exact math to ~1e-16: manual is off by "
             f"{reference['manual']:.1e}, torch by {reference['torch']:.1e} (the worst of the "
             "loss and the gradients, relative to each tensor's largest entry).")
-    if reference["manual"] > ROUNDING_SLACK * max(reference["torch"], FLOAT32_EPS):
-        return f"{line} Manual is much further off than float32 rounding: see the diagnosis."
+    further = [name for name, (by_hand, by_torch) in reference["tensors"].items()
+               if by_hand > ROUNDING_SLACK * max(by_torch, FLOAT32_EPS)]
+    if further:
+        return (f"{line} Manual's {', '.join(further)} more than {ROUNDING_SLACK} times "
+                "further off than torch's: more than float32 rounding.")
     return (f"{line} Both round each float32 operation (to {FLOAT32_EPS / 2:.1e}), in "
             "their own order: that is why they are close but not bit-identical.")
 

@@ -131,10 +131,14 @@ class Learner:
     def twin(self, dtype: torch.dtype | None = None) -> "Learner":
         """A new Learner of the same package and configuration, in `dtype` (default: this
         one's), holding a copy of this one's parameters, gradients, running statistics and
-        optimizer state. It has no learning-rate schedule: its optimizer keeps the base lr.
-        Built without touching torch's random streams (the parameters are copied anyway)."""
-        with torch.random.fork_rng():
-            twin = Learner(self.package, **self.settings, dtype=dtype or self.dtype)
+        optimizer state. It has no learning-rate schedule: its optimizer keeps this one's
+        current learning rate. Built without touching torch's random streams (the
+        parameters are copied anyway)."""
+        options = self.settings["optimizer_options"] | {"lr": self.lr()}
+        device = self.params[0].device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            twin = Learner(self.package, **self.settings | {"optimizer_options": options},
+                           dtype=dtype or self.dtype)
         for mine, theirs in zip(twin.params, self.params, strict=True):
             mine.copy_(theirs)
             mine.grad = None if theirs.grad is None else theirs.grad.to(mine.dtype, copy=True)
@@ -145,6 +149,12 @@ class Learner:
                                           strict=True):
             mine.copy_(theirs)
         return twin
+
+    def lr(self) -> float:
+        """The learning rate of the next step: the schedule's, else the optimizer's own."""
+        if self.scheduler is None:
+            return self.settings["optimizer_options"]["lr"]
+        return self.scheduler.get_last_lr()[0]
 
     def step(self) -> None:
         """Update the parameters with their gradients, then the learning rate if scheduled."""

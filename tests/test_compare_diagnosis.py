@@ -101,9 +101,9 @@ def test_a_loss_that_is_nan_on_one_side_only_is_a_mismatch_not_a_divergence(
     monkeypatch.setattr(manual.functional, "cross_entropy", cross_entropy)
     status, out, err, report = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots")
     assert status == 1 and "diverged" not in err and report["diverged"] is False
-    assert out.splitlines()[-1].startswith(
-        "MISMATCH (float32) in epoch 1, step 3, loss differs first (non-finite): manual's has 1 "
-        "NaN entry")
+    assert out.splitlines()[-1] == (
+        "MISMATCH (float32) in epoch 1, step 3, loss differs first (non-finite): manual's is "
+        "NaN where the other side's is finite.")
     assert (report["diagnosis"]["step"], report["diagnosis"]["tensor"]) == (3, "loss")
 
 
@@ -118,3 +118,24 @@ def test_drift_in_independent_runs_gets_the_learning_rate_advice(capsys, mnist_r
     assert status == 1 and found["kind"] == "rounding" and found["step"] > 1
     assert "the parameters have drifted apart" in found["message"]
     assert "try a smaller --lr" in found["message"] and found["message"] in out
+
+
+def test_any_error_in_the_manual_code_is_a_mismatch_in_one_line(capsys, mnist_root, tmp_path,
+                                                                 monkeypatch):
+    """A manual loss that raises IndexError (not only torch's RuntimeError): MISMATCH naming
+    the loss and the error, exit 1, no traceback, report.json saying why."""
+    calls = []  # the first call is the initial validation loss, left right
+
+    def raises(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise IndexError("index 10 is out of bounds")
+        return RIGHT_LOSS(*args, **kwargs)
+
+    monkeypatch.setattr(manual.functional, "cross_entropy", raises)
+    status, out, err, report = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots")
+    assert status == 1 and "Traceback" not in err
+    assert out.splitlines()[-1] == (
+        "MISMATCH (float32) in epoch 1, step 1, loss differs first (other): the manual code "
+        "failed before computing it: IndexError: index 10 is out of bounds")
+    assert report["diagnosis"]["tensor"] == "loss"

@@ -9,7 +9,7 @@ import torch
 
 import manual
 import torch_impl
-from common import diagnosis
+from common import diagnosis, report
 from common.checks import difference_stats, exceeds, named_stats
 from common.training import Learner
 from tests.helpers import linear_backward, random_batch
@@ -197,11 +197,15 @@ def test_twin_copies_the_state_without_touching_the_random_stream():
         assert not torch.equal(twin.params[0], learner.params[0].double())
 
 
-def test_a_right_step_has_nothing_to_diagnose():
+def test_a_right_step_is_not_over_the_limit_and_its_worst_tensor_is_rounding():
+    """The alarm stays off on a right float32 step; asked anyway (as at the limit's edge),
+    the diagnosis names its furthest tensor, as rounding."""
     pair = learners(hidden=HIDDEN)
     x, y = batch()
     both_gradients(pair, x, y)
-    assert diagnosis.of_gradients(1, pair, x, y, LIMIT, independent=False) is None
+    named = [learner.named_loss() + learner.named_gradients() for learner in pair]
+    assert not exceeds(named_stats(*named), LIMIT)
+    assert diagnosis.of_gradients(1, pair, x, y, LIMIT, independent=False)["kind"] == "rounding"
 
 
 def forgets_the_batch_size(logits, targets, reduction="mean", label_smoothing=0.0):
@@ -250,8 +254,9 @@ def test_seeded_bugs_are_found_where_they_start(monkeypatch, hidden, patch, tens
 
 def test_a_relu_tie_within_rounding_is_rounding_and_a_far_one_is_not():
     """Flip one ReLU gate on the manual side: within float32 rounding of 0 (relative 3e-8),
-    the tensors below the ReLU are excused; far from 0 (0.5) they are not; and the ReLU's own
-    output gradient, computed above it, never is."""
+    the tensors below the ReLU are excused; far from 0 (0.5) they are not; the ReLU's own
+    output gradient, computed above it, never is; nor is a tie when the gradient the ReLU
+    passes on also differs away from the flipped gate."""
     pair = learners(hidden=HIDDEN)
     x, y = batch()
     both_gradients(pair, x, y)
@@ -264,6 +269,10 @@ def test_a_relu_tie_within_rounding_is_rounding_and_a_far_one_is_not():
         relu[0].detach()[row, unit] = distance * largest
         assert (diagnosis.relu_tie(pair, below) is not None) is excused
         assert diagnosis.relu_tie(pair, above) is None
+    relu[0].detach()[row, unit] = 3e-8 * largest  # a tie again, but the gradient it passes on
+    passed = dict(pair[0].named_gradients())["hidden.linear"]
+    passed[(row + 1) % BATCH] += 1.0  # differs in another example too: not the tie's doing
+    assert diagnosis.relu_tie(pair, below) is None
 
 
 def test_float64_reference_of_a_right_step_is_rounding_on_both_sides():
@@ -322,3 +331,97 @@ def test_a_gradient_assigned_transposed_is_recovered_from_the_failed_step(monkey
     assert (found["tensor"], found["kind"]) == ("weight.grad", "shape")
     assert f"manual's is ({IN_FEATURES}, {NUM_CLASSES}), torch's ({NUM_CLASSES}, " \
            f"{IN_FEATURES}), and manual's transposed (a.T) equals torch's" in found["message"]
+
+
+@pytest.mark.parametrize(("a", "b", "kind", "factor", "words"), [
+    (torch.zeros(6, 4, dtype=torch.float64), B, "scale", 0.0,
+     "manual's is all zeros where torch's is not: was it ever computed?"),
+    (1.00019 * B, B, "scale", 1.00019, "1.00019 x torch's"),
+    (B[:4].T.contiguous(), B[:4], "shape", None, "the shapes agree only because the matrix is "
+     "square"),
+    (torch.tensor(float("nan"), dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64),
+     "non-finite", None, "manual's is NaN where the other side's is finite."),
+    (changed(entries=[(1, 1)]) * torch.where(B > 0.5, float("nan"), 1.0),
+     B * torch.where(B > 0.5, float("nan"), 1.0), "partial", None, "only some rows differ: 1 "),
+    (B * torch.where(B > 0.5, float("nan"), 1.0), B * torch.where(B > 0.5, float("nan"), 1.0),
+     "non-finite", None, "both sides are NaN or infinite at the same entries"),
+], ids=["zeros", "barely-scaled", "square-transposed", "scalar-nan", "nan-alike-and-a-row",
+        "nan-alike"])
+def test_edge_cases_get_their_own_words(a, b, kind, factor, words):
+    found_kind, found_factor, sentence = diagnosis.classify(a, b, LIMIT, batch_size=6)
+    assert found_kind == kind and words in sentence
+    assert found_factor == (None if factor is None else pytest.approx(factor))
+
+
+def test_a_failure_before_a_tensor_names_the_error_and_a_loss_of_the_wrong_shape_its_shape(
+        monkeypatch):
+    """A manual loss that raises: the loss, 'other', with the error's type and text. A loss
+    left per example, (N,) against (): the loss, 'shape', and how to fix it."""
+    pair = learners()
+    x, y = batch()
+
+    def raises(*args, **kwargs):
+        raise IndexError("boom")
+
+    monkeypatch.setattr(manual.functional, "cross_entropy", raises)
+    found = diagnosis.of_failure(4, pair, x, y, IndexError("boom"), LIMIT)
+    assert (found["step"], found["tensor"], found["kind"]) == (4, "loss", "other")
+    assert found["message"].endswith("the manual code failed before computing it: "
+                                     "IndexError: boom")
+    right = RIGHT_LOSS
+    monkeypatch.setattr(manual.functional, "cross_entropy",
+                        lambda logits, targets, **kwargs: right(logits, targets, "none"))
+    found = diagnosis.of_failure(4, pair, x, y, ValueError("shape"), LIMIT)
+    assert (found["tensor"], found["kind"]) == ("loss", "shape")
+    assert f"manual's is ({BATCH},), torch's ()" in found["message"]
+
+
+RIGHT_LOSS = manual.functional.cross_entropy
+
+
+def test_the_replay_takes_the_current_learning_rate_and_a_schedule_that_differs_is_named():
+    """A twin's optimizer takes its learner's current lr (the schedule's); if the two
+    learners' lrs differ, the update's diagnosis says so before anything else."""
+    pair = []
+    for package in (manual, torch_impl):
+        torch.manual_seed(0)
+        pair.append(Learner(package, IN_FEATURES, NUM_CLASSES, {"lr": 0.1}, anneal_steps=10))
+    x, y = batch()
+    for learner in pair:
+        learner.gradients(x, y)
+        learner.step()
+    assert pair[0].lr() == pytest.approx(pair[1].lr()) and pair[1].lr() < 0.1
+    assert pair[1].twin().lr() == pair[1].lr()
+    pair[0].optimizer.lr *= 1.1
+    found = diagnosis.of_update(2, "param", "weight", pair, LIMIT, independent=True)
+    assert found["kind"] == "other" and "the learning rates differ" in found["message"]
+
+
+def slightly_longer_step(self):
+    """Broken, below the limit: each step 1e-5 longer than it should be."""
+    for param, grad in self.gradients():
+        param.add_(grad, alpha=-self.lr * (1 + 1e-5))
+
+
+def test_drift_is_only_claimed_when_the_replayed_updates_agree_to_rounding(monkeypatch):
+    """An update 1e-5 too long agrees within the 1e-4 limit, but not to rounding: it may be
+    what made independent runs part, so no 'try a smaller --lr'."""
+    monkeypatch.setattr(manual.optim.SGD, "step", slightly_longer_step)
+    pair = learners()
+    both_gradients(pair, *batch())
+    found = diagnosis.of_update(5, "param", "weight", pair, LIMIT, independent=True)
+    assert found["kind"] == "other" and "smaller --lr" not in found["message"]
+    assert "accumulated over steps" in found["message"]
+
+
+def test_the_float64_line_says_rounding_only_when_every_tensor_is_rounding():
+    """report.reference_line: both within rounding -> 'close but not bit-identical'; manual's
+    bias 10x further off than torch's -> named, and no such claim."""
+    both = {"manual": 3e-7, "torch": 2e-7, "tensors": {"loss": [1e-8, 1e-7],
+                                                        "bias": [3e-7, 2e-7]}}
+    assert "that is why they are close but not bit-identical" in report.reference_line(both)
+    off = {"manual": 5e-6, "torch": 2e-7, "tensors": {"loss": [1e-8, 1e-7],
+                                                       "bias": [5e-6, 2e-7]}}
+    line = report.reference_line(off)
+    assert "Manual's bias more than 10 times further off than torch's" in line
+    assert "bit-identical" not in line
