@@ -250,7 +250,7 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
         stats["grad"].append(before[1:])
         losses.append(torch.stack([manual_learner.loss, torch_learner.loss]))
         if exceeds(before, limit):  # the one host sync of the step: NaN and inf count too
-            found = over_the_limit(step, learners, x, y, losses[-1], found, diagnose,
+            found = over_the_limit(step, learners, x, y, losses[-1], limit, found, diagnose,
                                    independent)
         if diagnose and step == 1 and dtype == torch.float32:
             reference = diagnosis.float64_errors(learners, x, y)
@@ -274,7 +274,7 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
 
 
 def over_the_limit(step: int, learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
-                   loss: torch.Tensor, found: dict | None, diagnose: bool,
+                   loss: torch.Tensor, limit: float, found: dict | None, diagnose: bool,
                    independent: bool) -> dict | None:
     """A step whose loss or gradients went over the limit. Both losses (loss: (2,)) NaN or
     infinite: training diverged (raises Diverged). Otherwise its diagnosis, unless the epoch
@@ -284,7 +284,7 @@ def over_the_limit(step: int, learners: list[Learner], x: torch.Tensor, y: torch
     if not finite.any():
         raise Diverged(f"step {step}: loss {loss.tolist()}")
     if (found is None and diagnose) or not finite.all():
-        now = diagnosis.of_gradients(step, learners, x, y, report.limit(x.dtype), independent)
+        now = diagnosis.of_gradients(step, learners, x, y, limit, independent)
         if not finite.all():
             raise Mismatch(now, found)
         found = found or now

@@ -12,7 +12,7 @@ The kinds, tried in this order, for manual's tensor a against torch's b:
     shape       the shapes differ (or a is missing); is a.T, or a reshape of a, equal to b?
     non-finite  NaN or inf on one side only
     rounding    float32 only: both within float32 rounding of a float64 computation of the
-                same step (a no further from it than ROUNDING_SLACK times b), or a ReLU
+                same step (report.rounding_only), or a ReLU
                 input within rounding of 0 let the gradient through on one side only
     scale       a = k b for one constant k (k = N, the batch size; 1/N; -1, the sign)
     partial     only some rows, columns or entries differ
@@ -22,8 +22,8 @@ A diagnosis is {"step", "tensor", "kind", "factor", "message"}; factor is k for 
 
 import torch
 
-from common.checks import relu_gate_flips
-from common.report import FLOAT32_EPS, ROUNDING_DISTANCE, ROUNDING_SLACK
+from common.checks import agreement, relu_gate_flips, shape_of
+from common.report import REL, ROUNDING_DISTANCE, rounding_only
 from common.training import Learner
 
 KINDS = ("shape", "scale", "non-finite", "partial", "rounding", "other")
@@ -80,9 +80,8 @@ def classify(a: torch.Tensor | None, b: torch.Tensor | None, limit: float, batch
     sentence = partial_sentence(differ, active, axes)
     if sentence:
         return "partial", None, sentence
-    relative = ((a - b).abs().amax() / b.abs().amax()).item()
     return "other", None, ("no simple pattern: not a transpose, not a constant factor, not a "
-                           f"few entries; max|manual - torch| / max|torch| = {relative:.1e}.")
+                           f"few entries; max|manual - torch| / max|torch| = {distance(a, b):.1e}.")
 
 
 def constant_factor(a: torch.Tensor, b: torch.Tensor, limit: float) -> float | None:
@@ -128,10 +127,6 @@ def shape_sentence(a: torch.Tensor | None, b: torch.Tensor | None, limit: float)
         return (f"{start}, and manual's reshaped to {shape_of(b)} equals torch's: a stray "
                 "dimension (keepdim=True?).")
     return f"{start}; neither manual's transposed nor a reshape of it equals torch's."
-
-
-def shape_of(tensor: torch.Tensor) -> str:
-    return str(tuple(tensor.shape))
 
 
 def agrees(a: torch.Tensor, b: torch.Tensor, limit: float) -> bool:
@@ -199,7 +194,7 @@ def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.T
                        for learner in learners), strict=True))
     over = [not agrees(a, b, limit) for (_, a), (_, b) in pairs]  # NaN never agrees
     index = over.index(True) if any(over) else max(
-        range(len(pairs)), key=lambda i: distance(pairs[i][0][1], pairs[i][1][1].double()))
+        range(len(pairs)), key=lambda i: distance(pairs[i][0][1], pairs[i][1][1]))
     (name, a), (_, b) = pairs[index]
     references = {}
 
@@ -232,8 +227,9 @@ def float64_references(learners: list[Learner], x: torch.Tensor, y: torch.Tensor
 
 
 def distance(side: torch.Tensor, reference: torch.Tensor) -> float:
-    """max|side - reference| / max|reference|: how far from the exact math."""
-    return ((side.double() - reference).abs().amax() / reference.abs().amax()).item()
+    """max|side - reference| / max|reference| (0 when both are all zeros), in reference's
+    dtype: checks.agreement's relative difference."""
+    return agreement("", side.to(reference.dtype), reference).max_rel_diff
 
 
 def rounding_sentence(learners: list[Learner], name: str, index: int, a: torch.Tensor,
@@ -248,7 +244,7 @@ def rounding_sentence(learners: list[Learner], name: str, index: int, a: torch.T
                 "its own rounding; in float64 such a tie is far rarer.")
     reference_a, reference_b = references[name]
     off_a, off_b = distance(a, reference_a), distance(b, reference_b)
-    if not off_a <= ROUNDING_SLACK * max(off_b, FLOAT32_EPS):
+    if not rounding_only(off_a, off_b):
         return None
     numbers = (f"against a float64 computation of the same step, manual is off by {off_a:.1e} "
                f"and torch by {off_b:.1e} (relative to the largest entry)")
@@ -289,8 +285,8 @@ def relu_tie(learners: list[Learner], index: int) -> float | None:
 
 def parameter_drift(learners: list[Learner]) -> float:
     """The largest max|a - b| / max|b| over the parameters of the two learners."""
-    return max(distance(a, b.double()) if b.abs().amax() > 0 else 0.0
-               for a, b in zip(*(learner.parameters() for learner in learners), strict=True))
+    return max(distance(a, b) for a, b in zip(*(learner.parameters() for learner in learners),
+                                              strict=True))
 
 
 @torch.no_grad()
@@ -373,7 +369,7 @@ def first_of_epoch(found: dict | None, levels: dict, names: dict, learners: list
     first = None if found is None else (found["step"], ORDER.index("grad"))
     later = None
     for group in ("buffer", "param", "state"):
-        over = ~(levels[group][..., 1] <= limit)  # the relative difference, NaN included
+        over = ~(levels[group][..., REL] <= limit)  # NaN included
         if over.numel() and over.any():
             row = int(over.any(dim=1).nonzero()[0])
             candidate = (first_step + row, ORDER.index(group))
@@ -442,7 +438,7 @@ def agreeing_replay(step: int, tensor: str, group: str, what: str, a: torch.Tens
     looked = "looked at after the epoch" if group == "buffer" else "replayed from torch's state"
     return make(step, tensor, "other", (
         f"it went over the limit at step {step}, but {what}, {looked}, agrees within "
-        f"{(a.double() - b.double()).abs().amax() / b.double().abs().amax():.1e}: "
+        f"{distance(a, b):.1e}: "
         "the difference depends on the step (or accumulated over steps)."))
 
 
@@ -454,12 +450,10 @@ def replayed_update(learners: list[Learner], group: str, name: str) -> list[torc
     probes = [manual_learner.twin(), torch_learner.twin()]
     probes[0].copy_state_from(torch_learner)
     probes[0].copy_gradients_from(torch_learner)
-    before = dict((key, param.clone()) for key, param in probes[1].named_parameters())
+    before = [param.clone() for param in probes[1].parameters()]
     for probe in probes:
         probe.optimizer.step()
     if group == "param":
-        manual_names = [key for key, _ in probes[0].named_parameters()]
-        position = manual_names.index(name)
-        return [probe.parameters()[position] - list(before.values())[position]
-                for probe in probes]
+        position = [key for key, _ in probes[0].named_parameters()].index(name)
+        return [probe.parameters()[position] - before[position] for probe in probes]
     return [dict(probe.named_optimizer_state())[name] for probe in probes]

@@ -31,6 +31,12 @@ WITHIN_THE_LIMIT_TOO = {"loss": "loss_agreement", "parameters": "parameter_agree
                         "running stats": "buffer_agreement", "optimizer state": "state_agreement"}
 
 
+def rounding_only(manual_off: float, torch_off: float) -> bool:
+    """Whether manual's distance from a float64 computation of a float32 step (relative to
+    the largest entry) is float32 rounding: at most ROUNDING_SLACK times torch's own."""
+    return manual_off <= ROUNDING_SLACK * max(torch_off, FLOAT32_EPS)
+
+
 def limit(dtype: torch.dtype) -> float:
     """MAX_GRAD_REL_DIFF for a torch dtype: the limit of every compared tensor."""
     return MAX_GRAD_REL_DIFF[str(dtype).removeprefix("torch.")]
@@ -196,7 +202,7 @@ def reference_line(reference: dict) -> str:
             f"{reference['manual']:.1e}, torch by {reference['torch']:.1e} (the worst of the "
             "loss and the gradients, relative to each tensor's largest entry).")
     further = [name for name, (by_hand, by_torch) in reference["tensors"].items()
-               if by_hand > ROUNDING_SLACK * max(by_torch, FLOAT32_EPS)]
+               if not rounding_only(by_hand, by_torch)]
     if further:
         return (f"{line} Manual's {', '.join(further)} more than {ROUNDING_SLACK} times "
                 "further off than torch's: more than float32 rounding.")

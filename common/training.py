@@ -28,7 +28,6 @@ class Learner:
         if batchnorm)."""
         self.name = package.__name__
         self.package = package
-        self.dtype = dtype
         self.settings = dict(in_features=in_features, num_classes=num_classes,  # for twin()
                              optimizer_options=optimizer_options, label_smoothing=label_smoothing,
                              device=device, hidden=hidden, batchnorm=batchnorm, optimizer=optimizer)
@@ -138,7 +137,7 @@ class Learner:
         device = self.params[0].device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             twin = Learner(self.package, **self.settings | {"optimizer_options": options},
-                           dtype=dtype or self.dtype)
+                           dtype=dtype or self.params[0].dtype)
         for mine, theirs in zip(twin.params, self.params, strict=True):
             mine.copy_(theirs)
             mine.grad = None if theirs.grad is None else theirs.grad.to(mine.dtype, copy=True)

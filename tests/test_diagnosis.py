@@ -218,6 +218,7 @@ def forgets_the_target(logits, targets, reduction="mean", label_smoothing=0.0):
 
 
 RIGHT_GRAD = manual.functional.cross_entropy_grad
+RIGHT_LOSS = manual.functional.cross_entropy
 
 
 @pytest.mark.parametrize(("hidden", "patch", "tensor", "kind", "factor"), [
@@ -375,8 +376,6 @@ def test_a_failure_before_a_tensor_names_the_error_and_a_loss_of_the_wrong_shape
     assert (found["tensor"], found["kind"]) == ("loss", "shape")
     assert f"manual's is ({BATCH},), torch's ()" in found["message"]
 
-
-RIGHT_LOSS = manual.functional.cross_entropy
 
 
 def test_the_replay_takes_the_current_learning_rate_and_a_schedule_that_differs_is_named():
