@@ -13,6 +13,7 @@ exits 0 on MATCH, 1 on MISMATCH or a diverging run, 2 on bad usage or bad data.
     python compare.py --dtype float64      # gradients must agree to 1e-10
     python compare.py --model mlp --batchnorm --lr 0.1    # a hidden layer, normalized
     python compare.py --model mlp --optimizer adam --lr 1e-3   # Adam, its state compared too
+    python compare.py --manual exercises   # your own code (python -m common.exercises) as manual
 """
 
 import argparse
@@ -20,13 +21,14 @@ import math
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from tqdm import tqdm
 
 import manual
 import torch_impl
-from common import diagnosis, plots, report
+from common import diagnosis, exercises, plots, report
 from common.checks import ShapeMismatch, exceeds, levels, named_stats, relu_gate_flips
 from common.data import NUM_CLASSES, NUM_PIXELS, DataError, batches, load_splits, resolve_root
 from common.flags import ArgumentParser, finite
@@ -98,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subset", type=int, help="train on the first N training images only")
     parser.add_argument("--standardize", action="store_true",
                         help="scale pixels to mean 0, std 1 (0.1307, 0.3081)")
+    parser.add_argument("--manual", type=Path, metavar="DIR",
+                        help="train DIR, an exercise folder written by python -m "
+                             "common.exercises, as the manual implementation")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/<timestamp>)")
     parser.add_argument("--no-plots", action="store_true", help="write report.json only")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -170,10 +175,12 @@ def usage_problem(args: argparse.Namespace) -> str | None:
 
 
 def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
-                  steps_per_epoch: int | None = None) -> list[Learner]:
+                  steps_per_epoch: int | None = None,
+                  manual_package: ModuleType = manual) -> list[Learner]:
     """The manual and the torch learner, each built right after torch.manual_seed(seed).
 
     --lr-schedule cosine anneals over epochs * steps_per_epoch steps, so it needs the latter.
+    manual_package: manual, or an exercise folder (common.exercises.load).
     """
     options = {option: getattr(args, option) for option in OPTIONS[args.optimizer]}
     anneal_steps = None
@@ -182,7 +189,7 @@ def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
             raise ValueError("--lr-schedule cosine: make_learners needs steps_per_epoch")
         anneal_steps = args.epochs * steps_per_epoch
     learners = []
-    for package in (manual, torch_impl):
+    for package in (manual_package, torch_impl):
         torch.manual_seed(args.seed)
         learners.append(Learner(package, NUM_PIXELS, NUM_CLASSES, options,
                                 args.label_smoothing, device, dtype, anneal_steps,
@@ -236,6 +243,8 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
             manual_learner.copy_state_from(torch_learner)  # a no-op where they agree to the bit
         try:
             manual_learner.gradients(x, y)
+        except NotImplementedError:  # an exercise not written yet: main says which
+            raise
         except Exception as error:  # e.g. a .grad of the wrong shape, refused by torch
             raise Mismatch(diagnosis.of_failure(step, learners, x, y, error, limit),
                            found) from None
@@ -317,10 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype)
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     try:
+        package = exercises.load(args.manual) if args.manual else manual
         report.prepare_folder(out)
         data = load_splits(resolve_root(args.data_root), seed=args.seed, subset=args.subset,
                            standardize=args.standardize, dtype=dtype, device=device)
-    except (DataError, OSError) as error:
+    except (exercises.ExerciseError, DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.batchnorm and len(data.train_x) % args.batch_size == 1:
@@ -328,10 +338,24 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.batch_size} leaves a last batch of 1 from {len(data.train_x)} training "
               "images: change --batch-size or --subset", file=sys.stderr)
         return 2
+    try:
+        return train_and_compare(args, package, data, device, dtype, out)
+    except Exception as error:  # the manual code, a learner's with --manual, can raise anything
+        line = exercises.explained(error, Path(package.__file__).parent)
+        if line is None:
+            raise
+        print(line if isinstance(error, NotImplementedError) else f"error: {line}",
+              file=sys.stderr)
+        return 1
 
+
+def train_and_compare(args: argparse.Namespace, package: ModuleType, data, device: str,
+                      dtype: torch.dtype, out: Path) -> int:
+    """Train both learners in lock step, epoch by epoch; then the verdict, report and plots.
+    The exit status: 0 on MATCH, 1 on MISMATCH or a diverging run."""
     start = time.perf_counter()
     steps_per_epoch = math.ceil(len(data.train_x) / args.batch_size)
-    learners = make_learners(args, device, dtype, steps_per_epoch)
+    learners = make_learners(args, device, dtype, steps_per_epoch, package)
     pairs = zip(*(learner.parameters() for learner in learners), strict=True)
     assert all(torch.equal(m, t) for m, t in pairs), "both must start from identical parameters"
     initial = [learner.package.functional.cross_entropy(learner.logits(data.val_x), data.val_y)

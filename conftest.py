@@ -16,6 +16,8 @@ import pytest
 
 from common.data import DataError, Splits, load_mnist, load_splits, resolve_root
 
+pytest_plugins = ["tests.grading"]  # python -m pytest --manual DIR grades an exercise folder
+
 
 @functools.cache
 def find_real_mnist() -> tuple[Path | None, str | None]:

@@ -20,8 +20,11 @@ The kinds, tried in this order, for manual's tensor a against torch's b:
 A diagnosis is {"step", "tensor", "kind", "factor", "message"}; factor is k for scale.
 """
 
+from pathlib import Path
+
 import torch
 
+from common import exercises
 from common.checks import agreement, relu_gate_flips, shape_of
 from common.report import REL, ROUNDING_DISTANCE, rounding_only
 from common.training import Learner
@@ -344,12 +347,18 @@ def of_failure(step: int, learners: list[Learner], x: torch.Tensor, y: torch.Ten
         tensor = tensor_key("loss" if index == 0 else "grad", name)
         if a is None and failed is not None:
             return make(step, tensor, "other", (
-                f"the manual code failed before computing it: {type(failed).__name__}: "
-                f"{failed}"))
+                f"the manual code failed before computing it: {raised(failed, probe)}"))
         if a is None or b is None or a.shape != b.shape:
             return make(step, tensor, "shape", shape_sentence(a, b, limit))
     return make(step, "loss", "other", (
-        f"the manual forward / backward failed: {type(error).__name__}: {error}"))
+        f"the manual forward / backward failed: {raised(error, manual_learner)}"))
+
+
+def raised(error: Exception, learner: Learner) -> str:
+    """'TypeError (at DIR/functional.py line 23): ...': the error, and where in the learner's
+    package it was raised."""
+    where = exercises.located(error, Path(learner.package.__file__).parent)
+    return f"{type(error).__name__}{f' (at {where})' if where else ''}: {error}"
 
 
 # -- the update and the running statistics, found at the end of the epoch ---------------------

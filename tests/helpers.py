@@ -120,7 +120,7 @@ def assert_matches_torch(name: str, actual: torch.Tensor, expected: torch.Tensor
         assert_agrees(name, actual, expected, FLOAT64_MAX_REL_DIFF)
     else:
         print(agreement(name, actual, expected))
-        torch.testing.assert_close(actual, expected)
+        torch.testing.assert_close(actual, expected, msg=lambda message: f"{name}: {message}")
 
 
 def assert_close_to_torch(actual: torch.Tensor, expected: torch.Tensor) -> None:

@@ -44,6 +44,7 @@ from tests.helpers import (
 LABEL_SMOOTHINGS = [0.0, 0.1, 0.5, 0.99]
 GRAD_REDUCTIONS = ["mean", "sum"]  # a gradient needs a scalar loss: no "none"
 
+FUNCTIONS = ["softmax", "log_softmax", "cross_entropy", "cross_entropy_grad"]
 # Every manual function with its options, as (name, keyword arguments).
 CALLS = [
     ("softmax", {}),
@@ -231,14 +232,14 @@ def test_cross_entropy_grad_rows_sum_to_zero(n, num_classes, dtype, log10_scale,
     torch.testing.assert_close(row_sums, torch.zeros_like(row_sums), rtol=0, atol=rounding)
 
 
+@pytest.mark.parametrize("name", FUNCTIONS)
 @PROPERTY_SETTINGS
-@given(**INPUTS, call_index=st.integers(0, len(CALLS) - 1),
-       label_smoothing=st.sampled_from(LABEL_SMOOTHINGS))
-def test_every_function_matches_torch_on_random_inputs(n, num_classes, dtype, log10_scale, seed,
-                                                       call_index, label_smoothing):
+@given(**INPUTS, data=st.data(), label_smoothing=st.sampled_from(LABEL_SMOOTHINGS))
+def test_each_function_matches_torch_on_random_inputs(name, n, num_classes, dtype, log10_scale,
+                                                      seed, data, label_smoothing):
     """Any shape, dtype, scale and label smoothing: each function equals its torch twin."""
     logits, targets = random_logits(n, num_classes, dtype, 10**log10_scale, seed)
-    name, kwargs = CALLS[call_index]
+    kwargs = data.draw(st.sampled_from([kwargs for called, kwargs in CALLS if called == name]))
     kwargs = {**kwargs, "label_smoothing": label_smoothing} if kwargs else kwargs
     assert_close_to_torch(call(F, name, kwargs, logits, targets),
                           call(T, name, kwargs, logits, targets))
@@ -268,6 +269,7 @@ def test_works_unchanged_under_no_grad_and_never_requires_grad(name, kwargs):
 
 # 7. The checks can fail ----------------------------------------------------------------
 
+@pytest.mark.twin
 def test_a_gradient_one_percent_off_is_rejected():
     """cross_entropy_grad * 1.01 fails assert_agrees against autograd and central differences."""
     logits, targets = random_logits(7, 3)
@@ -284,6 +286,7 @@ def test_a_gradient_one_percent_off_is_rejected():
                              T.cross_entropy_grad(logits.float(), targets))
 
 
+@pytest.mark.twin
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_a_gradient_that_forgets_label_smoothing_fails_the_autograd_test(monkeypatch, dtype):
     """With target_distribution patched to ignore eps, the autograd comparison above fails."""
@@ -297,6 +300,7 @@ def test_a_gradient_that_forgets_label_smoothing_fails_the_autograd_test(monkeyp
         check_cross_entropy_grad_against_autograd(7, 3, dtype, "mean", 0.1)
 
 
+@pytest.mark.twin
 def test_a_softmax_without_the_max_shift_fails_the_stability_test(monkeypatch):
     """exp(z) / sum exp(z) is right on paper but overflows at 1e4: the stability test catches it."""
     monkeypatch.setattr(F, "softmax", lambda z: z.exp() / z.exp().sum(-1, keepdim=True))
@@ -312,6 +316,7 @@ class OnePercentOffCrossEntropy(ManualCrossEntropy):
         return 1.01 * ManualCrossEntropy.backward(ctx, grad_loss)[0], None, None, None
 
 
+@pytest.mark.twin
 def test_torch_gradcheck_rejects_a_wrong_backward():
     """torch.autograd.gradcheck raises on a backward 1% off, so its pass above means something."""
     logits, targets = random_logits(7, 3)

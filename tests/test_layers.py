@@ -434,6 +434,7 @@ def broken_twin(kind: str):
     ("batchnorm-train", r"dLoss/dx \(first backward\)"),
     ("linear", r"weight\.grad \(second backward\)"),  # the first backward is still right
 ])
+@pytest.mark.twin
 def test_broken_layer_fails_the_autograd_check(kind, caught):
     """check_layer_against_autograd raises AssertionError for each broken twin, where expected."""
     manual, reference, x, grad_output = broken_twin(kind)
@@ -441,6 +442,7 @@ def test_broken_layer_fails_the_autograd_check(kind, caught):
         check_layer_against_autograd(manual, reference, x, grad_output)
 
 
+@pytest.mark.twin
 @pytest.mark.parametrize("kind", ["relu", "batchnorm-train"])
 def test_broken_layer_fails_central_differences(kind):
     """check_layer_against_central_differences raises AssertionError on dLoss/dx."""
@@ -449,6 +451,7 @@ def test_broken_layer_fails_central_differences(kind):
         check_layer_against_central_differences(manual, x, grad_output)
 
 
+@pytest.mark.twin
 @pytest.mark.parametrize("kind", ["relu", "batchnorm-train"])
 def test_broken_layer_fails_gradcheck(kind):
     """check_with_gradcheck raises GradcheckError (Jacobian mismatch) for each broken twin."""
@@ -460,6 +463,7 @@ def test_broken_layer_fails_gradcheck(kind):
 @pytest.mark.parametrize(("broken", "batchnorm"),
                          [("relu", False), ("relu", True), ("batchnorm", True)],
                          ids=["relu-plain", "relu-batchnorm", "batchnorm"])
+@pytest.mark.twin
 def test_mlp_with_a_broken_layer_fails_the_checks(broken, batchnorm):
     """An MLP holding a broken twin fails the comparison with torch_impl and gradcheck."""
     manual, reference = twin_mlps(batchnorm)

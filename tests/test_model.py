@@ -203,6 +203,7 @@ def test_forward_and_backward_modify_no_input_and_need_no_autograd():
 
 # The checks can fail -------------------------------------------------------------------
 
+@pytest.mark.twin
 def test_a_wrong_bias_gradient_fails_the_autograd_test(monkeypatch):
     """A backward that averages bias.grad over the batch instead of summing is caught."""
     backward = SoftmaxRegression.backward

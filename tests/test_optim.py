@@ -190,6 +190,7 @@ def test_step_leaves_gradients_alone_and_needs_no_autograd(options):
         assert not with_grad.requires_grad and torch.equal(with_grad, no_grad)
 
 
+@pytest.mark.twin
 def test_an_sgd_that_ignores_dampening_fails_the_comparison(monkeypatch):
     """Proof the comparison can fail: an SGD that drops its dampening option is caught."""
     init = SGD.__init__
@@ -294,6 +295,7 @@ BROKEN_ADAMS = {
 }
 
 
+@pytest.mark.twin
 @pytest.mark.parametrize("broken", BROKEN_ADAMS, ids=str)
 def test_a_broken_adam_fails_the_comparison(broken):
     """Proof the comparison can fail: each classic Adam mistake is caught within 60 steps."""

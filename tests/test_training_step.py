@@ -107,6 +107,7 @@ def test_manual_training_works_unchanged_under_no_grad():
         assert not with_grad.requires_grad and torch.equal(with_grad, no_grad)
 
 
+@pytest.mark.twin
 def test_a_gradient_that_forgets_label_smoothing_fails_the_training_comparison(monkeypatch):
     """Proof the comparison can fail: a backward that ignores label smoothing is caught."""
     cross_entropy_grad = manual.functional.cross_entropy_grad
