@@ -1,11 +1,12 @@
 # Two commands on a fresh machine with Python 3.10+:
 #   make demo   install into .venv (first time only), then train both and compare them
 #   make test   install into .venv (first time only), then lint and run every test
+#   make exercises   write exercises/: manual/ with the functions for you to write taken out
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test docs bench
+.PHONY: demo test docs bench exercises
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +23,7 @@ test: $(VENV)/installed
 # make docs: regenerate docs/side_by_side.html from the source (the tests fail while it is stale)
 docs: $(VENV)/installed
 	$(BIN)/python docs/build_side_by_side.py
+
+# make exercises: write exercises/, then grade it with python -m pytest --manual exercises
+exercises: $(VENV)/installed
+	$(BIN)/python -m common.exercises exercises

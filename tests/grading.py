@@ -115,7 +115,7 @@ class Grading:
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         write = terminalreporter.write_line
-        write(f"\nexercises in {self.folder}, in the order to write them (each check counts "
+        write(f"\nthe exercises of {self.folder}/, in the order to write them (a check counts "
               "for the last exercise it calls):")
         failing: set[str] = set()  # exercises that fail checks of their own
         for number, name in enumerate(exercises.NAMES, start=1):
@@ -143,13 +143,19 @@ class Grading:
                 write(f"{head} no check reached it yet")
         others = [check for check in self.checks if check.exercise is None]
         broken = [check for check in others if check.outcome == "failed"]
-        write(f"    the rest of {self.folder} (forward passes, initialization, names): "
+        write(f"    everything else in {self.folder}/ (forward passes, initialization, names): "
               f"{len(others) - len(broken)} of {len(others)} checks pass")
         for check in examples(broken):
             write(f"       {check.test.removeprefix('tests/')}: {check.message}")
+        left = [name for name in exercises.NAMES if name in self.not_written]
         if failing or broken:
             write("Fix the first exercise that fails first: later checks use it too. "
                   "--tb=short shows the tracebacks.")
+        elif left:
+            write(f"Next: {left[0]}, in {self.not_written[left[0]]}.")
+        else:
+            write(f"All {len(exercises.NAMES)} exercises pass their checks. Now train them "
+                  f"against torch: python compare.py --manual {self.folder}")
 
 
 def examples(checks: list[Check]) -> list[Check]:

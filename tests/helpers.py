@@ -119,8 +119,10 @@ def assert_matches_torch(name: str, actual: torch.Tensor, expected: torch.Tensor
     if expected.dtype == torch.float64:
         assert_agrees(name, actual, expected, FLOAT64_MAX_REL_DIFF)
     else:
-        print(agreement(name, actual, expected))
-        torch.testing.assert_close(actual, expected, msg=lambda message: f"{name}: {message}")
+        result = agreement(name, actual, expected)
+        print(result)
+        torch.testing.assert_close(actual, expected, msg=lambda message: (
+            f"{result}: not within assert_close's default tolerances"))
 
 
 def assert_close_to_torch(actual: torch.Tensor, expected: torch.Tensor) -> None:

@@ -1,0 +1,111 @@
+"""compare.py --manual DIR on real MNIST: an exercise folder trained against torch in lock step.
+
+Not written yet: one line naming the function, exit 1. Written: MATCH. A seeded bug: the
+tutor's diagnosis names the tensor. A learner's error: one line saying where. A bad folder:
+one line, exit 2, before the data or the output folder is touched.
+"""
+
+import re
+
+import pytest
+
+import manual
+from common import exercises
+from common.exercises import NAMES
+from tests.test_compare import MLP, QUICK, run
+from tests.test_exercises import seed_bias_gradient_as_mean, solve
+
+
+def folder(tmp_path, left: list[str], change=None):
+    """An exercise folder with the exercises in `left` still to write, then change(folder)."""
+    path = tmp_path / "ex"
+    exercises.write(path, names=left)
+    if change:
+        change(path)
+    return path
+
+
+def test_a_fresh_folder_says_which_function_is_needed_first(capsys, mnist_root, tmp_path):
+    """The initial validation loss needs cross_entropy first: one line, its hint, exit 1."""
+    status, out, err, report = run(capsys, mnist_root, tmp_path, *QUICK,
+                                   "--manual", str(folder(tmp_path, NAMES)))
+    assert status == 1 and report is None
+    assert err.count("\n") == 1
+    assert re.fullmatch(r"cross_entropy is not written yet \(.*functional\.py line \d+\)\. "
+                        rf"Hint: {re.escape(exercises.HINTS['cross_entropy'])}\n", err)
+    assert "MATCH" not in out
+
+
+def test_softmax_regression_written_but_no_relu_the_mlp_says_relu(capsys, mnist_root, tmp_path):
+    status, _, err, _ = run(capsys, mnist_root, tmp_path, *QUICK, *MLP, "--no-plots",
+                            "--manual", str(folder(tmp_path, NAMES[6:])))
+    assert status == 1 and err.count("\n") == 1
+    assert err.startswith("ReLU.backward is not written yet (")
+
+
+def test_a_folder_with_every_exercise_written_matches(capsys, mnist_root, tmp_path):
+    """The solutions of manual/, copied as a learner's: MATCH, exit 0, for softmax regression
+    and for the MLP with BatchNorm and Adam."""
+    path = folder(tmp_path, [])
+    status, out, _, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
+                            "--manual", str(path))
+    assert status == 0 and "\nMATCH (float32)" in out
+    status, out, _, _ = run(capsys, mnist_root, tmp_path, *QUICK, *MLP, "--batchnorm",
+                            "--optimizer", "adam", "--lr", "1e-3", "--no-plots",
+                            "--manual", str(path))
+    assert status == 0 and "\nMATCH (float32)" in out
+
+
+def test_a_seeded_bug_is_diagnosed_by_the_tutor(capsys, mnist_root, tmp_path):
+    """The bias gradient as a mean: MISMATCH, and the diagnosis names bias.grad, a scale 1/N."""
+    path = folder(tmp_path, [], seed_bias_gradient_as_mean)
+    status, out, _, report = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
+                                 "--manual", str(path))
+    assert status == 1 and "MISMATCH" in out
+    found = report["diagnosis"]
+    assert (found["step"], found["tensor"], found["kind"], found["factor"]) == (
+        1, "bias.grad", "scale", 0.01)
+    assert f"diagnosis: {found['message']}" in out
+    assert manual.layers.Linear.backward.__module__ == "manual.layers"  # manual/ is untouched
+
+
+def test_an_error_in_the_learners_update_gets_one_line_that_says_where(capsys, mnist_root,
+                                                                        tmp_path):
+    """SGD.step raising TypeError: one line with the file, the line and the error, exit 1."""
+    path = folder(tmp_path, ["SGD.step"], lambda path: solve(
+        path, "SGD.step", "        for param, grad in self.gradients():\n"
+                          "            param.add_(grad, alpha=-self.lr, beta=1)\n"))
+    status, _, err, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
+                            "--manual", str(path))
+    assert status == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert re.fullmatch(r"error: .*optim\.py line \d+, in step: TypeError: .+\n", err)
+
+
+def test_an_error_in_the_learners_backward_is_a_mismatch_that_says_where(capsys, mnist_root,
+                                                                         tmp_path):
+    """Linear.backward raising: the step's MISMATCH says what failed, in which file and line."""
+    path = folder(tmp_path, ["Linear.backward"], lambda path: solve(
+        path, "Linear.backward", "        self.weight.grad = grad_output @ self.input\n"))
+    status, out, err, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
+                              "--manual", str(path))
+    assert status == 1 and "Traceback" not in err
+    assert re.search(r"MISMATCH \(float32\) in epoch 1, step 1, .*: the manual code failed "
+                     r"before computing it: RuntimeError \(at .*layers\.py line \d+\): ", out)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda path: None, "no such folder"),
+    (lambda path: path.mkdir(), "is not a package"),
+    (lambda path: exercises.write(path) or (path / "optim.py").write_text("class SGD(\n"),
+     "optim.py line 1: SyntaxError: "),
+])
+def test_a_bad_folder_gets_one_line_and_exit_2(capsys, tmp_path, make, message):
+    """Missing, not a package, a syntax error: one line, exit 2, before the data is looked
+    for or the output folder made."""
+    path = tmp_path / "ex"
+    make(path)
+    status, _, err, report = run(capsys, tmp_path / "no-data", tmp_path, *QUICK,
+                                 "--manual", str(path))
+    assert status == 2 and report is None
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+    assert not (tmp_path / "no-data").exists() and not (tmp_path / "run").exists()

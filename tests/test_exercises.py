@@ -1,0 +1,274 @@
+"""The exercises: the folder common.exercises writes, and its grading by the gradient checks.
+
+`python -m pytest --manual DIR` runs in a subprocess here, since it imports DIR as the package
+`manual` for the whole session. Each folder is one a learner could have: fresh, half done,
+done, with a seeded bug, with a syntax error. compare.py --manual: test_compare_exercises.py.
+"""
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import manual
+from common import exercises
+from common.exercises import EXERCISES, NAMES, ExerciseError
+
+ROOT = Path(__file__).resolve().parent.parent
+MANUAL = ROOT / "manual"
+
+# What a learner writes: softmax as in manual/, and a cross_entropy of their own that does
+# not call log_softmax (not written yet), each put in place of its stub.
+LEARNER_SOFTMAX = """\
+    exp = (logits - logits.amax(dim=-1, keepdim=True)).exp()
+    return exp / exp.sum(dim=-1, keepdim=True)
+"""
+LEARNER_CROSS_ENTROPY = """\
+    check_arguments(reduction, label_smoothing)
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    log_p = shifted - shifted.exp().sum(dim=-1, keepdim=True).log()
+    losses = -log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    losses = (1 - label_smoothing) * losses - label_smoothing * log_p.mean(dim=-1)
+    return {"mean": losses.mean, "sum": losses.sum, "none": lambda: losses}[reduction]()
+"""
+
+
+def functions(source: str) -> dict[str, ast.FunctionDef]:
+    """Every function of a module and of its classes, by name ("softmax", "Linear.backward")."""
+    found = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef):
+            found[node.name] = node
+        elif isinstance(node, ast.ClassDef):
+            found |= {f"{node.name}.{item.name}": item for item in node.body
+                      if isinstance(item, ast.FunctionDef)}
+    return found
+
+
+def solve(folder: Path, name: str, body: str) -> None:
+    """Put body in place of exercise name's hint and raise, as a learner does."""
+    file = folder / dict((name, file) for file, name, _ in EXERCISES)[name]
+    stub = "".join(f"{' ' * (8 if '.' in name else 4)}{line}\n" for line in exercises.stub(name))
+    assert stub in file.read_text(), name
+    file.write_text(file.read_text().replace(stub, body))
+
+
+def seed_bias_gradient_as_mean(folder: Path) -> None:
+    """Linear.backward's bias gradient as a mean over the batch, not a sum."""
+    layers = folder / "layers.py"
+    source = layers.read_text()
+    assert source.count("self.bias.grad = grad_output.sum(dim=0)") == 2  # Linear's is first
+    layers.write_text(source.replace("self.bias.grad = grad_output.sum(dim=0)",
+                                     "self.bias.grad = grad_output.mean(dim=0)", 1))
+
+
+def write_softmax_and_cross_entropy(folder: Path) -> None:
+    solve(folder, "softmax", LEARNER_SOFTMAX)
+    solve(folder, "cross_entropy", LEARNER_CROSS_ENTROPY)
+
+
+def write_a_softmax_that_raises(folder: Path) -> None:
+    solve(folder, "softmax", "    return logits.exp(dtype='float')\n")
+
+
+# The folders python -m pytest --manual grades below: (the exercises left to write, then what
+# the learner did). None: no folder at all.
+FOLDERS = {
+    "fresh": (NAMES, lambda folder: None),
+    "softmax-and-cross-entropy": (NAMES, write_softmax_and_cross_entropy),
+    "softmax-regression-done": (NAMES[6:], lambda folder: None),
+    "all-done": ([], lambda folder: None),
+    "bias-gradient-as-mean": ([], seed_bias_gradient_as_mean),
+    "softmax-raises": (NAMES, write_a_softmax_that_raises),
+    "syntax-error": (NAMES, lambda folder: (folder / "functional.py").write_text("def f(:\n")),
+    "missing": None,
+}
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory) -> dict[str, tuple[int, str, dict[str, str]]]:
+    """Each folder of FOLDERS graded by `python -m pytest --manual=DIR`: (exit status, stdout and
+    stderr, the summary's line of each exercise by name). The runs are processes of their own,
+    started together so that they share the cores."""
+    runs = {}
+    for case, how in FOLDERS.items():
+        folder = tmp_path_factory.mktemp("grading") / case
+        if how is not None:
+            exercises.write(folder, names=how[0])
+            how[1](folder)
+        runs[case] = subprocess.Popen(
+            [sys.executable, "-m", "pytest", f"--manual={folder}", "-p", "no:cacheprovider"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    results = {}
+    for case, run in runs.items():
+        output = run.communicate(timeout=600)[0]
+        rows = dict(re.findall(r"^ ?\d\. (\S+) +(.*)$", output, re.MULTILINE))
+        results[case] = run.returncode, output, rows
+    return results
+
+
+# -- the folder ----------------------------------------------------------------------------
+
+def test_every_exercise_loses_its_body_and_keeps_its_signature_and_docstring(tmp_path):
+    """Each exercise: manual's signature and docstring, then the hint and the raise; every other
+    function of manual/, and every other file, exactly as in manual/."""
+    exercises.write(tmp_path / "ex")
+    assert sorted(path.name for path in (tmp_path / "ex").iterdir()) == \
+        sorted(path.name for path in MANUAL.glob("*.py"))
+    for path in MANUAL.glob("*.py"):
+        source, written = path.read_text(), (tmp_path / "ex" / path.name).read_text()
+        originals, stubs = functions(source), functions(written)
+        assert originals.keys() == stubs.keys(), path.name
+        for name, original in originals.items():
+            stub = stubs[name]
+            if name in NAMES:
+                assert ast.get_docstring(stub) == ast.get_docstring(original), name
+                assert ast.unparse(stub.args) == ast.unparse(original.args), name
+                assert len(stub.body) == 2 and isinstance(stub.body[1], ast.Raise), name
+                hint = written.splitlines()[stub.body[1].lineno - 2].strip()
+                assert hint == f"# Hint: {exercises.HINTS[name]}", name
+            else:
+                assert ast.unparse(stub) == ast.unparse(original), name
+    assert sorted(NAMES) == sorted(name for path in MANUAL.glob("*.py")
+                                   for name in functions(path.read_text()) if name in NAMES)
+
+
+def test_an_exercise_manual_does_not_define_is_refused():
+    """The list cannot drift from manual/: a name it does not define stops the writing."""
+    with pytest.raises(ValueError, match=r"manual/ defines no Linear\.forwards"):
+        exercises.take_out((MANUAL / "layers.py").read_text(), ["Linear.forwards"])
+
+
+def test_the_command_writes_the_folder_and_refuses_to_overwrite_work(tmp_path, capsys):
+    """python -m common.exercises DIR lists the exercises in order; run again, it refuses with
+    one line and exit 2 rather than overwrite what the learner wrote."""
+    assert exercises.main([str(tmp_path / "ex")]) == 0
+    out = capsys.readouterr().out
+    listed = re.findall(r"^  \d\. (\S+)", out, re.MULTILINE)
+    assert listed == NAMES
+    assert f"python -m pytest --manual {tmp_path / 'ex'}" in out
+    assert exercises.main([str(tmp_path / "ex")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already exists and is not empty" in err
+
+
+# -- loading it as the package manual ----------------------------------------------------------
+
+def test_load_imports_the_folder_as_manual_and_puts_manual_back(tmp_path):
+    exercises.write(tmp_path / "ex")
+    package = exercises.load(tmp_path / "ex")
+    assert Path(package.functional.__file__).parent == tmp_path / "ex"
+    assert package.model.SoftmaxRegression.backward is package.layers.Linear.backward
+    assert sys.modules["manual"] is manual  # the real one, for every other test
+    with pytest.raises(NotImplementedError, match="softmax is not written yet"):
+        package.functional.softmax(None)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda folder: None, "no such folder"),
+    (lambda folder: folder.mkdir(), "is not a package: it has no __init__.py"),
+    (lambda folder: (folder / "layers.py").write_text("def f(:\n"),
+     r"layers.py line 1: SyntaxError: "),
+    (lambda folder: (folder / "optim.py").write_text("import torch\n\n  x = 1\n"),
+     r"optim.py line 3: IndentationError: unexpected indent"),
+    (lambda folder: (folder / "model.py").write_text("from manual.layers import Conv2d\n"),
+     r"model.py line 1: cannot import it: ImportError: cannot import name 'Conv2d'"),
+])
+def test_a_bad_folder_gets_one_line(tmp_path, make, message):
+    """Missing, not a package, a syntax error (with file and line), or an error at import."""
+    folder = tmp_path / "ex"
+    if "folder" not in message and "package" not in message:
+        exercises.write(folder)
+    make(folder)
+    with pytest.raises(ExerciseError, match=message) as error:
+        exercises.load(folder)
+    assert "\n" not in str(error.value)
+    assert sys.modules["manual"] is manual
+
+
+def test_explained_says_which_exercise_is_not_written_or_where_the_learners_code_failed(
+        tmp_path):
+    """A stub's NotImplementedError: its name, file, line and hint. Any other error raised in
+    the folder: where and what. An error raised elsewhere is not the learner's: None."""
+    exercises.write(tmp_path / "ex", names=["log_softmax"])
+    package = exercises.load(tmp_path / "ex")
+    with pytest.raises(NotImplementedError) as error:
+        package.functional.cross_entropy(torch.randn(4, 3), torch.tensor([0, 2, 1, 0]))
+    line = exercises.explained(error.value, tmp_path / "ex")
+    assert re.fullmatch(r"log_softmax is not written yet \(.*functional\.py line \d+\)\. "
+                        r"Hint: .+", line)
+    with pytest.raises(AttributeError) as error:
+        package.functional.softmax("not a tensor")
+    assert re.fullmatch(r".*functional\.py line \d+, in softmax: AttributeError: .+",
+                        exercises.explained(error.value, tmp_path / "ex"))
+    with pytest.raises(AttributeError) as error:  # the twin: the real manual's error is not theirs
+        manual.functional.softmax("not a tensor")
+    assert exercises.explained(error.value, tmp_path / "ex") is None
+
+
+# -- graded by the gradient checks: python -m pytest --manual DIR ------------------------------
+
+def test_a_fresh_folder_reports_every_exercise_not_written_yet_and_fails_nothing(graded):
+    status, output, rows = graded["fresh"]
+    assert status == 0, output
+    assert list(rows) == NAMES
+    for number, (file, name, hint) in enumerate(EXERCISES, start=1):
+        assert re.fullmatch(rf"not written yet \(.*{file} line \d+\)\. Hint: {re.escape(hint)}",
+                            rows[name]), (number, rows[name])
+    assert re.search(r"^Next: softmax, in .*functional\.py line \d+\.$", output, re.MULTILINE)
+    assert " failed" not in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize(("case", "written"), [
+    ("softmax-and-cross-entropy", ["softmax", "cross_entropy"]),
+    ("softmax-regression-done", NAMES[:6]),
+    ("all-done", NAMES),
+])
+def test_what_is_written_passes_and_the_rest_is_not_written_yet(graded, case, written):
+    """One at a time, in any state: each exercise written passes its checks (cross_entropy
+    without log_softmax too), each other one is reported not written yet, nothing fails.
+    All nine written: every check of the suite passes, none is skipped."""
+    status, output, rows = graded[case]
+    assert status == 0, output
+    for name in NAMES:
+        expected = r"ok: its \d+ checks pass" if name in written else r"not written yet .+"
+        assert re.fullmatch(expected, rows[name]), (name, rows[name])
+    assert " failed" not in output and ("skipped" in output) == (written != NAMES)
+    assert ("All 9 exercises pass their checks." in output) == (written == NAMES)
+
+
+def test_a_seeded_bug_fails_exactly_its_functions_checks_and_names_the_tensor(graded):
+    """Linear.backward with the bias gradient as a mean: its own checks fail, naming bias.grad;
+    every other failing check uses it; every other exercise passes its own."""
+    status, output, rows = graded["bias-gradient-as-mean"]
+    assert status == 1
+    assert re.fullmatch(r"FAILS \d+ of its \d+ checks, for example:", rows["Linear.backward"])
+    examples = output.split(" 5. Linear.backward", 1)[1].split("\n 6. ")[0]
+    assert "bias.grad" in examples and "Traceback" not in output
+    for name in NAMES:
+        assert name == "Linear.backward" or re.fullmatch(
+            r"ok: its \d+ checks pass|\d+ checks pass; \d+ fail because they use "
+            r"Linear.backward, which fails checks of its own", rows[name]), (name, rows[name])
+
+
+def test_an_error_in_the_learners_code_is_a_failure_that_says_where(graded):
+    """softmax raising TypeError: its checks fail with the file, line and error, no traceback."""
+    status, output, rows = graded["softmax-raises"]
+    assert status == 1
+    assert rows["softmax"].startswith("FAILS")
+    assert re.search(r"functional\.py line \d+, in softmax: TypeError", output)
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("missing", "no such folder"),
+    ("syntax-error", "functional.py line 1: SyntaxError"),
+])
+def test_a_bad_folder_gets_one_line_and_exit_2_from_pytest(graded, case, message):
+    status, output, _ = graded[case]
+    assert status == 2
+    assert output.count("\n") == 1 and output.startswith("error: ") and message in output
