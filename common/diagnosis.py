@@ -358,7 +358,8 @@ def raised(error: Exception, learner: Learner) -> str:
     """'TypeError (at DIR/functional.py line 23): ...': the error, and where in the learner's
     package it was raised."""
     where = exercises.located(error, Path(learner.package.__file__).parent)
-    return f"{type(error).__name__}{f' (at {where})' if where else ''}: {error}"
+    at = f" (at {where})" if where else ""
+    return f"{type(error).__name__}{at}: {exercises.first_line(error)}"
 
 
 # -- the update and the running statistics, found at the end of the epoch ---------------------

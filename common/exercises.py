@@ -172,7 +172,13 @@ def explained(error: BaseException, folder: Path) -> str | None:
         name = exercise_of(error, frame)
         hint = f" Hint: {HINTS[name]}" if name in HINTS else ""
         return f"{name}{NOT_WRITTEN} ({where}).{hint}"
-    return f"{where}, in {frame.name}: {type(error).__name__}: {error}"
+    return f"{where}, in {frame.name}: {type(error).__name__}: {first_line(error)}"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of error's message, with ' ...' if there are more."""
+    lines = str(error).strip().splitlines() or [""]
+    return lines[0] + (" ..." if len(lines) > 1 else "")
 
 
 def exercise_of(error: NotImplementedError, frame: traceback.FrameSummary) -> str:
