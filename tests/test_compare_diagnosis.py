@@ -3,6 +3,8 @@ first step; rounding is called rounding; the learning-rate advice only for real 
 float64 reference line; report.json's diagnosis, null on a MATCH.
 """
 
+import re
+
 import pytest
 
 import manual
@@ -135,7 +137,8 @@ def test_any_error_in_the_manual_code_is_a_mismatch_in_one_line(capsys, mnist_ro
     monkeypatch.setattr(manual.functional, "cross_entropy", raises)
     status, out, err, report = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots")
     assert status == 1 and "Traceback" not in err
-    assert out.splitlines()[-1] == (
-        "MISMATCH (float32) in epoch 1, step 1, loss differs first (other): the manual code "
-        "failed before computing it: IndexError: index 10 is out of bounds")
+    assert re.fullmatch(  # where: the line of manual/ that called the raising function
+        r"MISMATCH \(float32\) in epoch 1, step 1, loss differs first \(other\): the manual "
+        r"code failed before computing it: IndexError \(at manual/train\.py line \d+\): "
+        r"index 10 is out of bounds", out.splitlines()[-1])
     assert report["diagnosis"]["tensor"] == "loss"
