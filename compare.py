@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return train_and_compare(args, package, data, device, dtype, out)
     except Exception as error:  # the manual code, a learner's with --manual, can raise anything
-        line = exercises.explained(error, Path(package.__file__).parent)
+        line = exercises.explained(error, Path(package.__file__).parent,
+                                   anywhere=args.manual is not None)
         if line is None:
             raise
         print(line if isinstance(error, NotImplementedError) else f"error: {line}",

@@ -104,7 +104,8 @@ def load(folder: Path, keep: bool = False) -> ModuleType:
     """Import folder as the package `manual` (its files import each other by that name) and
     return it. keep=False puts the real manual/ back in sys.modules afterwards (compare.py);
     keep=True leaves folder's in its place, so that `import manual` finds it (the tests).
-    Raises ExerciseError, one line, when folder is missing, not a package or fails to import."""
+    Raises ExerciseError, one line, when folder is missing, not a package, fails to import or
+    lacks an exercise."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ExerciseError(f"{folder}: no such folder (write one with "
@@ -112,29 +113,52 @@ def load(folder: Path, keep: bool = False) -> ModuleType:
     if not (folder / "__init__.py").is_file():
         raise ExerciseError(f"{folder} is not a package: it has no __init__.py (write a new "
                             "folder with python -m common.exercises DIR)")
-    real = {name: sys.modules.pop(name) for name in list(sys.modules)
-            if name == "manual" or name.startswith("manual.")}
-    spec = importlib.util.spec_from_file_location(
-        "manual", folder / "__init__.py", submodule_search_locations=[str(folder)])
-    package = importlib.util.module_from_spec(spec)
-    sys.modules["manual"] = package
+    real = {name: sys.modules.pop(name) for name in list(sys.modules) if is_manual(name)}
     try:
-        spec.loader.exec_module(package)
-    except SyntaxError as error:  # IndentationError too
+        package = import_as_manual(folder)
+    except ExerciseError:
         keep = False
-        raise ExerciseError(f"{shown(error.filename)} line {error.lineno}: "
-                            f"{type(error).__name__}: {error.msg}") from None
-    except Exception as error:  # the learner's file runs at import: any error is theirs
-        keep = False
-        raise ExerciseError(f"{located(error, folder) or folder}: cannot import it: "
-                            f"{type(error).__name__}: {error}") from None
+        raise
     finally:
         if not keep:
-            for name in [name for name in sys.modules
-                         if name == "manual" or name.startswith("manual.")]:
+            for name in [name for name in sys.modules if is_manual(name)]:
                 del sys.modules[name]
             sys.modules.update(real)
     return package
+
+
+def is_manual(module: str) -> bool:
+    return module == "manual" or module.startswith("manual.")
+
+
+def import_as_manual(folder: Path) -> ModuleType:
+    """folder's __init__.py run as the package manual, which imports its modules."""
+    spec = importlib.util.spec_from_file_location(
+        "manual", folder / "__init__.py", submodule_search_locations=[str(folder)])
+    package = sys.modules["manual"] = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(package)
+    except SyntaxError as error:  # IndentationError too
+        raise ExerciseError(f"{shown(error.filename)} line {error.lineno}: "
+                            f"{type(error).__name__}: {error.msg}") from None
+    except Exception as error:  # the learner's file runs at import: any error is theirs
+        raise ExerciseError(f"{located(error, folder) or folder}: cannot import it: "
+                            f"{type(error).__name__}: {first_line(error)}") from None
+    missing = [f"{name} in {file}" for file, name, _ in EXERCISES
+               if not has(package, file.removesuffix(".py"), name)]
+    if missing:
+        raise ExerciseError(f"{folder} is not an exercise folder: it has no "
+                            f"{', '.join(missing)} (write a new one with python -m "
+                            "common.exercises DIR)")
+    return package
+
+
+def has(package: ModuleType, module: str, name: str) -> bool:
+    """Whether package.module defines name ("softmax", "Linear.backward")."""
+    owner = getattr(package, module, None)
+    for part in name.split("."):
+        owner = getattr(owner, part, None)
+    return callable(owner)
 
 
 def shown(path: str | Path) -> str:
@@ -160,11 +184,14 @@ def innermost(error: BaseException, folder: Path) -> traceback.FrameSummary | No
     return frames[-1] if frames else None
 
 
-def explained(error: BaseException, folder: Path) -> str | None:
-    """One line for an error raised by code in folder, None for any other error.
-    A stub's NotImplementedError: "softmax is not written yet (DIR/functional.py line 21).
-    Hint: ..."; any other: "DIR/functional.py line 23, in softmax: TypeError: ..."."""
+def explained(error: BaseException, folder: Path, anywhere: bool = False) -> str | None:
+    """One line for an error raised by code in folder (with anywhere, by any code), None for
+    any other error. A stub's NotImplementedError: "softmax is not written yet
+    (DIR/functional.py line 21). Hint: ..."; any other: "DIR/functional.py line 23, in
+    softmax: TypeError: ..."."""
     frame = innermost(error, folder)
+    if frame is None and anywhere and error.__traceback__ is not None:
+        frame = traceback.extract_tb(error.__traceback__)[-1]
     if frame is None:
         return None
     where = f"{shown(frame.filename)} line {frame.lineno}"

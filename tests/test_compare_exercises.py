@@ -93,6 +93,17 @@ def test_an_error_in_the_learners_backward_is_a_mismatch_that_says_where(capsys,
                      r"before computing it: RuntimeError \(at .*layers\.py line \d+\): ", out)
 
 
+def test_a_learners_function_that_returns_nothing_gets_one_line(capsys, mnist_root, tmp_path):
+    """cross_entropy returning None breaks compare.py's own code: one line all the same."""
+    path = folder(tmp_path, ["cross_entropy"], lambda path: solve(
+        path, "cross_entropy", "    check_arguments(reduction, label_smoothing)\n"))
+    status, _, err, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
+                            "--manual", str(path))
+    assert status == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert re.fullmatch(r"error: compare\.py line \d+, in train_and_compare: TypeError: .*"
+                        r"NoneType.*\n", err)
+
+
 @pytest.mark.parametrize(("make", "message"), [
     (lambda path: None, "no such folder"),
     (lambda path: path.mkdir(), "is not a package"),

@@ -111,6 +111,12 @@ def graded(tmp_path_factory) -> dict[str, tuple[int, str, dict[str, str]]]:
     return results
 
 
+def rename_relu_backward(folder: Path) -> None:
+    layers = folder / "layers.py"
+    before, relu = layers.read_text().split("class ReLU:")
+    layers.write_text(before + "class ReLU:" + relu.replace("def backward(", "def backwards(", 1))
+
+
 # -- the folder ----------------------------------------------------------------------------
 
 def test_every_exercise_loses_its_body_and_keeps_its_signature_and_docstring(tmp_path):
@@ -177,11 +183,14 @@ def test_load_imports_the_folder_as_manual_and_puts_manual_back(tmp_path):
      r"optim.py line 3: IndentationError: unexpected indent"),
     (lambda folder: (folder / "model.py").write_text("from manual.layers import Conv2d\n"),
      r"model.py line 1: cannot import it: ImportError: cannot import name 'Conv2d'"),
+    (lambda folder: rename_relu_backward(folder),
+     r"is not an exercise folder: it has no ReLU.backward in layers.py"),
 ])
 def test_a_bad_folder_gets_one_line(tmp_path, make, message):
-    """Missing, not a package, a syntax error (with file and line), or an error at import."""
+    """Missing, not a package, a syntax error (with file and line), an error at import, or an
+    exercise gone."""
     folder = tmp_path / "ex"
-    if "folder" not in message and "package" not in message:
+    if message not in ("no such folder", "is not a package: it has no __init__.py"):
         exercises.write(folder)
     make(folder)
     with pytest.raises(ExerciseError, match=message) as error:
