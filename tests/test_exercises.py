@@ -89,26 +89,36 @@ FOLDERS = {
 }
 
 
+class Graded(dict):
+    """Each folder of FOLDERS graded by `python -m pytest --manual=DIR`, by case: (exit status,
+    stdout and stderr, the summary's line of each exercise by name). The runs are processes of
+    their own, all started at the first lookup (not at the fixture's setup, so that
+    `pytest --setup-only` starts none), so that they share the cores."""
+
+    def __init__(self, base: Path):
+        super().__init__()
+        self.base = base
+
+    def __missing__(self, case: str) -> tuple[int, str, dict[str, str]]:
+        runs = {}
+        for name, how in FOLDERS.items():
+            folder = self.base / name
+            if how is not None:
+                exercises.write(folder, names=how[0])
+                how[1](folder)
+            runs[name] = subprocess.Popen(
+                [sys.executable, "-m", "pytest", f"--manual={folder}", "-p", "no:cacheprovider"],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for name, run in runs.items():
+            output = run.communicate(timeout=600)[0]
+            rows = dict(re.findall(r"^ ?\d\. (\S+) +(.*)$", output, re.MULTILINE))
+            self[name] = run.returncode, output, rows
+        return self[case]
+
+
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory) -> dict[str, tuple[int, str, dict[str, str]]]:
-    """Each folder of FOLDERS graded by `python -m pytest --manual=DIR`: (exit status, stdout and
-    stderr, the summary's line of each exercise by name). The runs are processes of their own,
-    started together so that they share the cores."""
-    runs = {}
-    for case, how in FOLDERS.items():
-        folder = tmp_path_factory.mktemp("grading") / case
-        if how is not None:
-            exercises.write(folder, names=how[0])
-            how[1](folder)
-        runs[case] = subprocess.Popen(
-            [sys.executable, "-m", "pytest", f"--manual={folder}", "-p", "no:cacheprovider"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    results = {}
-    for case, run in runs.items():
-        output = run.communicate(timeout=600)[0]
-        rows = dict(re.findall(r"^ ?\d\. (\S+) +(.*)$", output, re.MULTILINE))
-        results[case] = run.returncode, output, rows
-    return results
+def graded(tmp_path_factory) -> Graded:
+    return Graded(tmp_path_factory.mktemp("grading"))
 
 
 def rename_relu_backward(folder: Path) -> None:
@@ -183,7 +193,7 @@ def test_load_imports_the_folder_as_manual_and_puts_manual_back(tmp_path):
      r"optim.py line 3: IndentationError: unexpected indent"),
     (lambda folder: (folder / "model.py").write_text("from manual.layers import Conv2d\n"),
      r"model.py line 1: cannot import it: ImportError: cannot import name 'Conv2d'"),
-    (lambda folder: rename_relu_backward(folder),
+    (rename_relu_backward,
      r"is not an exercise folder: it has no ReLU.backward in layers.py"),
 ])
 def test_a_bad_folder_gets_one_line(tmp_path, make, message):
