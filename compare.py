@@ -243,9 +243,9 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
             manual_learner.copy_state_from(torch_learner)  # a no-op where they agree to the bit
         try:
             manual_learner.gradients(x, y)
-        except NotImplementedError:  # an exercise not written yet: main says which
-            raise
         except Exception as error:  # e.g. a .grad of the wrong shape, refused by torch
+            if exercises.unfinished(error):  # an exercise not written yet: main says which
+                raise
             raise Mismatch(diagnosis.of_failure(step, learners, x, y, error, limit),
                            found) from None
         torch_learner.gradients(x, y)
@@ -315,7 +315,8 @@ def compared(step: int, what: str, named, learners: list[Learner],
     try:
         return named_stats(*(named(learner) for learner in learners))
     except ShapeMismatch as error:
-        raise Mismatch(diagnosis.make(step, what, "shape", f"{what} {error}."), found) from None
+        raise Mismatch(diagnosis.make(step, what, "shape", f"manual's {what} holds {error}."),
+                       found) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,13 +341,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return train_and_compare(args, package, data, device, dtype, out)
-    except Exception as error:  # the manual code, a learner's with --manual, can raise anything
-        line = exercises.explained(error, Path(package.__file__).parent,
-                                   anywhere=args.manual is not None)
-        if line is None:
+    except Exception as error:  # a learner's code, --manual DIR, can raise anything
+        line = args.manual and exercises.explained(error, args.manual, anywhere=True)
+        if not line:
             raise
-        print(line if isinstance(error, NotImplementedError) else f"error: {line}",
-              file=sys.stderr)
+        print(line if exercises.unfinished(error) else f"error: {line}", file=sys.stderr)
         return 1
 
 

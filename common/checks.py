@@ -68,8 +68,9 @@ def named_stats(actual: list[tuple[str, torch.Tensor]],
     The names come from `actual`; a ShapeMismatch names the tensor.
     """
     if len(actual) != len(expected):
-        raise ShapeMismatch(f"{len(actual)} tensors ({', '.join(n for n, _ in actual)}) "
-                            f"against {len(expected)}")
+        listed = [", ".join(name for name, _ in named) or "none" for named in (actual, expected)]
+        raise ShapeMismatch(f"{len(actual)} tensors ({listed[0]}) where the other has "
+                            f"{len(expected)} ({listed[1]})")
     for (name, a), (_, b) in zip(actual, expected, strict=True):
         if a is None or b is None or a.shape != b.shape:
             raise ShapeMismatch(f"{name + ': ' if name else ''}shape {shape_of(a)} "

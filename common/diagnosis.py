@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from common import exercises
 from common.checks import agreement, relu_gate_flips, shape_of
 from common.report import REL, ROUNDING_DISTANCE, rounding_only
+from common.tracebacks import first_line, place
 from common.training import Learner
 
 KINDS = ("shape", "scale", "non-finite", "partial", "rounding", "other")
@@ -45,7 +45,8 @@ def label(tensor: str) -> str:
     if tensor == "logits.grad":
         return "dLoss/dlogits (logits.grad)"
     if tensor.startswith("hidden.") and tensor.endswith(".grad"):
-        return f"dLoss/d({tensor.removesuffix('.grad')}), the hidden layer's output gradient"
+        return (f"dLoss/d({tensor.removesuffix('.grad')}), the hidden layer's output gradient "
+                "(what the backward of the layer above it returns)")
     return tensor
 
 
@@ -343,23 +344,40 @@ def of_failure(step: int, learners: list[Learner], x: torch.Tensor, y: torch.Ten
         torch_learner.gradients(x, y)
     pairs = zip(probe.named_loss() + probe.named_gradients(),
                 torch_learner.named_loss() + torch_learner.named_gradients(), strict=True)
-    for index, ((name, a), (_, b)) in enumerate(pairs):
-        tensor = tensor_key("loss" if index == 0 else "grad", name)
-        if a is None and failed is not None:
-            return make(step, tensor, "other", (
-                f"the manual code failed before computing it: {raised(failed, probe)}"))
-        if a is None or b is None or a.shape != b.shape:
+    named = [(tensor_key("loss" if index == 0 else "grad", name), a, b)
+             for index, ((name, a), (_, b)) in enumerate(pairs)]
+    for tensor, a, b in named:  # what was set, in backward's order, of the wrong shape
+        if a is not None and b is not None and a.shape != b.shape:
+            return make(step, tensor, "shape", shape_sentence(a, b, limit))
+    if failed is not None:
+        where = place(failed, Path(probe.package.__file__).parent)
+        return make(step, unreached(named, where.function if where else ""), "other", (
+            f"the manual code failed before computing it: {raised(failed, probe)}"))
+    for tensor, a, b in named:
+        if a is None or b is None:
             return make(step, tensor, "shape", shape_sentence(a, b, limit))
     return make(step, "loss", "other", (
         f"the manual forward / backward failed: {raised(error, manual_learner)}"))
 
 
+def unreached(named: list[tuple[str, torch.Tensor | None, torch.Tensor | None]],
+              function: str) -> str:
+    """The first tensor a failed replay did not set, given the function that failed
+    ("Linear.backward"). The loss and dLoss/dlogits (named[:2]) are kept only once the whole
+    backward has returned: a failure in a layer's backward comes after both, so it names the
+    first gradient after those it set; one in cross_entropy_grad, dLoss/dlogits; else the loss."""
+    gradients, name = named[2:], function.rpartition(".")[2]
+    if name == "backward" or any(a is not None for _, a, _ in gradients):
+        return next((tensor for tensor, a, _ in gradients if a is None), "loss")
+    return named[1][0] if name == "cross_entropy_grad" else "loss"
+
+
 def raised(error: Exception, learner: Learner) -> str:
-    """'TypeError (at DIR/functional.py line 23): ...': the error, and where in the learner's
-    package it was raised."""
-    where = exercises.located(error, Path(learner.package.__file__).parent)
+    """'TypeError (at DIR/functional.py line 23, in softmax): ...': the error, and where in the
+    learner's package it was raised."""
+    where = place(error, Path(learner.package.__file__).parent)
     at = f" (at {where})" if where else ""
-    return f"{type(error).__name__}{at}: {exercises.first_line(error)}"
+    return f"{type(error).__name__}{at}: {first_line(error)}"
 
 
 # -- the update and the running statistics, found at the end of the epoch ---------------------

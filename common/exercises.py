@@ -12,13 +12,19 @@ Everything else in manual/ (the forward passes, the helpers, the models) is copi
 
 import argparse
 import ast
+import functools
 import importlib.util
+import inspect
 import sys
-import traceback
 from pathlib import Path
 from types import ModuleType
 
-MANUAL = Path(__file__).resolve().parent.parent / "manual"
+import torch
+
+from common.tracebacks import one_line, place, shown
+
+ROOT = Path(__file__).resolve().parent.parent  # the project
+MANUAL = ROOT / "manual"
 NOT_WRITTEN = " is not written yet"  # how a stub's message starts, after the function's name
 
 # (file in manual/, function, one-line hint), in the order to write them: each one's checks
@@ -100,12 +106,13 @@ def write(folder: Path, names: list[str] = NAMES, source: Path = MANUAL) -> None
         (folder / name).write_text(text)
 
 
-def load(folder: Path, keep: bool = False) -> ModuleType:
+def load(folder: Path, keep: bool = False, calls: set[str] | None = None) -> ModuleType:
     """Import folder as the package `manual` (its files import each other by that name) and
-    return it. keep=False puts the real manual/ back in sys.modules afterwards (compare.py);
-    keep=True leaves folder's in its place, so that `import manual` finds it (the tests).
-    Raises ExerciseError, one line, when folder is missing, not a package, fails to import or
-    lacks an exercise."""
+    return it, each exercise wrapped by checked(). keep=False puts the real manual/ back in
+    sys.modules afterwards (compare.py); keep=True leaves folder's in its place, so that
+    `import manual` finds it (the tests). calls: a set each exercise adds its name to when
+    called. Raises ExerciseError, one line, when folder is missing, not a package, fails to
+    import or lacks an exercise."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ExerciseError(f"{folder}: no such folder (write one with "
@@ -124,6 +131,9 @@ def load(folder: Path, keep: bool = False) -> ModuleType:
             for name in [name for name in sys.modules if is_manual(name)]:
                 del sys.modules[name]
             sys.modules.update(real)
+    for file, name, _ in EXERCISES:
+        owner, function = owner_of(package, file, name)
+        setattr(owner, function, checked(getattr(owner, function), name, calls))
     return package
 
 
@@ -142,77 +152,89 @@ def import_as_manual(folder: Path) -> ModuleType:
         raise ExerciseError(f"{shown(error.filename)} line {error.lineno}: "
                             f"{type(error).__name__}: {error.msg}") from None
     except Exception as error:  # the learner's file runs at import: any error is theirs
-        raise ExerciseError(f"{located(error, folder) or folder}: cannot import it: "
-                            f"{type(error).__name__}: {first_line(error)}") from None
+        where = place(error, folder)
+        at = f"{shown(where.file)} line {where.line}" if where else folder
+        raise ExerciseError(f"{at}: cannot import it: {one_line(error)}") from None
     missing = [f"{name} in {file}" for file, name, _ in EXERCISES
-               if not has(package, file.removesuffix(".py"), name)]
+               if not callable(getattr(*owner_of(package, file, name), None))]
     if missing:
-        raise ExerciseError(f"{folder} is not an exercise folder: it has no "
-                            f"{', '.join(missing)} (write a new one with python -m "
-                            "common.exercises DIR)")
+        raise ExerciseError(f"{folder} has no {', '.join(missing)}: put it back (a fresh "
+                            "folder to copy it from: python -m common.exercises NEW_DIR)")
     return package
 
 
-def has(package: ModuleType, module: str, name: str) -> bool:
-    """Whether package.module defines name ("softmax", "Linear.backward")."""
-    owner = getattr(package, module, None)
-    for part in name.split("."):
+def owner_of(package: ModuleType, file: str, name: str) -> tuple[object, str]:
+    """(the module or class that holds exercise name, the function's name in it):
+    ("functional.py", "softmax") -> (package.functional, "softmax"),
+    ("layers.py", "Linear.backward") -> (package.layers.Linear, "backward")."""
+    owner = getattr(package, file.removesuffix(".py"), None)
+    *classes, function = name.split(".")
+    for part in classes:
         owner = getattr(owner, part, None)
-    return callable(owner)
+    return owner, function
 
 
-def shown(path: str | Path) -> str:
-    """path relative to the working folder where it lies below it, else as it is."""
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+class ReturnedNothing(TypeError):
+    """An exercise that must return a tensor returned None."""
 
 
-def located(error: BaseException, folder: Path) -> str | None:
-    """'DIR/file.py line N' for the innermost frame of error's traceback that lies in folder,
-    or None if none does."""
-    frame = innermost(error, folder)
-    return f"{shown(frame.filename)} line {frame.lineno}" if frame else None
+def checked(function, name: str, calls: set[str] | None = None):
+    """function, which adds name to calls when called, and raises ReturnedNothing where it
+    returns None though its signature says it returns a tensor (a forgotten return)."""
+    returns_tensor = inspect.signature(function).return_annotation is torch.Tensor
+    code = inspect.unwrap(function).__code__
+
+    @functools.wraps(function)
+    def exercise(*args, **kwargs):
+        if calls is not None:
+            calls.add(name)
+        result = function(*args, **kwargs)
+        if result is None and returns_tensor:
+            raise ReturnedNothing(f"{name} returned None ({shown(code.co_filename)} line "
+                                  f"{code.co_firstlineno}): did you forget its return?")
+        return result
+    return exercise
 
 
-def innermost(error: BaseException, folder: Path) -> traceback.FrameSummary | None:
-    folder = Path(folder).resolve()
-    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
-              if folder in Path(frame.filename).resolve().parents]
-    return frames[-1] if frames else None
+def stub_name(error: BaseException) -> str | None:
+    """The exercise whose stub raised error, exactly as written: "softmax" for
+    NotImplementedError("softmax is not written yet"); None for any other error."""
+    if type(error) is NotImplementedError:
+        name = str(error).removesuffix(NOT_WRITTEN)
+        if name in HINTS and str(error) == f"{name}{NOT_WRITTEN}":
+            return name
+    return None
+
+
+def unfinished(error: BaseException) -> bool:
+    """Whether error says an exercise is not finished: a stub, or a forgotten return."""
+    return stub_name(error) is not None or isinstance(error, ReturnedNothing)
 
 
 def explained(error: BaseException, folder: Path, anywhere: bool = False) -> str | None:
-    """One line for an error raised by code in folder (with anywhere, by any code), None for
-    any other error. A stub's NotImplementedError: "softmax is not written yet
-    (DIR/functional.py line 21). Hint: ..."; any other: "DIR/functional.py line 23, in
-    softmax: TypeError: ..."."""
-    frame = innermost(error, folder)
-    if frame is None and anywhere and error.__traceback__ is not None:
-        frame = traceback.extract_tb(error.__traceback__)[-1]
-    if frame is None:
-        return None
-    where = f"{shown(frame.filename)} line {frame.lineno}"
-    if isinstance(error, NotImplementedError):
-        name = exercise_of(error, frame)
-        hint = f" Hint: {HINTS[name]}" if name in HINTS else ""
-        return f"{name}{NOT_WRITTEN} ({where}).{hint}"
-    return f"{where}, in {frame.name}: {type(error).__name__}: {first_line(error)}"
+    """One line for an error of the learner's: a stub's ("softmax is not written yet
+    (DIR/functional.py line 21). Hint: ..."), a forgotten return, or any other raised in
+    folder ("DIR/functional.py line 23, in softmax: TypeError: ..."); with anywhere, also one
+    raised elsewhere while folder's code ran. None for any other error."""
+    name, where = stub_name(error), place(error, folder)
+    if name is not None:
+        at = f" ({shown(where.file)} line {where.line})" if where else ""
+        return f"{name}{NOT_WRITTEN}{at}. Hint: {HINTS[name]}"
+    if isinstance(error, ReturnedNothing):
+        return str(error)
+    if where is not None:
+        return f"{where}: {one_line(error)}"
+    if anywhere and place(error) is not None:
+        return f"{place(error)}: {one_line(error)} (with {folder} as manual)"
+    return None
 
 
-def first_line(error: BaseException) -> str:
-    """The first line of error's message, with ' ...' if there are more."""
-    lines = str(error).strip().splitlines() or [""]
-    return lines[0] + (" ..." if len(lines) > 1 else "")
-
-
-def exercise_of(error: NotImplementedError, frame: traceback.FrameSummary) -> str:
-    """The exercise whose stub raised error: the name its message starts with, else the
-    function it was raised in."""
-    message = str(error)
-    return message.split(NOT_WRITTEN)[0] if NOT_WRITTEN in message else frame.name
+def manual_flag(folder: Path) -> str:
+    """"--manual DIR", or "--manual=DIR" for a folder outside the project: pytest reads the
+    former's DIR as a test path too, before it knows the option, and from one outside the
+    project it would not find the project's settings and plugin."""
+    inside = folder.resolve().is_relative_to(ROOT)
+    return f"--manual {folder}" if inside else f"--manual={folder}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,9 +251,10 @@ def main(argv: list[str] | None = None) -> int:
           "in this order:")
     for number, (file, name, _) in enumerate(EXERCISES, start=1):
         print(f"  {number}. {name:22} {folder}/{file}")
+    flag = manual_flag(folder)
     print(f"Each docstring gives the formula and the shapes. Then, after each function:\n"
-          f"  python -m pytest --manual {folder}    the gradient checks, exercise by exercise\n"
-          f"  python compare.py --manual {folder}   the lock step against torch "
+          f"  python -m pytest {flag}    the gradient checks, exercise by exercise\n"
+          f"  python compare.py {flag}   the lock step against torch "
           "(softmax regression needs 1-6; --model mlp 7, --batchnorm 8, --optimizer adam 9)")
     return 0
 

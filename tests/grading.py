@@ -2,14 +2,13 @@
 
 The gradient-check suite (GRADED) runs against DIR, imported as the package `manual`, instead
 of manual/; the deliberately broken twins (marker "twin"), which test the checks rather than
-the learner, stay out. Each check counts for the last exercise it calls, in the order of
-common.exercises.EXERCISES: the earlier ones it calls have checks of their own. A check that
-reaches a function not written yet is skipped, not failed. At the end, one line per exercise
-says whether its checks pass, which fail and why, or that it is not written yet, with its hint.
-The tracebacks are left out (--tb=short brings them back).
+the learner, stay out. Each check counts for the last exercise it reached in this run, in the
+order of common.exercises.EXERCISES: the earlier ones it calls have checks of their own. A
+check that reaches a function not written yet is skipped, not failed. At the end, one line per
+exercise says whether its checks pass, which fail and why, or that it is not written yet, with
+its hint. The tracebacks are left out (--tb=short brings them back).
 """
 
-import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from common import exercises
+from common.tracebacks import place, shown
 
 GRADED = ("test_functional.py", "test_model.py", "test_layers.py", "test_optim.py",
           "test_training_step.py")
@@ -36,18 +36,21 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     folder = config.getoption("manual")
     if folder is None:
         return None
+    grading = Grading(folder)
     try:
-        package = exercises.load(folder, keep=True)
+        exercises.load(folder, keep=True, calls=grading.called)
     except exercises.ExerciseError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if config.args_source == pytest.Config.ArgsSource.TESTPATHS:  # no test files named
+    if config.args_source != pytest.Config.ArgsSource.ARGS:  # no test files named
         config.args = [str(Path(__file__).parent / name) for name in GRADED]
     if config.option.tbstyle == "auto":
         config.option.tbstyle = "no"
     if config.option.reportchars == "fE":  # the default: the summary below says it instead
         config.option.reportchars = ""
-    config.pluginmanager.register(Grading(folder, package), "grading")
+    if config.pluginmanager.has_plugin("nbmake"):  # no notebook here, and no advert for it
+        config.pluginmanager.unregister(name="nbmake")
+    config.pluginmanager.register(grading, "grading")
     return None
 
 
@@ -61,26 +64,14 @@ class Check:
 
 
 class Grading:
-    """The plugin --manual registers: wraps each exercise function of the package to record
-    that it was called, and turns each check's result into guidance."""
+    """The plugin --manual registers: records which exercises each check calls (through
+    common.exercises.load) and turns each check's result into guidance."""
 
-    def __init__(self, folder: Path, package):
+    def __init__(self, folder: Path):
         self.folder = folder
         self.called: set[str] = set()  # by the running check
         self.checks: list[Check] = []
-        self.not_written: dict[str, str] = {}  # exercise: the line that says so
-        for file, name, _ in exercises.EXERCISES:
-            module = getattr(package, file.removesuffix(".py"))
-            owner, _, function = name.rpartition(".")
-            owner = getattr(module, owner) if owner else module
-            setattr(owner, function, self.recording(getattr(owner, function), name))
-
-    def recording(self, function, name: str):
-        @functools.wraps(function)
-        def recorded(*args, **kwargs):
-            self.called.add(name)
-            return function(*args, **kwargs)
-        return recorded
+        self.not_written: dict[str, str] = {}  # exercise: "DIR/functional.py line 21"
 
     def pytest_collection_modifyitems(self, config: pytest.Config,
                                       items: list[pytest.Item]) -> None:
@@ -100,15 +91,15 @@ class Grading:
             return
         called = sorted(self.called, key=exercises.NAMES.index)
         check = Check(item.nodeid, called[-1] if called else None, set(called), report.outcome)
-        error = first_leaf(call.excinfo.value) if call.excinfo else None
-        frame = exercises.innermost(error, self.folder) if error else None
-        if isinstance(error, NotImplementedError) and frame:
-            check.exercise = exercises.exercise_of(error, frame)
-            check.outcome = report.outcome = "skipped"
-            report.longrepr = (frame.filename, frame.lineno,
+        error = deciding(call.excinfo.value) if call.excinfo else None
+        stub = exercises.stub_name(error) if error else None
+        if stub is not None:
+            where = place(error, self.folder)
+            check.exercise, check.outcome = stub, "skipped"
+            report.outcome = "skipped"
+            report.longrepr = (where.file, where.line,
                                f"Skipped: {exercises.explained(error, self.folder)}")
-            where = f"{exercises.shown(frame.filename)} line {frame.lineno}"
-            self.not_written.setdefault(check.exercise, where)
+            self.not_written.setdefault(stub, f"{shown(where.file)} line {where.line}")
         elif report.outcome == "failed":
             check.message = exercises.explained(error, self.folder) or first_lines(error)
         self.checks.append(check)
@@ -116,67 +107,91 @@ class Grading:
     def pytest_terminal_summary(self, terminalreporter) -> None:
         write = terminalreporter.write_line
         write(f"\nthe exercises of {self.folder}/, in the order to write them (a check counts "
-              "for the last exercise it calls):")
+              "for the last exercise it reached):")
         failing: set[str] = set()  # exercises that fail checks of their own
         for number, name in enumerate(exercises.NAMES, start=1):
-            mine = [check for check in self.checks if check.exercise == name]
-            failed = [check for check in mine if check.outcome == "failed"]
-            own = [check for check in failed if not check.called & failing]
-            passed = sum(check.outcome == "passed" for check in mine)
-            head = f"{number:2}. {name:21}"
-            if name in self.not_written:
-                write(f"{head} not written yet ({self.not_written[name]}). "
-                      f"Hint: {exercises.HINTS[name]}")
-            elif own:
-                failing.add(name)
-                write(f"{head} FAILS {len(own)} of its {len(mine)} checks, for example:")
-                for check in examples(own):
-                    write(f"       {check.test.removeprefix('tests/')}: {check.message}")
-            elif failed:
-                causes = sorted(set.union(*(check.called & failing for check in failed)),
-                                key=exercises.NAMES.index)
-                write(f"{head} {passed} checks pass; {len(failed)} fail because they use "
-                      f"{' and '.join(causes)}, which fails checks of its own")
-            elif passed:
-                write(f"{head} ok: its {passed} checks pass")
-            else:
-                write(f"{head} no check reached it yet")
+            line, *failures = self.row(name, failing)
+            write(f"{number:2}. {name:21} {line}")
+            for failure in failures:
+                write(failure)
         others = [check for check in self.checks if check.exercise is None]
         broken = [check for check in others if check.outcome == "failed"]
         write(f"    everything else in {self.folder}/ (forward passes, initialization, names): "
               f"{len(others) - len(broken)} of {len(others)} checks pass")
-        for check in examples(broken):
-            write(f"       {check.test.removeprefix('tests/')}: {check.message}")
+        for failure in failure_lines(broken):
+            write(failure)
+        write(self.next_step(failing or broken))
+
+    def row(self, name: str, failing: set[str]) -> list[str]:
+        """The summary's line for exercise name, and the failures it shows; adds name to
+        failing if it fails checks of its own (not only through an earlier exercise)."""
+        mine = [check for check in self.checks if check.exercise == name]
+        failed = [check for check in mine if check.outcome == "failed"]
+        own = [check for check in failed if not check.called & failing]
+        passed = sum(check.outcome == "passed" for check in mine)
+        if name in self.not_written:
+            return [f"not written yet ({self.not_written[name]}). "
+                    f"Hint: {exercises.HINTS[name]}"]
+        if own:
+            failing.add(name)
+            return [f"FAILS {len(own)} of its {len(mine)} checks, for example:",
+                    *failure_lines(own)]
+        if failed:
+            causes = ordered(set.union(*(check.called & failing for check in failed)))
+            return [f"{passed} checks pass; {len(failed)} fail because they use "
+                    f"{' and '.join(causes)}, which fails checks of its own"]
+        if passed:
+            return [f"ok: its {passed} checks pass"]
+        waits = ordered({check.exercise for check in self.checks
+                         if check.outcome == "skipped" and name in check.called})
+        if waits:
+            return [f"its checks wait for {' and '.join(waits)} (not written yet)"]
+        return ["no check reached it in this run"]
+
+    def next_step(self, failures: bool) -> str:
+        if failures:
+            return ("Fix the first exercise that fails first: later checks use it too. "
+                    "--tb=short shows the tracebacks.")
         left = [name for name in exercises.NAMES if name in self.not_written]
-        if failing or broken:
-            write("Fix the first exercise that fails first: later checks use it too. "
-                  "--tb=short shows the tracebacks.")
-        elif left:
-            write(f"Next: {left[0]}, in {self.not_written[left[0]]}.")
-        else:
-            write(f"All {len(exercises.NAMES)} exercises pass their checks. Now train them "
-                  f"against torch: python compare.py --manual {self.folder}")
+        if left:
+            return f"Next: {left[0]}, in {self.not_written[left[0]]}."
+        graded = {check.exercise for check in self.checks if check.outcome == "passed"}
+        if not set(exercises.NAMES) <= graded:
+            return ("Some exercises had no check in this run: run it without test paths "
+                    "or -k to grade them all.")
+        return (f"All {len(exercises.NAMES)} exercises pass their checks. Now train them "
+                f"against torch: python compare.py --manual {self.folder}")
 
 
-def examples(checks: list[Check]) -> list[Check]:
-    """The first failure of each of the first SHOWN_FAILURES tests (parametrizations aside)."""
+def ordered(names: set[str]) -> list[str]:
+    return sorted(names, key=exercises.NAMES.index)
+
+
+def failure_lines(checks: list[Check]) -> list[str]:
+    """An indented line for the first failure of each of the first SHOWN_FAILURES tests
+    (parametrizations aside)."""
     first = {}
     for check in checks:
         first.setdefault(check.test.split("[")[0], check)
-    return list(first.values())[:SHOWN_FAILURES]
+    return [f"       {check.test.removeprefix('tests/')}: {check.message}"
+            for check in list(first.values())[:SHOWN_FAILURES]]
 
 
-def first_leaf(error: BaseException) -> BaseException:
-    """error, or the first error it groups (hypothesis groups the distinct failures it found)."""
-    while getattr(error, "exceptions", None):
-        error = error.exceptions[0]
-    return error
+def deciding(error: BaseException) -> BaseException:
+    """The error that decides a check's outcome. Hypothesis groups the distinct errors it
+    found: the first that is not a stub's, else the first."""
+    leaves = [error]
+    while any(getattr(leaf, "exceptions", None) for leaf in leaves):
+        leaves = [inner for leaf in leaves for inner in getattr(leaf, "exceptions", [leaf])]
+    return next((leaf for leaf in leaves if exercises.stub_name(leaf) is None), leaves[0])
 
 
 def first_lines(error: BaseException | None, limit: int = 200) -> str:
     """The first lines of error's message (and its type, unless an AssertionError), joined into
-    one, at most `limit` characters."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    one, at most `limit` characters; without pytest's "Use -v" advice or gradcheck's tensors."""
+    text = str(error).split("numerical:tensor")[0].rstrip(" ,")
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.strip().startswith("Use -v")]
     if not isinstance(error, AssertionError) or not lines:
         lines.insert(0, type(error).__name__ + (":" if lines else ""))
     text = " ".join(lines[:4])

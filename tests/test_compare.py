@@ -262,7 +262,8 @@ def test_missing_hidden_gradient_is_a_mismatch(capsys, mnist_root, tmp_path, mon
     monkeypatch.setattr(manual.model.MLP, "backward", backward)
     status, out, *_ = run(capsys, mnist_root, tmp_path, *QUICK, *MLP, "--no-plots")
     assert status == 1
-    assert ("step 1, dLoss/d(hidden.relu), the hidden layer's output gradient differs first "
+    assert ("step 1, dLoss/d(hidden.relu), the hidden layer's output gradient (what the "
+            "backward of the layer above it returns) differs first "
             "(shape): manual's was never set (None); the other's is (100, 32).") in out
 
 

@@ -6,6 +6,8 @@ one line, exit 2, before the data or the output folder is touched.
 """
 
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,7 +68,8 @@ def test_a_seeded_bug_is_diagnosed_by_the_tutor(capsys, mnist_root, tmp_path):
     assert (found["step"], found["tensor"], found["kind"], found["factor"]) == (
         1, "bias.grad", "scale", 0.01)
     assert f"diagnosis: {found['message']}" in out
-    assert manual.layers.Linear.backward.__module__ == "manual.layers"  # manual/ is untouched
+    assert sys.modules["manual"] is manual  # the real manual/ is back, untouched
+    assert Path(manual.layers.__file__).parent == exercises.MANUAL
 
 
 def test_an_error_in_the_learners_update_gets_one_line_that_says_where(capsys, mnist_root,
@@ -78,7 +81,7 @@ def test_an_error_in_the_learners_update_gets_one_line_that_says_where(capsys, m
     status, _, err, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
                             "--manual", str(path))
     assert status == 1 and err.count("\n") == 1 and "Traceback" not in err
-    assert re.fullmatch(r"error: .*optim\.py line \d+, in step: TypeError: .+\n", err)
+    assert re.fullmatch(r"error: .*optim\.py line \d+, in (SGD\.)?step: TypeError: .+\n", err)
 
 
 def test_an_error_in_the_learners_backward_is_a_mismatch_that_says_where(capsys, mnist_root,
@@ -89,19 +92,47 @@ def test_an_error_in_the_learners_backward_is_a_mismatch_that_says_where(capsys,
     status, out, err, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
                               "--manual", str(path))
     assert status == 1 and "Traceback" not in err
-    assert re.search(r"MISMATCH \(float32\) in epoch 1, step 1, .*: the manual code failed "
-                     r"before computing it: RuntimeError \(at .*layers\.py line \d+\): ", out)
+    assert re.search(r"MISMATCH \(float32\) in epoch 1, step 1, weight\.grad differs first "
+                     r"\(other\): the manual code failed before computing it: RuntimeError \(at "
+                     r".*layers\.py line \d+, in (Linear\.)?backward\): ", out)
 
 
-def test_a_learners_function_that_returns_nothing_gets_one_line(capsys, mnist_root, tmp_path):
-    """cross_entropy returning None breaks compare.py's own code: one line all the same."""
+def test_an_sgd_that_keeps_no_momentum_buffer_is_told_which_it_lacks(capsys, mnist_root,
+                                                                    tmp_path):
+    """SGD.step ignoring momentum: the run stops at step 1, naming the buffers torch keeps."""
+    path = folder(tmp_path, ["SGD.step"], lambda path: solve(
+        path, "SGD.step", "        for param, grad in self.gradients():\n"
+                          "            param.add_(grad, alpha=-self.lr)\n"))
+    status, out, _, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots", "--momentum",
+                            "0.9", "--manual", str(path))
+    assert status == 1
+    assert out.splitlines()[-1] == (
+        "MISMATCH (float32) in epoch 1, step 1, optimizer state differs first (shape): manual's "
+        "optimizer state holds 0 tensors (none) where the other has 2 "
+        "(linear.weight.momentum_buffer, linear.bias.momentum_buffer).")
+
+
+def test_a_forgotten_return_gets_one_line_naming_the_function(capsys, mnist_root, tmp_path):
+    """cross_entropy returning None: one line that names it, not the code it broke, exit 1."""
     path = folder(tmp_path, ["cross_entropy"], lambda path: solve(
         path, "cross_entropy", "    check_arguments(reduction, label_smoothing)\n"))
     status, _, err, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
                             "--manual", str(path))
     assert status == 1 and err.count("\n") == 1 and "Traceback" not in err
-    assert re.fullmatch(r"error: compare\.py line \d+, in train_and_compare: TypeError: .*"
-                        r"NoneType.*\n", err)
+    assert re.fullmatch(r"cross_entropy returned None \(.*functional\.py line \d+\): did you "
+                        r"forget its return\?\n", err)
+
+
+def test_an_error_a_learners_code_causes_elsewhere_gets_one_line(capsys, mnist_root, tmp_path):
+    """cross_entropy returning a string breaks compare.py's own code: one line all the same,
+    saying where, and with which folder as manual."""
+    path = folder(tmp_path, ["cross_entropy"], lambda path: solve(
+        path, "cross_entropy", "    return 'a loss'\n"))
+    status, _, err, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
+                            "--manual", str(path))
+    assert status == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert re.fullmatch(rf"error: compare\.py line \d+, in train_and_compare: ValueError: .+ "
+                        rf"\(with {re.escape(str(path))} as manual\)\n", err)
 
 
 @pytest.mark.parametrize(("make", "message"), [

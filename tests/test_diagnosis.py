@@ -370,7 +370,8 @@ def test_a_failure_before_a_tensor_names_the_error_and_a_loss_of_the_wrong_shape
     found = diagnosis.of_failure(4, pair, x, y, IndexError("boom"), LIMIT)
     assert (found["step"], found["tensor"], found["kind"]) == (4, "loss", "other")
     assert re.search(r"the manual code failed before computing it: IndexError \(at "
-                     r"manual/train\.py line \d+\): boom$", found["message"])
+                     r"(.*/)?manual/train\.py line \d+, in forward_backward\): boom$",
+                     found["message"])
     right = RIGHT_LOSS
     monkeypatch.setattr(manual.functional, "cross_entropy",
                         lambda logits, targets, **kwargs: right(logits, targets, "none"))

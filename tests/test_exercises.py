@@ -17,6 +17,7 @@ import torch
 import manual
 from common import exercises
 from common.exercises import EXERCISES, NAMES, ExerciseError
+from tests.grading import Check, Grading
 
 ROOT = Path(__file__).resolve().parent.parent
 MANUAL = ROOT / "manual"
@@ -72,7 +73,8 @@ def write_softmax_and_cross_entropy(folder: Path) -> None:
 
 
 def write_a_softmax_that_raises(folder: Path) -> None:
-    solve(folder, "softmax", "    return logits.exp(dtype='float')\n")
+    """An error of the learner's own, a NotImplementedError that is no stub's among them."""
+    solve(folder, "softmax", "    raise NotImplementedError('the max shift later')\n")
 
 
 # The folders python -m pytest --manual grades below: (the exercises left to write, then what
@@ -101,18 +103,23 @@ class Graded(dict):
 
     def __missing__(self, case: str) -> tuple[int, str, dict[str, str]]:
         runs = {}
-        for name, how in FOLDERS.items():
-            folder = self.base / name
-            if how is not None:
-                exercises.write(folder, names=how[0])
-                how[1](folder)
-            runs[name] = subprocess.Popen(
-                [sys.executable, "-m", "pytest", f"--manual={folder}", "-p", "no:cacheprovider"],
-                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for name, run in runs.items():
-            output = run.communicate(timeout=600)[0]
-            rows = dict(re.findall(r"^ ?\d\. (\S+) +(.*)$", output, re.MULTILINE))
-            self[name] = run.returncode, output, rows
+        try:
+            for name, how in FOLDERS.items():
+                folder = self.base / name
+                if how is not None:
+                    exercises.write(folder, names=how[0])
+                    how[1](folder)
+                runs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "pytest", f"--manual={folder}",
+                     "-p", "no:cacheprovider"],
+                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for name, run in runs.items():
+                output = run.communicate(timeout=600)[0]
+                rows = dict(re.findall(r"^ ?\d\. (\S+) +(.*)$", output, re.MULTILINE))
+                self[name] = run.returncode, output, rows
+        finally:
+            for run in runs.values():
+                run.kill()  # a no-op for those that ended; none is left running on an error
         return self[case]
 
 
@@ -166,10 +173,17 @@ def test_the_command_writes_the_folder_and_refuses_to_overwrite_work(tmp_path, c
     out = capsys.readouterr().out
     listed = re.findall(r"^  \d\. (\S+)", out, re.MULTILINE)
     assert listed == NAMES
-    assert f"python -m pytest --manual {tmp_path / 'ex'}" in out
+    assert f"python -m pytest --manual={tmp_path / 'ex'}" in out  # outside the project
     assert exercises.main([str(tmp_path / "ex")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already exists and is not empty" in err
+
+
+def test_the_flag_has_an_equals_sign_only_for_a_folder_outside_the_project(tmp_path):
+    """pytest reads "--manual DIR" right only for a DIR inside the project (see manual_flag)."""
+    assert exercises.manual_flag(Path("exercises")) == "--manual exercises"
+    assert exercises.manual_flag(ROOT / "ex") == f"--manual {ROOT / 'ex'}"
+    assert exercises.manual_flag(tmp_path) == f"--manual={tmp_path}"
 
 
 # -- loading it as the package manual ----------------------------------------------------------
@@ -194,7 +208,7 @@ def test_load_imports_the_folder_as_manual_and_puts_manual_back(tmp_path):
     (lambda folder: (folder / "model.py").write_text("from manual.layers import Conv2d\n"),
      r"model.py line 1: cannot import it: ImportError: cannot import name 'Conv2d'"),
     (rename_relu_backward,
-     r"is not an exercise folder: it has no ReLU.backward in layers.py"),
+     r"has no ReLU\.backward in layers\.py: put it back"),
 ])
 def test_a_bad_folder_gets_one_line(tmp_path, make, message):
     """Missing, not a package, a syntax error (with file and line), an error at import, or an
@@ -227,6 +241,69 @@ def test_explained_says_which_exercise_is_not_written_or_where_the_learners_code
     with pytest.raises(AttributeError) as error:  # the twin: the real manual's error is not theirs
         manual.functional.softmax("not a tensor")
     assert exercises.explained(error.value, tmp_path / "ex") is None
+
+
+def test_only_a_stubs_own_error_counts_as_not_written(tmp_path):
+    """NotImplementedError("softmax is not written yet") is the stub's; one of the learner's own
+    (or torch's), another message or a subclass, is an error like any other."""
+    assert exercises.stub_name(NotImplementedError("softmax is not written yet")) == "softmax"
+    for error in (NotImplementedError("eval mode: later"), NotImplementedError(),
+                  NotImplementedError("softmax is not written yet, really"),
+                  type("Later", (NotImplementedError,), {})("softmax is not written yet"),
+                  ValueError("softmax is not written yet")):
+        assert exercises.stub_name(error) is None, error
+        assert not exercises.unfinished(error)
+
+
+def test_a_forgotten_return_names_the_function(tmp_path):
+    """An exercise that returns a tensor but returned None raises ReturnedNothing, naming it;
+    one that returns nothing by design (SGD.step) may."""
+    exercises.write(tmp_path / "ex", names=[])
+    log_softmax = "shifted - shifted.exp().sum(dim=-1, keepdim=True).log()"
+    solve_plain(tmp_path / "ex", f"    return {log_softmax}", f"    {log_softmax}")
+    calls = set()
+    package = exercises.load(tmp_path / "ex", calls=calls)
+    with pytest.raises(exercises.ReturnedNothing) as error:
+        package.functional.cross_entropy(torch.randn(4, 3), torch.tensor([0, 2, 1, 0]))
+    assert calls == {"cross_entropy", "log_softmax"}
+    assert exercises.unfinished(error.value)
+    assert re.fullmatch(r"log_softmax returned None \(.*functional\.py line \d+\): did you "
+                        r"forget its return\?", exercises.explained(error.value, tmp_path / "ex"))
+    weight = torch.ones(2, requires_grad=False)
+    weight.grad = torch.ones(2)
+    assert package.optim.SGD([weight], lr=0.5).step() is None  # no error: it returns nothing
+
+
+def solve_plain(folder: Path, old: str, new: str) -> None:
+    functional = folder / "functional.py"
+    assert functional.read_text().count(old) == 1
+    functional.write_text(functional.read_text().replace(old, new))
+
+
+def test_the_summary_says_what_waits_and_what_no_check_reached():
+    """Checks skipped for log_softmax that call cross_entropy: cross_entropy waits for it. An
+    exercise no check reached (a -k run): no "all pass", but how to grade them all. Failures
+    of a later exercise through an earlier one's: named as such."""
+    grading = Grading(Path("ex"))
+    grading.checks = [Check("t::a", "log_softmax", {"cross_entropy", "log_softmax"}, "skipped"),
+                      Check("t::b", "softmax", {"softmax"}, "passed")]
+    grading.not_written["log_softmax"] = "ex/functional.py line 31"
+    assert grading.row("cross_entropy", set()) == [
+        "its checks wait for log_softmax (not written yet)"]
+    assert grading.row("Adam.step", set()) == ["no check reached it in this run"]
+    assert grading.next_step(False) == "Next: log_softmax, in ex/functional.py line 31."
+    del grading.not_written["log_softmax"]
+    assert grading.next_step(False).startswith("Some exercises had no check in this run")
+    grading.checks = [Check(f"t::{name}", name, {name}, "passed") for name in NAMES]
+    assert grading.next_step(False).startswith("All 9 exercises pass their checks.")
+    grading.checks += [Check("t::own[1]", "Linear.backward", {"Linear.backward"}, "failed", "m"),
+                       Check("t::use", "SGD.step", {"Linear.backward", "SGD.step"}, "failed")]
+    failing = set()
+    assert grading.row("Linear.backward", failing) == [
+        "FAILS 1 of its 2 checks, for example:", "       t::own[1]: m"]
+    assert grading.row("SGD.step", failing) == [
+        "1 checks pass; 1 fail because they use Linear.backward, which fails checks of its own"]
+    assert grading.next_step(True).startswith("Fix the first exercise that fails first")
 
 
 # -- graded by the gradient checks: python -m pytest --manual DIR ------------------------------
@@ -275,11 +352,13 @@ def test_a_seeded_bug_fails_exactly_its_functions_checks_and_names_the_tensor(gr
 
 
 def test_an_error_in_the_learners_code_is_a_failure_that_says_where(graded):
-    """softmax raising TypeError: its checks fail with the file, line and error, no traceback."""
+    """softmax raising an error (a NotImplementedError, but not the stub's): its checks fail,
+    with the file, line and error, and no traceback."""
     status, output, rows = graded["softmax-raises"]
     assert status == 1
     assert rows["softmax"].startswith("FAILS")
-    assert re.search(r"functional\.py line \d+, in softmax: TypeError", output)
+    assert re.search(r"functional\.py line \d+, in softmax: NotImplementedError: the max "
+                     r"shift later", output)
     assert "Traceback" not in output
 
 
