@@ -189,7 +189,7 @@ def deciding(error: BaseException) -> BaseException:
 def first_lines(error: BaseException | None, limit: int = 200) -> str:
     """The first lines of error's message (and its type, unless an AssertionError), joined into
     one, at most `limit` characters; without pytest's "Use -v" advice or gradcheck's tensors."""
-    text = str(error).split("numerical:tensor")[0].rstrip(" ,")
+    text = str(error).split("numerical:tensor")[0].rstrip(" ,\n")
     lines = [line.strip() for line in text.splitlines()
              if line.strip() and not line.strip().startswith("Use -v")]
     if not isinstance(error, AssertionError) or not lines:
