@@ -72,13 +72,7 @@ def take_out(source: str, names: list[str]) -> str:
     """source with the body of each function in names ("softmax", "Linear.backward") after
     its docstring replaced by stub(name). Raises ValueError for a name it does not define."""
     lines = source.splitlines(keepends=True)
-    found = {}
-    for node in ast.parse(source).body:
-        functions = node.body if isinstance(node, ast.ClassDef) else [node]
-        prefix = f"{node.name}." if isinstance(node, ast.ClassDef) else ""
-        for function in functions:
-            if isinstance(function, ast.FunctionDef) and prefix + function.name in names:
-                found[prefix + function.name] = function
+    found = {name: node for name, node in functions(source).items() if name in names}
     missing = [name for name in names if name not in found]
     if missing:
         raise ValueError(f"manual/ defines no {', '.join(missing)}: update common/exercises.py")
@@ -88,6 +82,17 @@ def take_out(source: str, names: list[str]) -> str:
         indent = " " * first.col_offset
         lines[keep:function.end_lineno] = [f"{indent}{line}\n" for line in stub(name)]
     return "".join(lines)
+
+
+def functions(source: str) -> dict[str, ast.FunctionDef]:
+    """Every function of a module and of its classes, by name ("softmax", "Linear.backward")."""
+    found = {}
+    for node in ast.parse(source).body:
+        owned = node.body if isinstance(node, ast.ClassDef) else [node]
+        prefix = f"{node.name}." if isinstance(node, ast.ClassDef) else ""
+        found |= {prefix + function.name: function for function in owned
+                  if isinstance(function, ast.FunctionDef)}
+    return found
 
 
 def write(folder: Path, names: list[str] = NAMES, source: Path = MANUAL) -> None:
@@ -153,7 +158,7 @@ def import_as_manual(folder: Path) -> ModuleType:
                             f"{type(error).__name__}: {error.msg}") from None
     except Exception as error:  # the learner's file runs at import: any error is theirs
         where = place(error, folder)
-        at = f"{shown(where.file)} line {where.line}" if where else folder
+        at = where.at if where else folder
         raise ExerciseError(f"{at}: cannot import it: {one_line(error)}") from None
     missing = [f"{name} in {file}" for file, name, _ in EXERCISES
                if not callable(getattr(*owner_of(package, file, name), None))]
@@ -218,14 +223,15 @@ def explained(error: BaseException, folder: Path, anywhere: bool = False) -> str
     raised elsewhere while folder's code ran. None for any other error."""
     name, where = stub_name(error), place(error, folder)
     if name is not None:
-        at = f" ({shown(where.file)} line {where.line})" if where else ""
+        at = f" ({where.at})" if where else ""
         return f"{name}{NOT_WRITTEN}{at}. Hint: {HINTS[name]}"
     if isinstance(error, ReturnedNothing):
         return str(error)
     if where is not None:
         return f"{where}: {one_line(error)}"
-    if anywhere and place(error) is not None:
-        return f"{place(error)}: {one_line(error)} (with {folder} as manual)"
+    anyplace = place(error) if anywhere else None
+    if anyplace is not None:
+        return f"{anyplace}: {one_line(error)} (with {folder} as manual)"
     return None
 
 

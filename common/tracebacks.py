@@ -16,8 +16,13 @@ class Place:
     line: int
     function: str  # with its class where Python knows it (3.11+): "ReLU.backward"
 
+    @property
+    def at(self) -> str:
+        """'exercises/layers.py line 88', without the function."""
+        return f"{shown(self.file)} line {self.line}"
+
     def __str__(self) -> str:
-        return f"{shown(self.file)} line {self.line}, in {self.function}"
+        return f"{self.at}, in {self.function}"
 
 
 def place(error: BaseException, folder: Path | None = None) -> Place | None:

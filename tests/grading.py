@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from common import exercises
-from common.tracebacks import place, shown
+from common.tracebacks import place
 
 GRADED = ("test_functional.py", "test_model.py", "test_layers.py", "test_optim.py",
           "test_training_step.py")
@@ -99,7 +99,7 @@ class Grading:
             report.outcome = "skipped"
             report.longrepr = (where.file, where.line,
                                f"Skipped: {exercises.explained(error, self.folder)}")
-            self.not_written.setdefault(stub, f"{shown(where.file)} line {where.line}")
+            self.not_written.setdefault(stub, where.at)
         elif report.outcome == "failed":
             check.message = exercises.explained(error, self.folder) or first_lines(error)
         self.checks.append(check)

@@ -27,6 +27,18 @@ def folder(tmp_path, left: list[str], change=None):
     return path
 
 
+def written_as(tmp_path, name: str, body: str):
+    """An exercise folder with every exercise written as in manual/, except name, whose body
+    is body (as a learner wrote it)."""
+    return folder(tmp_path, [name], lambda path: solve(path, name, body))
+
+
+def run_manual(capsys, mnist_root, tmp_path, path, *flags):
+    """compare.py --subset 2000 --epochs 1 --no-plots --manual path: run's four results."""
+    return run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots", *flags,
+               "--manual", str(path))
+
+
 def test_a_fresh_folder_says_which_function_is_needed_first(capsys, mnist_root, tmp_path):
     """The initial validation loss needs cross_entropy first: one line, its hint, exit 1."""
     status, out, err, report = run(capsys, mnist_root, tmp_path, *QUICK,
@@ -39,8 +51,8 @@ def test_a_fresh_folder_says_which_function_is_needed_first(capsys, mnist_root, 
 
 
 def test_softmax_regression_written_but_no_relu_the_mlp_says_relu(capsys, mnist_root, tmp_path):
-    status, _, err, _ = run(capsys, mnist_root, tmp_path, *QUICK, *MLP, "--no-plots",
-                            "--manual", str(folder(tmp_path, NAMES[6:])))
+    status, _, err, _ = run_manual(capsys, mnist_root, tmp_path, folder(tmp_path, NAMES[6:]),
+                                   *MLP)
     assert status == 1 and err.count("\n") == 1
     assert err.startswith("ReLU.backward is not written yet (")
 
@@ -49,20 +61,17 @@ def test_a_folder_with_every_exercise_written_matches(capsys, mnist_root, tmp_pa
     """The solutions of manual/, copied as a learner's: MATCH, exit 0, for softmax regression
     and for the MLP with BatchNorm and Adam."""
     path = folder(tmp_path, [])
-    status, out, _, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
-                            "--manual", str(path))
+    status, out, _, _ = run_manual(capsys, mnist_root, tmp_path, path)
     assert status == 0 and "\nMATCH (float32)" in out
-    status, out, _, _ = run(capsys, mnist_root, tmp_path, *QUICK, *MLP, "--batchnorm",
-                            "--optimizer", "adam", "--lr", "1e-3", "--no-plots",
-                            "--manual", str(path))
+    status, out, _, _ = run_manual(capsys, mnist_root, tmp_path, path, *MLP, "--batchnorm",
+                                   "--optimizer", "adam", "--lr", "1e-3")
     assert status == 0 and "\nMATCH (float32)" in out
 
 
 def test_a_seeded_bug_is_diagnosed_by_the_tutor(capsys, mnist_root, tmp_path):
     """The bias gradient as a mean: MISMATCH, and the diagnosis names bias.grad, a scale 1/N."""
     path = folder(tmp_path, [], seed_bias_gradient_as_mean)
-    status, out, _, report = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
-                                 "--manual", str(path))
+    status, out, _, report = run_manual(capsys, mnist_root, tmp_path, path)
     assert status == 1 and "MISMATCH" in out
     found = report["diagnosis"]
     assert (found["step"], found["tensor"], found["kind"], found["factor"]) == (
@@ -75,11 +84,10 @@ def test_a_seeded_bug_is_diagnosed_by_the_tutor(capsys, mnist_root, tmp_path):
 def test_an_error_in_the_learners_update_gets_one_line_that_says_where(capsys, mnist_root,
                                                                         tmp_path):
     """SGD.step raising TypeError: one line with the file, the line and the error, exit 1."""
-    path = folder(tmp_path, ["SGD.step"], lambda path: solve(
-        path, "SGD.step", "        for param, grad in self.gradients():\n"
-                          "            param.add_(grad, alpha=-self.lr, beta=1)\n"))
-    status, _, err, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
-                            "--manual", str(path))
+    path = written_as(tmp_path, "SGD.step",
+                      "        for param, grad in self.gradients():\n"
+                      "            param.add_(grad, alpha=-self.lr, beta=1)\n")
+    status, _, err, _ = run_manual(capsys, mnist_root, tmp_path, path)
     assert status == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert re.fullmatch(r"error: .*optim\.py line \d+, in (SGD\.)?step: TypeError: .+\n", err)
 
@@ -87,10 +95,9 @@ def test_an_error_in_the_learners_update_gets_one_line_that_says_where(capsys, m
 def test_an_error_in_the_learners_backward_is_a_mismatch_that_says_where(capsys, mnist_root,
                                                                          tmp_path):
     """Linear.backward raising: the step's MISMATCH says what failed, in which file and line."""
-    path = folder(tmp_path, ["Linear.backward"], lambda path: solve(
-        path, "Linear.backward", "        self.weight.grad = grad_output @ self.input\n"))
-    status, out, err, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
-                              "--manual", str(path))
+    path = written_as(tmp_path, "Linear.backward",
+                      "        self.weight.grad = grad_output @ self.input\n")
+    status, out, err, _ = run_manual(capsys, mnist_root, tmp_path, path)
     assert status == 1 and "Traceback" not in err
     assert re.search(r"MISMATCH \(float32\) in epoch 1, step 1, weight\.grad differs first "
                      r"\(other\): the manual code failed before computing it: RuntimeError \(at "
@@ -100,11 +107,9 @@ def test_an_error_in_the_learners_backward_is_a_mismatch_that_says_where(capsys,
 def test_an_sgd_that_keeps_no_momentum_buffer_is_told_which_it_lacks(capsys, mnist_root,
                                                                     tmp_path):
     """SGD.step ignoring momentum: the run stops at step 1, naming the buffers torch keeps."""
-    path = folder(tmp_path, ["SGD.step"], lambda path: solve(
-        path, "SGD.step", "        for param, grad in self.gradients():\n"
-                          "            param.add_(grad, alpha=-self.lr)\n"))
-    status, out, _, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots", "--momentum",
-                            "0.9", "--manual", str(path))
+    path = written_as(tmp_path, "SGD.step", "        for param, grad in self.gradients():\n"
+                                            "            param.add_(grad, alpha=-self.lr)\n")
+    status, out, _, _ = run_manual(capsys, mnist_root, tmp_path, path, "--momentum", "0.9")
     assert status == 1
     assert out.splitlines()[-1] == (
         "MISMATCH (float32) in epoch 1, step 1, optimizer state differs first (shape): manual's "
@@ -114,10 +119,9 @@ def test_an_sgd_that_keeps_no_momentum_buffer_is_told_which_it_lacks(capsys, mni
 
 def test_a_forgotten_return_gets_one_line_naming_the_function(capsys, mnist_root, tmp_path):
     """cross_entropy returning None: one line that names it, not the code it broke, exit 1."""
-    path = folder(tmp_path, ["cross_entropy"], lambda path: solve(
-        path, "cross_entropy", "    check_arguments(reduction, label_smoothing)\n"))
-    status, _, err, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
-                            "--manual", str(path))
+    path = written_as(tmp_path, "cross_entropy",
+                      "    check_arguments(reduction, label_smoothing)\n")
+    status, _, err, _ = run_manual(capsys, mnist_root, tmp_path, path)
     assert status == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert re.fullmatch(r"cross_entropy returned None \(.*functional\.py line \d+\): did you "
                         r"forget its return\?\n", err)
@@ -126,10 +130,8 @@ def test_a_forgotten_return_gets_one_line_naming_the_function(capsys, mnist_root
 def test_an_error_a_learners_code_causes_elsewhere_gets_one_line(capsys, mnist_root, tmp_path):
     """cross_entropy returning a string breaks compare.py's own code: one line all the same,
     saying where, and with which folder as manual."""
-    path = folder(tmp_path, ["cross_entropy"], lambda path: solve(
-        path, "cross_entropy", "    return 'a loss'\n"))
-    status, _, err, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots",
-                            "--manual", str(path))
+    path = written_as(tmp_path, "cross_entropy", "    return 'a loss'\n")
+    status, _, err, _ = run_manual(capsys, mnist_root, tmp_path, path)
     assert status == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert re.fullmatch(rf"error: compare\.py line \d+, in train_and_compare: ValueError: .+ "
                         rf"\(with {re.escape(str(path))} as manual\)\n", err)

@@ -38,18 +38,6 @@ LEARNER_CROSS_ENTROPY = """\
 """
 
 
-def functions(source: str) -> dict[str, ast.FunctionDef]:
-    """Every function of a module and of its classes, by name ("softmax", "Linear.backward")."""
-    found = {}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.FunctionDef):
-            found[node.name] = node
-        elif isinstance(node, ast.ClassDef):
-            found |= {f"{node.name}.{item.name}": item for item in node.body
-                      if isinstance(item, ast.FunctionDef)}
-    return found
-
-
 def solve(folder: Path, name: str, body: str) -> None:
     """Put body in place of exercise name's hint and raise, as a learner does."""
     file = folder / dict((name, file) for file, name, _ in EXERCISES)[name]
@@ -144,7 +132,7 @@ def test_every_exercise_loses_its_body_and_keeps_its_signature_and_docstring(tmp
         sorted(path.name for path in MANUAL.glob("*.py"))
     for path in MANUAL.glob("*.py"):
         source, written = path.read_text(), (tmp_path / "ex" / path.name).read_text()
-        originals, stubs = functions(source), functions(written)
+        originals, stubs = exercises.functions(source), exercises.functions(written)
         assert originals.keys() == stubs.keys(), path.name
         for name, original in originals.items():
             stub = stubs[name]
@@ -156,8 +144,9 @@ def test_every_exercise_loses_its_body_and_keeps_its_signature_and_docstring(tmp
                 assert hint == f"# Hint: {exercises.HINTS[name]}", name
             else:
                 assert ast.unparse(stub) == ast.unparse(original), name
-    assert sorted(NAMES) == sorted(name for path in MANUAL.glob("*.py")
-                                   for name in functions(path.read_text()) if name in NAMES)
+    defined = [name for path in MANUAL.glob("*.py") for name in exercises.functions(
+        path.read_text())]
+    assert sorted(NAMES) == sorted(name for name in defined if name in NAMES)
 
 
 def test_an_exercise_manual_does_not_define_is_refused():
