@@ -26,4 +26,4 @@ docs: $(VENV)/installed
 
 # make exercises: write exercises/, then grade it with python -m pytest --manual exercises
 exercises: $(VENV)/installed
-	$(BIN)/python -m common.exercises exercises
+	$(BIN)/python -m practice exercises

@@ -16,7 +16,7 @@ import pytest
 
 from common.data import DataError, Splits, load_mnist, load_splits, resolve_root
 
-pytest_plugins = ["tests.grading"]  # python -m pytest --manual DIR grades an exercise folder
+pytest_plugins = ["practice.grading"]  # python -m pytest --manual DIR grades an exercise folder
 
 
 @functools.cache

@@ -67,8 +67,11 @@ from common.data import (
     load_splits,
     resolve_root,
 )
-from common.flags import ArgumentParser
-from common.report import prepare_folder
+from lockstep import flags
+from lockstep.epoch import train_epoch_lockstep
+from lockstep.flags import ArgumentParser
+from lockstep.learner import make_learners
+from lockstep.report import prepare_folder
 
 PIPELINES = ("baseline", "torch_impl", "manual", "lockstep")
 BATCH_SIZES = ("32", "100", "1000", "full")
@@ -211,16 +214,16 @@ def project_epoch(pipeline: str, root: Path, batch_size: int, device: str):
     softmax regression with SGD, or a variant: "mlp manual", "mlp-adam lockstep", ..."""
     data = load_splits(root, device=device)
     variant, _, pipeline = pipeline.rpartition(" ")
-    args = compare.parse_args(["--batch-size", str(batch_size), "--lr", str(LR),
+    args = flags.parse_args(["--batch-size", str(batch_size), "--lr", str(LR),
                                "--device", device, *VARIANT_FLAGS.get(variant, [])])
-    learners = compare.make_learners(args, device, torch.float32)
+    learners = make_learners(args, device, torch.float32)
 
     def epoch_batches(epoch: int, steps: int | None):
         return itertools.islice(batches(data.train_x, data.train_y, batch_size, SEED, epoch), steps)
 
     if pipeline == "lockstep":  # the float64 reference of step 1: in the warm-up, epoch 0
         steps_per_epoch = -(-len(data.train_x) // batch_size)
-        return lambda epoch, steps=None: compare.train_epoch_lockstep(
+        return lambda epoch, steps=None: train_epoch_lockstep(
             learners, epoch_batches(epoch, steps), tqdm(disable=True),
             first_step=epoch * steps_per_epoch + 1)
     learner = learners[0] if pipeline == "manual" else learners[1]
@@ -314,10 +317,10 @@ def time_recipe(job: dict) -> dict:
         return {"wall_seconds": seconds, "training_seconds": report["seconds"],
                 "match": status == 0, "test_accuracy": [report[name]["test_accuracy"]
                                                         for name in ("manual", "torch")]}
-    args = compare.parse_args(argv)
+    args = flags.parse_args(argv)
     data = load_splits(root, seed=args.seed, device=device)
     steps_per_epoch = math.ceil(len(data.train_x) / args.batch_size)
-    learner = compare.make_learners(args, device, torch.float32, steps_per_epoch)[
+    learner = make_learners(args, device, torch.float32, steps_per_epoch)[
         0 if job["pipeline"] == "recipe manual" else 1]
     sync(device)
     start = time.perf_counter()

@@ -1,1 +1,1 @@
-"""What both implementations share: data, batches, the training loop, checks, report and plots."""
+"""What both implementations train on: MNIST as tensors, and its minibatches (common.data)."""

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 
 import manual.functional as F
-from common.checks import Agreement, agreement, assert_agrees
+from lockstep.checks import Agreement, agreement, assert_agrees
 from manual.layers import BatchNorm1d, Linear, ReLU
 from manual.model import SoftmaxRegression
 from manual.optim import Adam, AdamW
@@ -112,7 +112,7 @@ def assert_matches_torch(name: str, actual: torch.Tensor, expected: torch.Tensor
 
     float32: within torch.testing.assert_close's default tolerances (the two may
     round in a different order, an honest "close"). float64: at most 1e-12 relative
-    difference (common.checks.assert_agrees), i.e. nothing but rounding differs.
+    difference (lockstep.checks.assert_agrees), i.e. nothing but rounding differs.
     """
     assert actual.shape == expected.shape and actual.dtype == expected.dtype, (
         f"{name}: {actual.dtype}{list(actual.shape)} vs {expected.dtype}{list(expected.shape)}")

@@ -14,8 +14,8 @@ import torch
 
 import compare
 import manual
-from common.checks import ShapeMismatch, difference_stats, relu_gate_flips
-from common.training import Learner
+from lockstep.checks import ShapeMismatch, difference_stats, relu_gate_flips
+from lockstep.learner import Learner
 from tests.helpers import BatchNormWithoutMeanTerm, GradientLeakingReLU
 
 REPO = Path(__file__).resolve().parents[1]

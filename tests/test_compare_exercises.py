@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import manual
-from common import exercises
-from common.exercises import NAMES
+from practice import exercises
+from practice.exercises import NAMES
 from tests.test_compare import MLP, QUICK, run
 from tests.test_exercises import seed_bias_gradient_as_mean, solve
 

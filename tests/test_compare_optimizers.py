@@ -8,8 +8,8 @@ again from torch's state.
 
 import pytest
 
-import compare
 import manual
+from lockstep import flags
 from tests.helpers import (
     AdamWDecayingThroughTheGradient,
     AdamWithEpsInsideTheRoot,
@@ -146,11 +146,11 @@ def test_bad_optimizer_flags_exit_2_with_one_line(capsys, tmp_path, flags, messa
 def test_each_optimizer_gets_its_own_defaults():
     """sgd: lr 0.5 and no Adam options; adam, adamw: torch's lr 1e-3, betas, eps, and weight
     decay 0 and 1e-2; what is given wins."""
-    sgd = compare.parse_args([])
+    sgd = flags.parse_args([])
     assert (sgd.lr, sgd.momentum, sgd.weight_decay, sgd.betas, sgd.eps) == (0.5, 0.0, 0.0,
                                                                             None, None)
-    adamw = compare.parse_args(["--optimizer", "adamw"])
+    adamw = flags.parse_args(["--optimizer", "adamw"])
     assert (adamw.lr, adamw.betas, adamw.eps, adamw.weight_decay, adamw.momentum) == (
         1e-3, (0.9, 0.999), 1e-8, 1e-2, None)
-    given = compare.parse_args(["--optimizer", "adamw", "--weight-decay", "0", "--lr", "0.01"])
+    given = flags.parse_args(["--optimizer", "adamw", "--weight-decay", "0", "--lr", "0.01"])
     assert (given.weight_decay, given.lr) == (0.0, 0.01)

@@ -1,7 +1,7 @@
-"""The tutor (common/diagnosis.py) on small synthetic steps, no MNIST needed: each kind of
-difference, the order in which tensors are searched, the float64 reference, the replayed
-update, and the replayed failure. Seeded bugs are monkeypatched into the manual code; the
-same step without them must find nothing.
+"""The tutor (lockstep/diagnosis.py and the modules it calls) on small synthetic steps, no
+MNIST needed: each kind of difference, the order in which tensors are searched, the float64
+reference, the replayed update, and the replayed failure. Seeded bugs are monkeypatched into
+the manual code; the same step without them must find nothing.
 """
 
 import re
@@ -11,9 +11,9 @@ import torch
 
 import manual
 import torch_impl
-from common import diagnosis, report
-from common.checks import difference_stats, exceeds, named_stats
-from common.training import Learner
+from lockstep import diagnosis, kinds, reference, replay, report
+from lockstep.checks import difference_stats, exceeds, named_stats
+from lockstep.learner import Learner
 from tests.helpers import linear_backward, random_batch
 
 LIMIT = 1e-4
@@ -78,7 +78,7 @@ def changed(rows=None, columns=None, entries=None):
         "row", "columns", "two-rows", "noise"])
 def test_each_kind_of_difference_is_named(a, kind, factor, words):
     """Manual's tensor against B: the kind, the factor of a scale, and the sentence."""
-    found_kind, found_factor, sentence = diagnosis.classify(a, B, LIMIT, batch_size=6)
+    found_kind, found_factor, sentence = kinds.classify(a, B, LIMIT, batch_size=6)
     assert found_kind == kind and words in sentence
     assert found_factor == (None if factor is None else pytest.approx(factor))
 
@@ -89,7 +89,7 @@ def test_entries_are_listed_when_neither_rows_nor_columns_are_spared():
     b = torch.rand(8, 8, dtype=torch.float64) + 1
     a = b.clone()
     a[torch.arange(8), torch.arange(8)] *= 2
-    kind, _, sentence = diagnosis.classify(a, b, LIMIT, batch_size=8)
+    kind, _, sentence = kinds.classify(a, b, LIMIT, batch_size=8)
     assert kind == "partial" and "only some entries differ: 8 of the 64" in sentence
 
 
@@ -100,11 +100,11 @@ def test_non_finite_on_one_side_is_named_before_anything_else(side):
     bad = B.clone()
     bad[1, 2] = float("nan")
     a, b = (bad, B) if side == "manual" else (B, bad)
-    kind, _, sentence = diagnosis.classify(a, b, LIMIT, batch_size=6)
+    kind, _, sentence = kinds.classify(a, b, LIMIT, batch_size=6)
     assert kind == "non-finite"
     assert sentence == f"{side}'s has 1 NaN entry (the first at [1, 2]) where the other " \
                        "side's is finite."
-    assert diagnosis.classify(bad * 2, bad, LIMIT, batch_size=6)[0] == "scale"
+    assert kinds.classify(bad * 2, bad, LIMIT, batch_size=6)[0] == "scale"
 
 
 def test_rounding_is_asked_after_shape_and_non_finite_and_before_scale():
@@ -116,11 +116,11 @@ def test_rounding_is_asked_after_shape_and_non_finite_and_before_scale():
         calls.append(1)
         return "both round"
 
-    assert diagnosis.classify(B.T, B, LIMIT, 6, rounding=rounding)[0] == "shape"
+    assert kinds.classify(B.T, B, LIMIT, 6, rounding=rounding)[0] == "shape"
     assert calls == []
-    assert diagnosis.classify(2 * B, B, LIMIT, 6, rounding=rounding) == (
+    assert kinds.classify(2 * B, B, LIMIT, 6, rounding=rounding) == (
         "rounding", None, "both round")
-    assert diagnosis.classify(2 * B, B, LIMIT, 6, rounding=lambda: None)[0] == "scale"
+    assert kinds.classify(2 * B, B, LIMIT, 6, rounding=lambda: None)[0] == "scale"
 
 
 # -- the per-step alarm -------------------------------------------------------------------------
@@ -248,7 +248,7 @@ def test_seeded_bugs_are_found_where_they_start(monkeypatch, hidden, patch, tens
     found = diagnosis.of_gradients(7, pair, x, y, LIMIT, independent=False)
     assert (found["step"], found["tensor"], found["kind"]) == (7, tensor, kind)
     assert found["factor"] == (None if factor is None else pytest.approx(factor, rel=1e-4))
-    assert found["message"].startswith(f"step 7, {diagnosis.label(tensor)} differs first "
+    assert found["message"].startswith(f"step 7, {kinds.label(tensor)} differs first "
                                        f"({kind}): ")
     if kind == "partial":
         assert f"only some entries differ: {BATCH} of the {BATCH * NUM_CLASSES}" in \
@@ -270,12 +270,12 @@ def test_a_relu_tie_within_rounding_is_rounding_and_a_far_one_is_not():
     largest = relu[1].max().item()
     for distance, excused in ((3e-8, True), (0.5, False)):
         relu[0].detach()[row, unit] = distance * largest
-        assert (diagnosis.relu_tie(pair, below) is not None) is excused
-        assert diagnosis.relu_tie(pair, above) is None
+        assert (reference.relu_tie(pair, below) is not None) is excused
+        assert reference.relu_tie(pair, above) is None
     relu[0].detach()[row, unit] = 3e-8 * largest  # a tie again, but the gradient it passes on
     passed = dict(pair[0].named_gradients())["hidden.linear"]
     passed[(row + 1) % BATCH] += 1.0  # differs in another example too: not the tie's doing
-    assert diagnosis.relu_tie(pair, below) is None
+    assert reference.relu_tie(pair, below) is None
 
 
 def test_float64_reference_of_a_right_step_is_rounding_on_both_sides():
@@ -284,12 +284,12 @@ def test_float64_reference_of_a_right_step_is_rounding_on_both_sides():
     pair = learners(hidden=HIDDEN)
     x, y = batch()
     both_gradients(pair, x, y)
-    reference = diagnosis.float64_errors(pair, x, y)
-    assert set(reference["tensors"]) == {"loss", *(n for n, _ in pair[0].named_gradients())}
-    assert 0 < reference["manual"] < 1e-6 and 0 < reference["torch"] < 1e-6
+    errors = reference.float64_errors(pair, x, y)
+    assert set(errors["tensors"]) == {"loss", *(n for n, _ in pair[0].named_gradients())}
+    assert 0 < errors["manual"] < 1e-6 and 0 < errors["torch"] < 1e-6
     pair[0].params[0].grad.mul_(1.01)
-    assert reference["torch"] == diagnosis.float64_errors(pair, x, y)["torch"]
-    assert diagnosis.float64_errors(pair, x, y)["manual"] == pytest.approx(1e-2, rel=1e-3)
+    assert errors["torch"] == reference.float64_errors(pair, x, y)["torch"]
+    assert reference.float64_errors(pair, x, y)["manual"] == pytest.approx(1e-2, rel=1e-3)
 
 
 # -- the update, replayed; and a step that failed ----------------------------------------------
@@ -306,16 +306,16 @@ def test_a_broken_update_is_replayed_and_classified(monkeypatch):
     pair = learners()
     x, y = batch()
     both_gradients(pair, x, y)
-    found = diagnosis.of_update(3, "param", "weight", pair, LIMIT, independent=False)
+    found = replay.of_update(3, "param", "weight", pair, LIMIT, independent=False)
     assert (found["kind"], found["tensor"]) == ("other", "weight after the update")
-    found = diagnosis.of_update(3, "param", "weight", pair, LIMIT, independent=True)
+    found = replay.of_update(3, "param", "weight", pair, LIMIT, independent=True)
     assert found["kind"] == "rounding" and "try a smaller --lr" in found["message"]
-    found = diagnosis.of_update(1, "param", "weight", pair, LIMIT, independent=True)
+    found = replay.of_update(1, "param", "weight", pair, LIMIT, independent=True)
     assert found["kind"] == "rounding" and "smaller --lr" not in found["message"]
     monkeypatch.setattr(manual.optim.SGD, "step", uphill_step)
     pair = learners()
     both_gradients(pair, x, y)
-    found = diagnosis.of_update(3, "param", "weight", pair, LIMIT, independent=False)
+    found = replay.of_update(3, "param", "weight", pair, LIMIT, independent=False)
     assert (found["kind"], found["factor"]) == ("scale", -1)
     assert "manual's update of weight (after - before) is -1 x torch's" in found["message"]
     assert all(learner.params[0].grad is not None for learner in pair)  # the learners untouched
@@ -330,7 +330,7 @@ def test_a_gradient_assigned_transposed_is_recovered_from_the_failed_step(monkey
     x, y = batch()
     with pytest.raises(RuntimeError, match="assign a gradient of size"):
         pair[0].gradients(x, y)
-    found = diagnosis.of_failure(1, pair, x, y, RuntimeError("refused"), LIMIT)
+    found = replay.of_failure(1, pair, x, y, RuntimeError("refused"), LIMIT)
     assert (found["tensor"], found["kind"]) == ("weight.grad", "shape")
     assert f"manual's is ({IN_FEATURES}, {NUM_CLASSES}), torch's ({NUM_CLASSES}, " \
            f"{IN_FEATURES}), and manual's transposed (a.T) equals torch's" in found["message"]
@@ -351,7 +351,7 @@ def test_a_gradient_assigned_transposed_is_recovered_from_the_failed_step(monkey
 ], ids=["zeros", "barely-scaled", "square-transposed", "scalar-nan", "nan-alike-and-a-row",
         "nan-alike"])
 def test_edge_cases_get_their_own_words(a, b, kind, factor, words):
-    found_kind, found_factor, sentence = diagnosis.classify(a, b, LIMIT, batch_size=6)
+    found_kind, found_factor, sentence = kinds.classify(a, b, LIMIT, batch_size=6)
     assert found_kind == kind and words in sentence
     assert found_factor == (None if factor is None else pytest.approx(factor))
 
@@ -367,7 +367,7 @@ def test_a_failure_before_a_tensor_names_the_error_and_a_loss_of_the_wrong_shape
         raise IndexError("boom")
 
     monkeypatch.setattr(manual.functional, "cross_entropy", raises)
-    found = diagnosis.of_failure(4, pair, x, y, IndexError("boom"), LIMIT)
+    found = replay.of_failure(4, pair, x, y, IndexError("boom"), LIMIT)
     assert (found["step"], found["tensor"], found["kind"]) == (4, "loss", "other")
     assert re.search(r"the manual code failed before computing it: IndexError \(at "
                      r"(.*/)?manual/train\.py line \d+, in forward_backward\): boom$",
@@ -375,7 +375,7 @@ def test_a_failure_before_a_tensor_names_the_error_and_a_loss_of_the_wrong_shape
     right = RIGHT_LOSS
     monkeypatch.setattr(manual.functional, "cross_entropy",
                         lambda logits, targets, **kwargs: right(logits, targets, "none"))
-    found = diagnosis.of_failure(4, pair, x, y, ValueError("shape"), LIMIT)
+    found = replay.of_failure(4, pair, x, y, ValueError("shape"), LIMIT)
     assert (found["tensor"], found["kind"]) == ("loss", "shape")
     assert f"manual's is ({BATCH},), torch's ()" in found["message"]
 
@@ -395,7 +395,7 @@ def test_the_replay_takes_the_current_learning_rate_and_a_schedule_that_differs_
     assert pair[0].lr() == pytest.approx(pair[1].lr()) and pair[1].lr() < 0.1
     assert pair[1].twin().lr() == pair[1].lr()
     pair[0].optimizer.lr *= 1.1
-    found = diagnosis.of_update(2, "param", "weight", pair, LIMIT, independent=True)
+    found = replay.of_update(2, "param", "weight", pair, LIMIT, independent=True)
     assert found["kind"] == "other" and "the learning rates differ" in found["message"]
 
 
@@ -411,7 +411,7 @@ def test_drift_is_only_claimed_when_the_replayed_updates_agree_to_rounding(monke
     monkeypatch.setattr(manual.optim.SGD, "step", slightly_longer_step)
     pair = learners()
     both_gradients(pair, *batch())
-    found = diagnosis.of_update(5, "param", "weight", pair, LIMIT, independent=True)
+    found = replay.of_update(5, "param", "weight", pair, LIMIT, independent=True)
     assert found["kind"] == "other" and "smaller --lr" not in found["message"]
     assert "accumulated over steps" in found["message"]
 

@@ -1,4 +1,4 @@
-"""The exercises: the folder common.exercises writes, and its grading by the gradient checks.
+"""The exercises: the folder python -m practice writes, and its grading by the gradient checks.
 
 `python -m pytest --manual DIR` runs in a subprocess here, since it imports DIR as the package
 `manual` for the whole session. Each folder is one a learner could have: fresh, half done,
@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import manual
-from common import exercises
-from common.exercises import EXERCISES, NAMES, ExerciseError
-from tests.grading import Check, Grading
+from practice import exercises, loader
+from practice.exercises import EXERCISES, NAMES, ExerciseError
+from practice.grading import Check, Grading
 
 ROOT = Path(__file__).resolve().parent.parent
 MANUAL = ROOT / "manual"
@@ -156,7 +156,7 @@ def test_an_exercise_manual_does_not_define_is_refused():
 
 
 def test_the_command_writes_the_folder_and_refuses_to_overwrite_work(tmp_path, capsys):
-    """python -m common.exercises DIR lists the exercises in order; run again, it refuses with
+    """python -m practice DIR lists the exercises in order; run again, it refuses with
     one line and exit 2 rather than overwrite what the learner wrote."""
     assert exercises.main([str(tmp_path / "ex")]) == 0
     out = capsys.readouterr().out
@@ -179,7 +179,7 @@ def test_the_flag_has_an_equals_sign_only_for_a_folder_outside_the_project(tmp_p
 
 def test_load_imports_the_folder_as_manual_and_puts_manual_back(tmp_path):
     exercises.write(tmp_path / "ex")
-    package = exercises.load(tmp_path / "ex")
+    package = loader.load(tmp_path / "ex")
     assert Path(package.functional.__file__).parent == tmp_path / "ex"
     assert package.model.SoftmaxRegression.backward is package.layers.Linear.backward
     assert sys.modules["manual"] is manual  # the real one, for every other test
@@ -207,7 +207,7 @@ def test_a_bad_folder_gets_one_line(tmp_path, make, message):
         exercises.write(folder)
     make(folder)
     with pytest.raises(ExerciseError, match=message) as error:
-        exercises.load(folder)
+        loader.load(folder)
     assert "\n" not in str(error.value)
     assert sys.modules["manual"] is manual
 
@@ -217,31 +217,31 @@ def test_explained_says_which_exercise_is_not_written_or_where_the_learners_code
     """A stub's NotImplementedError: its name, file, line and hint. Any other error raised in
     the folder: where and what. An error raised elsewhere is not the learner's: None."""
     exercises.write(tmp_path / "ex", names=["log_softmax"])
-    package = exercises.load(tmp_path / "ex")
+    package = loader.load(tmp_path / "ex")
     with pytest.raises(NotImplementedError) as error:
         package.functional.cross_entropy(torch.randn(4, 3), torch.tensor([0, 2, 1, 0]))
-    line = exercises.explained(error.value, tmp_path / "ex")
+    line = loader.explained(error.value, tmp_path / "ex")
     assert re.fullmatch(r"log_softmax is not written yet \(.*functional\.py line \d+\)\. "
                         r"Hint: .+", line)
     with pytest.raises(AttributeError) as error:
         package.functional.softmax("not a tensor")
     assert re.fullmatch(r".*functional\.py line \d+, in softmax: AttributeError: .+",
-                        exercises.explained(error.value, tmp_path / "ex"))
+                        loader.explained(error.value, tmp_path / "ex"))
     with pytest.raises(AttributeError) as error:  # the twin: the real manual's error is not theirs
         manual.functional.softmax("not a tensor")
-    assert exercises.explained(error.value, tmp_path / "ex") is None
+    assert loader.explained(error.value, tmp_path / "ex") is None
 
 
 def test_only_a_stubs_own_error_counts_as_not_written(tmp_path):
     """NotImplementedError("softmax is not written yet") is the stub's; one of the learner's own
     (or torch's), another message or a subclass, is an error like any other."""
-    assert exercises.stub_name(NotImplementedError("softmax is not written yet")) == "softmax"
+    assert loader.stub_name(NotImplementedError("softmax is not written yet")) == "softmax"
     for error in (NotImplementedError("eval mode: later"), NotImplementedError(),
                   NotImplementedError("softmax is not written yet, really"),
                   type("Later", (NotImplementedError,), {})("softmax is not written yet"),
                   ValueError("softmax is not written yet")):
-        assert exercises.stub_name(error) is None, error
-        assert not exercises.unfinished(error)
+        assert loader.stub_name(error) is None, error
+        assert not loader.unfinished(error)
 
 
 def test_a_forgotten_return_names_the_function(tmp_path):
@@ -251,13 +251,13 @@ def test_a_forgotten_return_names_the_function(tmp_path):
     log_softmax = "shifted - shifted.exp().sum(dim=-1, keepdim=True).log()"
     solve_plain(tmp_path / "ex", f"    return {log_softmax}", f"    {log_softmax}")
     calls = set()
-    package = exercises.load(tmp_path / "ex", calls=calls)
-    with pytest.raises(exercises.ReturnedNothing) as error:
+    package = loader.load(tmp_path / "ex", calls=calls)
+    with pytest.raises(loader.ReturnedNothing) as error:
         package.functional.cross_entropy(torch.randn(4, 3), torch.tensor([0, 2, 1, 0]))
     assert calls == {"cross_entropy", "log_softmax"}
-    assert exercises.unfinished(error.value)
+    assert loader.unfinished(error.value)
     assert re.fullmatch(r"log_softmax returned None \(.*functional\.py line \d+\): did you "
-                        r"forget its return\?", exercises.explained(error.value, tmp_path / "ex"))
+                        r"forget its return\?", loader.explained(error.value, tmp_path / "ex"))
     weight = torch.ones(2, requires_grad=False)
     weight.grad = torch.ones(2)
     assert package.optim.SGD([weight], lr=0.5).step() is None  # no error: it returns nothing

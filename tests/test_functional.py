@@ -3,7 +3,7 @@
 The hand-derived gradient of cross-entropy, dLoss/dlogits = (softmax(z) - q) / N, is
 held against three references, from the most basic to the most convenient:
 
-1. central finite differences in float64 (common.checks.numerical_gradient): the
+1. central finite differences in float64 (lockstep.checks.numerical_gradient): the
    definition of a derivative, knowing nothing of the formula;
 2. torch.autograd.gradcheck, torch's own finite-difference checker, given the manual
    forward and backward wrapped as a torch.autograd.Function;
@@ -27,7 +27,7 @@ from torch.autograd.gradcheck import GradcheckError
 
 import manual.functional as F
 import torch_impl.functional as T
-from common.checks import assert_agrees, numerical_gradient
+from lockstep.checks import assert_agrees, numerical_gradient
 from tests.helpers import (
     DTYPE_IDS,
     DTYPES,

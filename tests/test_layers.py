@@ -6,7 +6,7 @@
   ones, BatchNorm's true input gradient is 0, so a backward that forgets its x_hat term
   agrees with it just as well, rounding against rounding), in float64 to 1e-12 and float32
   within assert_close's defaults; backward sets .grad, never adds to it.
-- Each layer against central differences (common.checks.numerical_gradient) and against
+- Each layer against central differences (lockstep.checks.numerical_gradient) and against
   torch.autograd.gradcheck, in float64, with respect to x and every parameter.
 - BatchNorm1d's running statistics against nn.BatchNorm1d over 50 random batches.
 - The whole MLP, with and without BatchNorm: gradcheck, and against torch_impl's MLP from
@@ -25,7 +25,7 @@ from torch.autograd.gradcheck import GradcheckError
 
 import torch_impl.layers as nn_layers
 import torch_impl.model
-from common.checks import assert_agrees, numerical_gradient
+from lockstep.checks import assert_agrees, numerical_gradient
 from manual.layers import BatchNorm1d, Linear, ReLU
 from manual.model import MLP
 from tests.helpers import (

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import manual.functional as F
-from common.checks import assert_agrees, numerical_gradient
+from lockstep.checks import assert_agrees, numerical_gradient
 from manual.model import SoftmaxRegression
 from tests.helpers import (
     DTYPE_IDS,

@@ -1,7 +1,7 @@
 """A whole training step, by hand and by torch, side by side for 50 steps.
 
 One step is: forward (logits = x W^T + b), the loss and its gradient, backward
-(weight.grad, bias.grad), and an SGD update. common.training.Learner runs it for
+(weight.grad, bias.grad), and an SGD update. lockstep.learner.Learner runs it for
 both packages with the same code, so the only difference is the part that teaches:
 manual (SoftmaxRegression, train.forward_backward, optim.SGD, all by hand) against
 torch_impl (nn.Linear, F.cross_entropy with loss.backward(), torch.optim.SGD).
@@ -20,7 +20,7 @@ import torch
 
 import manual
 import torch_impl
-from common.training import Learner
+from lockstep.learner import Learner
 from tests.helpers import (
     DTYPES,
     FLOAT64_MAX_REL_DIFF,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+ABS, REL, IDENTICAL, CLOSE = range(4)  # the columns of levels()
 # torch.testing.assert_close's defaults (rtol, atol) per dtype
 DEFAULT_TOLERANCES = {torch.float16: (1e-3, 1e-5), torch.bfloat16: (1.6e-2, 1e-5),
                       torch.float32: (1.3e-6, 1e-5), torch.float64: (1e-7, 1e-7)}

@@ -7,7 +7,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from common.data import NUM_CLASSES, Splits
-from common.report import NAMES, REL, History
+from lockstep.checks import REL
+from lockstep.report import NAMES, History
 
 STYLE = {"manual": dict(color="tab:blue", marker="o", linestyle="-"),
          "torch": dict(color="tab:orange", marker="x", linestyle="--")}

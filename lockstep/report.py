@@ -15,31 +15,18 @@ from pathlib import Path
 import torch
 
 from common.data import Splits
+from lockstep.checks import ABS, CLOSE, IDENTICAL, REL
+from lockstep.limits import (
+    FLOAT32_EPS,
+    MAX_ACCURACY_GAP,
+    MAX_GRAD_REL_DIFF,
+    MIN_PREDICTION_AGREEMENT,
+    ROUNDING_SLACK,
+    WITHIN_THE_LIMIT_TOO,
+    rounding_only,
+)
 
 NAMES = ("manual", "torch")  # the report's names for the manual and torch_impl learners
-ABS, REL, IDENTICAL, CLOSE = range(4)
-MAX_GRAD_REL_DIFF = {"float32": 1e-4, "float64": 1e-10}
-# A ReLU input this close to 0, relative to the layer's largest output, is a tie for rounding.
-ROUNDING_DISTANCE = {"float32": 1e-5, "float64": 1e-13}
-# float32 rounding: manual may be this many times further from float64 than torch is
-ROUNDING_SLACK = 10
-FLOAT32_EPS = torch.finfo(torch.float32).eps  # 1.2e-07: the gap between 1 and the next float
-MAX_ACCURACY_GAP = 0.001  # 0.1 percentage point
-MIN_PREDICTION_AGREEMENT = 0.999
-# verdict checks held to the gradients' limit, and the report.json key of their agreement
-WITHIN_THE_LIMIT_TOO = {"loss": "loss_agreement", "parameters": "parameter_agreement",
-                        "running stats": "buffer_agreement", "optimizer state": "state_agreement"}
-
-
-def rounding_only(manual_off: float, torch_off: float) -> bool:
-    """Whether manual's distance from a float64 computation of a float32 step (relative to
-    the largest entry) is float32 rounding: at most ROUNDING_SLACK times torch's own."""
-    return manual_off <= ROUNDING_SLACK * max(torch_off, FLOAT32_EPS)
-
-
-def limit(dtype: torch.dtype) -> float:
-    """MAX_GRAD_REL_DIFF for a torch dtype: the limit of every compared tensor."""
-    return MAX_GRAD_REL_DIFF[str(dtype).removeprefix("torch.")]
 
 
 class History:
@@ -50,8 +37,8 @@ class History:
         self.val_accuracy = {name: [] for name in NAMES}
         self.stats = {"loss": [], "grad": [], "param": [], "buffer": [], "state": [], "gate": []}
         self.names = {which: [] for which in self.stats}  # of the tensors compared
-        self.diagnosis = None  # where the first mismatch starts (common.diagnosis), if any
-        self.reference = None  # float32: step 1 against float64 (diagnosis.float64_errors)
+        self.diagnosis = None  # where the first mismatch starts (lockstep.diagnosis), if any
+        self.reference = None  # float32: step 1 against float64 (reference.float64_errors)
 
     @property
     def grad_names(self) -> list[str]:

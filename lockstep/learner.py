@@ -1,15 +1,23 @@
-"""The training loop both implementations share. Each package supplies only its
-model (forward / backward), optimizer (update) and train.forward_backward.
+"""The Learner: one implementation's model and optimizer, behind the interface the lock step
+uses. Each package supplies only its model (forward / backward), optimizer (update) and
+train.forward_backward; the training loop is the same for both.
 
-A package here is `manual` or `torch_impl`: both have model.SoftmaxRegression,
-model.MLP, optim.SGD, optim.Adam, optim.AdamW, lr_scheduler.CosineAnnealingLR and
-train.forward_backward with the same signatures.
+A package here is `manual` or `torch_impl` (or an exercise folder imported as manual): each
+has model.SoftmaxRegression, model.MLP, optim.SGD, optim.Adam, optim.AdamW,
+lr_scheduler.CosineAnnealingLR and train.forward_backward with the same signatures. The rest
+of the checker reaches the two packages only through this module.
 """
 
+import argparse
 from collections.abc import Iterable
 from types import ModuleType
 
 import torch
+
+import manual
+import torch_impl
+from common.data import NUM_CLASSES, NUM_PIXELS
+from lockstep.flags import OPTIMIZERS, OPTIONS
 
 
 class Learner:
@@ -202,3 +210,26 @@ def copied(value, dtype: torch.dtype):
     if isinstance(value, torch.Tensor):
         return value.to(dtype, copy=True) if value.dim() else value.clone()
     return value
+
+
+def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
+                  steps_per_epoch: int | None = None,
+                  manual_package: ModuleType = manual) -> list[Learner]:
+    """The manual and the torch learner, each built right after torch.manual_seed(seed).
+
+    --lr-schedule cosine anneals over epochs * steps_per_epoch steps, so it needs the latter.
+    manual_package: manual, or an exercise folder (practice.loader.load).
+    """
+    options = {option: getattr(args, option) for option in OPTIONS[args.optimizer]}
+    anneal_steps = None
+    if args.lr_schedule == "cosine":
+        if steps_per_epoch is None:
+            raise ValueError("--lr-schedule cosine: make_learners needs steps_per_epoch")
+        anneal_steps = args.epochs * steps_per_epoch
+    learners = []
+    for package in (manual_package, torch_impl):
+        torch.manual_seed(args.seed)
+        learners.append(Learner(package, NUM_PIXELS, NUM_CLASSES, options,
+                                args.label_smoothing, device, dtype, anneal_steps,
+                                args.hidden, args.batchnorm, OPTIMIZERS[args.optimizer]))
+    return learners

@@ -1,9 +1,9 @@
-"""Grading an exercise folder: python -m pytest --manual DIR (written by common.exercises).
+"""Grading an exercise folder: python -m pytest --manual DIR (written by python -m practice).
 
 The gradient-check suite (GRADED) runs against DIR, imported as the package `manual`, instead
 of manual/; the deliberately broken twins (marker "twin"), which test the checks rather than
 the learner, stay out. Each check counts for the last exercise it reached in this run, in the
-order of common.exercises.EXERCISES: the earlier ones it calls have checks of their own. A
+order of practice.exercises.EXERCISES: the earlier ones it calls have checks of their own. A
 check that reaches a function not written yet is skipped, not failed. At the end, one line per
 exercise says whether its checks pass, which fail and why, or that it is not written yet, with
 its hint. The tracebacks are left out (--tb=short brings them back).
@@ -15,17 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from common import exercises
-from common.tracebacks import place
+from lockstep.tracebacks import place
+from practice import exercises, loader
 
 GRADED = ("test_functional.py", "test_model.py", "test_layers.py", "test_optim.py",
           "test_training_step.py")
 SHOWN_FAILURES = 3  # per exercise
+TESTS = Path(__file__).resolve().parent.parent / "tests"  # where GRADED are
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--manual", type=Path, metavar="DIR",
-                     help="grade DIR, an exercise folder (python -m common.exercises DIR): "
+                     help="grade DIR, an exercise folder (python -m practice DIR): "
                           "run the gradient checks against it instead of manual/")
 
 
@@ -38,12 +39,12 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
         return None
     grading = Grading(folder)
     try:
-        exercises.load(folder, keep=True, calls=grading.called)
+        loader.load(folder, keep=True, calls=grading.called)
     except exercises.ExerciseError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if config.args_source != pytest.Config.ArgsSource.ARGS:  # no test files named
-        config.args = [str(Path(__file__).parent / name) for name in GRADED]
+        config.args = [str(TESTS / name) for name in GRADED]
     if config.option.tbstyle == "auto":
         config.option.tbstyle = "no"
     if config.option.reportchars == "fE":  # the default: the summary below says it instead
@@ -65,7 +66,7 @@ class Check:
 
 class Grading:
     """The plugin --manual registers: records which exercises each check calls (through
-    common.exercises.load) and turns each check's result into guidance."""
+    practice.loader.load) and turns each check's result into guidance."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -92,16 +93,16 @@ class Grading:
         called = sorted(self.called, key=exercises.NAMES.index)
         check = Check(item.nodeid, called[-1] if called else None, set(called), report.outcome)
         error = deciding(call.excinfo.value) if call.excinfo else None
-        stub = exercises.stub_name(error) if error else None
+        stub = loader.stub_name(error) if error else None
         if stub is not None:
             where = place(error, self.folder)
             check.exercise, check.outcome = stub, "skipped"
             report.outcome = "skipped"
             report.longrepr = (where.file, where.line,
-                               f"Skipped: {exercises.explained(error, self.folder)}")
+                               f"Skipped: {loader.explained(error, self.folder)}")
             self.not_written.setdefault(stub, where.at)
         elif report.outcome == "failed":
-            check.message = exercises.explained(error, self.folder) or first_lines(error)
+            check.message = loader.explained(error, self.folder) or first_lines(error)
         self.checks.append(check)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
@@ -183,7 +184,7 @@ def deciding(error: BaseException) -> BaseException:
     leaves = [error]
     while any(getattr(leaf, "exceptions", None) for leaf in leaves):
         leaves = [inner for leaf in leaves for inner in getattr(leaf, "exceptions", [leaf])]
-    return next((leaf for leaf in leaves if exercises.stub_name(leaf) is None), leaves[0])
+    return next((leaf for leaf in leaves if loader.stub_name(leaf) is None), leaves[0])
 
 
 def first_lines(error: BaseException | None, limit: int = 200) -> str:

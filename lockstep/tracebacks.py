@@ -1,7 +1,7 @@
 """Where an error was raised, in one line: "exercises/layers.py line 88, in ReLU.backward".
 
-For errors raised by a learner's code (common.exercises, tests/grading.py) and by the manual
-code the tutor replays (common.diagnosis): the innermost frame of the traceback that lies in
+For errors raised by a learner's code (practice.loader, practice.grading) and by the manual
+code the tutor replays (lockstep.replay): the innermost frame of the traceback that lies in
 a given folder, rather than a stack dump.
 """
 

@@ -1,0 +1,97 @@
+"""The tutor: where a mismatch starts, what kind it is, and why float32 is close but not equal.
+
+compare.py checks every step with a few numbers per tensor (lockstep.checks). Only once a
+tensor goes over its limit does the tutor look at the tensors themselves, once: it names the
+first that differs, in the order the computation runs, and says how it differs.
+
+The order: the running statistics (BatchNorm1d updates them in the forward pass), the loss,
+dLoss/dlogits, each layer's gradients from the top layer down (its parameters', then
+dLoss/d(its input)), each parameter after the update, the optimizer state.
+
+The kinds, tried in this order, for manual's tensor a against torch's b:
+    shape       the shapes differ (or a is missing); is a.T, or a reshape of a, equal to b?
+    non-finite  NaN or inf on one side only
+    rounding    float32 only: both within float32 rounding of a float64 computation of the
+                same step (limits.rounding_only), or a ReLU
+                input within rounding of 0 let the gradient through on one side only
+    scale       a = k b for one constant k (k = N, the batch size; 1/N; -1, the sign)
+    partial     only some rows, columns or entries differ
+    other
+A diagnosis is {"step", "tensor", "kind", "factor", "message"}; factor is k for scale.
+
+Here: the loss and the gradients, diagnosed as they happen, and the first mismatch of an
+epoch. The rest of the tutor, by what it does:
+    lockstep.kinds      the kind, from the two tensors alone
+    lockstep.reference  rounding or not, by a float64 twin of the step
+    lockstep.replay     a failed step replayed on a recording copy; an update replayed
+"""
+
+import torch
+
+from lockstep.checks import REL
+from lockstep.kinds import agrees, classify, distance, make, tensor_key
+from lockstep.learner import Learner
+from lockstep.reference import float64_references, rounding_sentence
+from lockstep.replay import of_update
+
+
+def axes_of(name: str) -> tuple[str, str]:
+    """What the rows and columns of a compared gradient are, for partial_sentence."""
+    if name == "logits":
+        return "example (row)", "class (column)"
+    if name.startswith("hidden."):
+        return "example (row)", "unit (column)"
+    return "row", "column"
+
+
+@torch.no_grad()
+def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
+                 limit: float, independent: bool) -> dict:
+    """The first of the loss, dLoss/dlogits and the gradients (backward's order) that is over
+    `limit` at this step (should none be, at the limit's edge: the furthest apart), and its
+    kind. Called right after both backward passes, before the update, so the parameters are
+    still those the step started from."""
+    pairs = list(zip(*(learner.named_loss() + learner.named_gradients()
+                       for learner in learners), strict=True))
+    over = [not agrees(a, b, limit) for (_, a), (_, b) in pairs]  # NaN never agrees
+    index = over.index(True) if any(over) else max(
+        range(len(pairs)), key=lambda i: distance(pairs[i][0][1], pairs[i][1][1]))
+    (name, a), (_, b) = pairs[index]
+    references = {}
+
+    def rounding():
+        references.update(references or float64_references(learners, x, y, independent))
+        return rounding_sentence(learners, name, index, a, b, references, limit, independent)
+
+    kind, factor, sentence = classify(a, b, limit, len(x), axes_of(name),
+                                      rounding if a.dtype == torch.float32 else None)
+    return make(step, tensor_key("loss" if index == 0 else "grad", name), kind, sentence, factor)
+
+
+# -- the update and the running statistics, found at the end of the epoch ---------------------
+
+# Within one step: the running statistics (forward), the loss and gradients, the parameters
+# after the update, the optimizer state.
+ORDER = ("buffer", "grad", "param", "state")
+
+
+def first_of_epoch(found: dict | None, levels: dict, names: dict, learners: list[Learner],
+                   limit: float, first_step: int, independent: bool) -> dict | None:
+    """The first mismatch of the epoch: `found` (the loss or a gradient, diagnosed as it
+    happened), unless a running statistic, a parameter after the update or an optimizer state
+    tensor went over `limit` before it, in the order of the computation; then that one,
+    diagnosed by of_update. levels: {group: (steps, tensors, 4)} as checks.levels; names: the
+    tensors' names by group; the first step is numbered first_step."""
+    first = None if found is None else (found["step"], ORDER.index("grad"))
+    later = None
+    for group in ("buffer", "param", "state"):
+        over = ~(levels[group][..., REL] <= limit)  # NaN included
+        if over.numel() and over.any():
+            row = int(over.any(dim=1).nonzero()[0])
+            candidate = (first_step + row, ORDER.index(group))
+            if first is None or candidate < first:
+                first = candidate
+                later = (group, names[group][int(over[row].nonzero()[0])])
+    if later is None:
+        return found
+    return of_update(first[0], *later, learners, limit, independent)

@@ -1,0 +1,149 @@
+"""One epoch of the lock step: both learners on the same batches, every step checked.
+
+Each step queues a few reductions per compared tensor on the device (lockstep.checks) and
+reads one number back; the tutor (lockstep.diagnosis) looks at the tensors only once one went
+over the limit. A step that cannot even be compared stops the run (Mismatch), and so does a
+loss that is NaN or infinite on both sides (Diverged).
+"""
+
+import torch
+
+from lockstep import diagnosis, limits, replay
+from lockstep.checks import ShapeMismatch, exceeds, levels, named_stats, relu_gate_flips
+from lockstep.kinds import make
+from lockstep.learner import Learner
+from lockstep.reference import float64_errors
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite."""
+
+
+class Mismatch(Exception):
+    """A step could not even be compared: tensors of different shapes, the manual forward /
+    backward failed where torch's ran (the error is its __cause__), or one side's loss is NaN
+    or infinite. Carries the diagnosis (lockstep.diagnosis)."""
+
+    def __init__(self, found: dict, first: dict | None = None):
+        super().__init__(found["message"])
+        self.diagnosis = first or found  # the first mismatch of the epoch, should it be earlier
+
+
+# What the lock step compares, by report key: (what to call it, a learner's named tensors).
+# The loss and the gradients before the update, the others after it.
+COMPARED = {"loss": ("loss", Learner.named_loss),
+            "grad": ("gradient", Learner.named_gradients),
+            "param": ("parameter", Learner.named_parameters),
+            "buffer": ("buffer", Learner.named_buffers),
+            "state": ("optimizer state", Learner.named_optimizer_state)}
+
+
+def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
+                         independent: bool = False, first_step: int = 1,
+                         diagnose: bool = True) -> dict:
+    """One epoch of both learners on the same batches, checking every step.
+
+    Before each step, the manual learner takes over torch's parameters, running
+    statistics and optimizer state: rounding makes the two differ in the last bits, and in
+    float32 a ReLU whose input lies within rounding of 0 can then let a gradient
+    through on one side only, after which two MLPs drift apart for good. So every
+    step is checked from the same state. Once its gradients are compared, the manual
+    learner also takes over torch's, so that the update is checked on its own: Adam
+    divides each entry by that entry's own running scale, so an entry whose gradient is
+    all rounding (3e-9, where the largest is 1.5e-2) would move by 16 % more on one side.
+    independent=True skips both copies.
+
+    Returns the mean loss of each learner and, per step, the agreement levels
+    (checks.levels) of the loss and the named gradients (backward's order), then, after the
+    update, of the parameters, the running statistics and the optimizer's state tensors:
+    "stats"[which] (steps, tensors, 4) and "names"[which], which in COMPARED. Each step only
+    queues a few reductions on the device and reads one number back: whether the loss or a
+    gradient went over the limit (or the loss is not finite). The levels are worked out once,
+    at the end of the epoch.
+
+    diagnose: find where the first mismatch starts ("diagnosis", common.diagnosis; steps are
+    numbered from first_step) and, in float32, how far each side's step 1 is from float64
+    ("reference"); the detail is computed only once a tensor went over the limit.
+    """
+    manual_learner, torch_learner = learners
+    dtype = learners[0].parameters()[0].dtype
+    limit = limits.limit(dtype)
+    losses, gate_flips, found, reference = [], [], None, None
+    stats = {which: [] for which in COMPARED}
+    for step, (x, y) in enumerate(epoch_batches, start=first_step):
+        if not independent:
+            manual_learner.copy_state_from(torch_learner)  # a no-op where they agree to the bit
+        try:
+            manual_learner.gradients(x, y)
+        except Exception as error:  # e.g. a .grad of the wrong shape, refused by torch
+            raise Mismatch(replay.of_failure(step, learners, x, y, error, limit),
+                           found) from error  # compare.py: an exercise not written yet?
+        torch_learner.gradients(x, y)
+        try:
+            before = named_stats(*(learner.named_loss() + learner.named_gradients()
+                                   for learner in learners))
+        except ShapeMismatch as error:  # e.g. a .grad never set
+            raise Mismatch(replay.of_failure(step, learners, x, y, error, limit),
+                           found) from None
+        stats["loss"].append(before[:1])
+        stats["grad"].append(before[1:])
+        losses.append(torch.stack([manual_learner.loss, torch_learner.loss]))
+        if exceeds(before, limit):  # the one host sync of the step: NaN and inf count too
+            found = over_the_limit(step, learners, x, y, losses[-1], limit, found, diagnose,
+                                   independent)
+        if diagnose and step == 1 and dtype == torch.float32:
+            reference = float64_errors(learners, x, y)
+        gate_flips.append(relu_flips(learners))
+        if not independent:  # the update is checked on the same gradients, see above
+            manual_learner.copy_gradients_from(torch_learner)
+        for learner in learners:
+            learner.step()  # the optimizer's, then the learning-rate schedule's
+        for which in ("param", "buffer", "state"):
+            stats[which].append(compared(step, *COMPARED[which], learners, found))
+        progress.update()
+    names = {which: [name for name, _ in named(manual_learner)]
+             for which, (_, named) in COMPARED.items()}
+    stats = {which: levels(torch.stack(steps), dtype).cpu() for which, steps in stats.items()}
+    if diagnose:  # the update and the running statistics: found from the levels, replayed
+        found = diagnosis.first_of_epoch(found, stats, names, learners, limit, first_step,
+                                         independent)
+    return {"loss": torch.stack(losses).double().mean(dim=0).tolist(), "names": names,
+            "stats": stats, "gate_flips": torch.stack(gate_flips).double().cpu(),
+            "diagnosis": found, "reference": reference}
+
+
+def over_the_limit(step: int, learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
+                   loss: torch.Tensor, limit: float, found: dict | None, diagnose: bool,
+                   independent: bool) -> dict | None:
+    """A step whose loss or gradients went over the limit. Both losses (loss: (2,)) NaN or
+    infinite: training diverged (raises Diverged). Otherwise its diagnosis, unless the epoch
+    already has one (found) or diagnose is off; and a loss NaN or infinite on one side only
+    is a mismatch that stops the run (raises Mismatch), whatever found."""
+    finite = torch.isfinite(loss)
+    if not finite.any():
+        raise Diverged(f"step {step}: loss {loss.tolist()}")
+    if (found is None and diagnose) or not finite.all():
+        now = diagnosis.of_gradients(step, learners, x, y, limit, independent)
+        if not finite.all():
+            raise Mismatch(now, found)
+        found = found or now
+    return found
+
+
+def relu_flips(learners: list[Learner]) -> torch.Tensor:
+    """(2,): checks.relu_gate_flips of the two models' ReLU outputs (the worst, should there
+    be several ReLU layers); zeros for a model without ReLU."""
+    pairs = zip(*(learner.named_hidden_outputs() for learner in learners), strict=True)
+    flips = [relu_gate_flips(m, t) for (name, m), (_, t) in pairs if name == "hidden.relu"]
+    return torch.stack(flips).amax(dim=0) if flips else torch.zeros(2)
+
+
+def compared(step: int, what: str, named, learners: list[Learner],
+             found: dict | None = None) -> torch.Tensor:
+    """(tensors, 3): checks.named_stats of named(manual) against named(torch); tensors of
+    different shapes stop the run as a Mismatch (they must never pass by broadcasting)."""
+    try:
+        return named_stats(*(named(learner) for learner in learners))
+    except ShapeMismatch as error:
+        raise Mismatch(make(step, what, "shape", f"manual's {what} holds {error}."),
+                       found) from None

@@ -1,0 +1,165 @@
+"""compare.py's flags: bad usage gets one line and exit status 2, before any work starts.
+
+A flag that takes a real number uses `finite` as its argparse type, so inf and nan are
+refused by name (argparse prefixes "argument --lr: "); its range is checked after parsing,
+once each option of --optimizer that was not given has its default (usage_problem).
+"""
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+
+DEFAULT_HIDDEN = 128  # --model mlp without --hidden
+# --optimizer: the class in manual/optim.py and torch_impl/optim.py, the flags that are its
+# options, and the defaults of those not given (Adam's and AdamW's are torch's own).
+OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+OPTIONS = {"sgd": ("lr", "momentum", "dampening", "weight_decay", "nesterov"),
+           "adam": ("lr", "betas", "eps", "weight_decay", "amsgrad")}
+OPTIONS["adamw"] = OPTIONS["adam"]
+DEFAULTS = {"sgd": {"lr": 0.5, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0},
+            "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+            "adamw": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """Bad usage: one line on stderr (not the whole usage text), exit status 2."""
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def finite(text: str) -> float:
+    """argparse type: a real number, neither inf nor nan."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None,
+               description: str | None = None) -> argparse.Namespace:
+    """compare.py's flags, checked, with the defaults of --optimizer's options filled in."""
+    parser = ArgumentParser(description=description)
+    parser.add_argument("--model", choices=("softmax", "mlp"), default="softmax",
+                        help="softmax regression, or an MLP with one hidden layer and ReLU")
+    parser.add_argument("--hidden", type=int, help="hidden units of --model mlp (default 128)")
+    parser.add_argument("--batchnorm", action="store_true",
+                        help="--model mlp: BatchNorm1d between the hidden Linear and the ReLU")
+    parser.add_argument("--epochs", type=int, default=5, help="passes over the training set")
+    parser.add_argument("--batch-size", type=int, default=100, help="examples per step")
+    parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd",
+                        help="torch.optim's SGD, Adam or AdamW, each also written by hand")
+    parser.add_argument("--lr", type=finite,
+                        help="learning rate (default 0.5 for sgd; 1e-3 for adam and adamw)")
+    parser.add_argument("--momentum", type=finite, help="sgd: momentum (default 0)")
+    parser.add_argument("--dampening", type=finite, help="sgd: momentum dampening (default 0)")
+    parser.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
+    parser.add_argument("--betas", type=finite, nargs=2, metavar=("B1", "B2"),
+                        help="adam, adamw: decay rates of the running means of the gradient "
+                             "and of its square (default 0.9 0.999)")
+    parser.add_argument("--eps", type=finite,
+                        help="adam, adamw: added to the denominator (default 1e-8)")
+    parser.add_argument("--amsgrad", action="store_true",
+                        help="adam, adamw: divide by the largest second moment so far")
+    parser.add_argument("--weight-decay", type=finite,
+                        help="sgd, adam: L2 penalty added to the gradient (default 0); adamw: "
+                             "decoupled weight decay (default 1e-2)")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                        help="cosine: anneal the lr to 0 over the whole run, step by step")
+    parser.add_argument("--label-smoothing", type=finite, default=0.0, help="in [0, 1)")
+    parser.add_argument("--independent", action="store_true",
+                        help="never copy torch's state or gradients into the manual learner: "
+                             "each follows its own trajectory (an MLP's drift apart in float32)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds parameters, split, batches")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--data-root", help="folder holding MNIST/raw/ "
+                        "(default: $MNIST_ROOT, else ./data; downloaded when missing)")
+    parser.add_argument("--subset", type=int, help="train on the first N training images only")
+    parser.add_argument("--standardize", action="store_true",
+                        help="scale pixels to mean 0, std 1 (0.1307, 0.3081)")
+    parser.add_argument("--manual", type=Path, metavar="DIR",
+                        help="train DIR, an exercise folder written by python -m "
+                             "practice, as the manual implementation")
+    parser.add_argument("--out", type=Path, help="output folder (default: runs/<timestamp>)")
+    parser.add_argument("--no-plots", action="store_true", help="write report.json only")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    problem = misplaced_flag(args) or usage_problem(with_defaults(args))
+    if problem:
+        parser.error(problem)
+    if args.model == "mlp" and args.hidden is None:
+        args.hidden = DEFAULT_HIDDEN
+    return args
+
+
+def misplaced_flag(args: argparse.Namespace) -> str | None:
+    """A flag given that is not an option of --optimizer (--momentum with adam, --amsgrad
+    with sgd), or None."""
+    for name, family in (("sgd", "sgd"), ("adam", "adam or adamw")):
+        for option in OPTIONS[name]:
+            value = getattr(args, option)  # None, or False for a switch, when not given
+            if option not in OPTIONS[args.optimizer] and value is not None and value is not False:
+                return (f"--{option.replace('_', '-')} applies to --optimizer {family} only, "
+                        f"not {args.optimizer}")
+    return None
+
+
+def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """args, with each option of --optimizer that was not given set to its default."""
+    for option, value in DEFAULTS[args.optimizer].items():
+        if getattr(args, option) is None:
+            setattr(args, option, value)
+    if args.betas is not None:
+        args.betas = tuple(args.betas)
+    return args
+
+
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """What is impossible about these flags (their defaults filled in), or None."""
+    if args.model == "softmax" and (args.hidden is not None or args.batchnorm):
+        flag = "--hidden" if args.hidden is not None else "--batchnorm"
+        return f"{flag} applies to --model mlp only (softmax regression has no hidden layer)"
+    if args.hidden is not None and args.hidden < 1:
+        return f"--hidden must be positive, got {args.hidden}"
+    if args.batchnorm and args.batch_size == 1:
+        return "--batchnorm needs --batch-size 2 or more (a batch of 1 has no variance)"
+    for flag in ("epochs", "batch_size", "lr"):
+        if not getattr(args, flag) > 0:
+            return f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}"
+    if args.weight_decay < 0:
+        return f"--weight-decay must not be negative, got {args.weight_decay}"
+    if args.optimizer == "sgd":
+        if not 0 <= args.momentum < 1:
+            return f"--momentum must be in [0, 1), got {args.momentum}"
+        if not 0 <= args.dampening <= 1:
+            return f"--dampening must be in [0, 1], got {args.dampening}"
+        if args.nesterov and (args.momentum <= 0 or args.dampening != 0):
+            return "--nesterov needs --momentum > 0 and --dampening 0"
+    else:
+        if not all(0 <= beta < 1 for beta in args.betas):
+            return f"--betas must each be in [0, 1), got {args.betas[0]} {args.betas[1]}"
+        if not args.eps > 0:
+            return f"--eps must be positive, got {args.eps}"
+    if not 0 <= args.label_smoothing < 1:
+        return f"--label-smoothing must be in [0, 1), got {args.label_smoothing}"
+    if not 0 <= args.seed < 2**32:
+        return f"--seed must be in [0, {2**32 - 1}], got {args.seed}"
+    if args.subset is not None and args.subset < 1:
+        return f"--subset must be positive, got {args.subset}"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return "--device cuda: no CUDA device is available (try --device cpu)"
+    return None
+
+
+def data_problem(args: argparse.Namespace, train_size: int) -> str | None:
+    """What is impossible about these flags for a training set of train_size images, or None."""
+    if args.batchnorm and train_size % args.batch_size == 1:
+        return (f"--batchnorm needs 2 or more examples in every batch, but --batch-size "
+                f"{args.batch_size} leaves a last batch of 1 from {train_size} training "
+                "images: change --batch-size or --subset")
+    return None

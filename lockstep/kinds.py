@@ -1,0 +1,165 @@
+"""The kinds of mismatch, told from manual's tensor a and torch's b alone.
+
+Tried in this order (rounding, which needs a float64 twin of the step, is lockstep.reference's):
+    shape       the shapes differ (or a is missing); is a.T, or a reshape of a, equal to b?
+    non-finite  NaN or inf on one side only
+    rounding    (lockstep.reference)
+    scale       a = k b for one constant k (k = N, the batch size; 1/N; -1, the sign)
+    partial     only some rows, columns or entries differ
+    other
+A diagnosis is {"step", "tensor", "kind", "factor", "message"}; factor is k for scale.
+"""
+
+import torch
+
+from lockstep.checks import agreement, shape_of
+
+KINDS = ("shape", "scale", "non-finite", "partial", "rounding", "other")
+SCALE_FIT = 1e-3  # a = k b: every entry within this fraction of the largest
+
+
+def make(step: int, tensor: str, kind: str, sentence: str, factor: float | None = None) -> dict:
+    """A diagnosis: the step, the tensor, the kind, the factor (scale only), and the
+    message a learner reads."""
+    return {"step": step, "tensor": tensor, "kind": kind, "factor": factor,
+            "message": f"step {step}, {label(tensor)} differs first ({kind}): {sentence}"}
+
+
+def tensor_key(group: str, name: str) -> str:
+    """The diagnosis's name of a compared tensor: gradients get ".grad"."""
+    return f"{name}.grad" if group == "grad" else name
+
+
+def label(tensor: str) -> str:
+    """How a learner calls a compared tensor: "logits.grad" -> "dLoss/dlogits (logits.grad)"."""
+    if tensor == "logits.grad":
+        return "dLoss/dlogits (logits.grad)"
+    if tensor.startswith("hidden.") and tensor.endswith(".grad"):
+        return (f"dLoss/d({tensor.removesuffix('.grad')}), the hidden layer's output gradient "
+                "(what the backward of the layer above it returns)")
+    return tensor
+
+
+@torch.no_grad()
+def classify(a: torch.Tensor | None, b: torch.Tensor | None, limit: float, batch_size: int,
+             axes: tuple[str, str] = ("row", "column"),
+             rounding=None) -> tuple[str, float | None, str]:
+    """(kind, factor, sentence) for manual's a against torch's b, which differ by more than
+    `limit` (max|a - b| / max|b|). rounding: None, or a function of no arguments that returns
+    the rounding sentence when the difference is float32 rounding, else None."""
+    if a is None or b is None or a.shape != b.shape:
+        return "shape", None, shape_sentence(a, b, limit)
+    a, b = a.double(), b.double()
+    one_side = a.isfinite() != b.isfinite()
+    if one_side.any():
+        return "non-finite", None, non_finite_sentence(a, b, one_side)
+    if not a.isfinite().all() and agrees(a.nan_to_num(0.0, 0.0, 0.0),
+                                         b.nan_to_num(0.0, 0.0, 0.0), limit):
+        return "non-finite", None, "both sides are NaN or infinite at the same entries."
+    sentence = rounding() if rounding else None
+    if sentence:
+        return "rounding", None, sentence
+    a, b = a.nan_to_num(0.0, 0.0, 0.0), b.nan_to_num(0.0, 0.0, 0.0)  # both non-finite: alike
+    if a.dim() == 2 and a.shape[0] == a.shape[1] and agrees(a.T, b, limit):
+        return "shape", None, ("manual's transposed (a.T) equals torch's; the shapes agree only "
+                               "because the matrix is square: the product is taken in the "
+                               "wrong order.")
+    factor = constant_factor(a, b, limit)
+    if factor is not None:
+        return "scale", *scale_sentence(factor, batch_size)
+    differ = (a - b).abs() > limit * b.abs().amax()
+    active = (a != 0) | (b != 0)  # entries that are 0 on both sides prove nothing
+    sentence = partial_sentence(differ, active, axes)
+    if sentence:
+        return "partial", None, sentence
+    return "other", None, ("no simple pattern: not a transpose, not a constant factor, not a "
+                           f"few entries; max|manual - torch| / max|torch| = {distance(a, b):.1e}.")
+
+
+def constant_factor(a: torch.Tensor, b: torch.Tensor, limit: float) -> float | None:
+    """k when a = k b entry by entry (least squares, every entry within SCALE_FIT of the
+    largest) and k is not 1 within `limit`; else None."""
+    size = (b * b).sum()
+    if size == 0:
+        return None
+    k = ((a * b).sum() / size).item()
+    residual = (a - k * b).abs().amax()  # what k b leaves: small against a, and against k - 1
+    fits = residual <= SCALE_FIT * a.abs().amax() and residual <= 0.1 * abs(k - 1) * b.abs().amax()
+    return k if fits and abs(k - 1) > limit else None
+
+
+def scale_sentence(k: float, batch_size: int) -> tuple[float, str]:
+    """(the factor, the sentence) for a = k b: k = N, 1/N and -1 are named, and given exactly;
+    any other k to 6 significant digits."""
+    if batch_size > 1 and abs(k / batch_size - 1) < SCALE_FIT:
+        return float(batch_size), (
+            f"manual's is {batch_size} x torch's, the batch size N = {batch_size}: did you "
+            "forget to divide by the batch size?")
+    if batch_size > 1 and abs(k * batch_size - 1) < SCALE_FIT:
+        return 1 / batch_size, (
+            f"manual's is 1/{batch_size} of torch's, 1/N for the batch size N = {batch_size}: "
+            "did you divide by the batch size where torch sums (a mean instead of a sum)?")
+    if abs(k + 1) < SCALE_FIT:
+        return -1.0, "manual's is -1 x torch's: the sign is flipped."
+    if k == 0:
+        return 0.0, "manual's is all zeros where torch's is not: was it ever computed?"
+    k = float(f"{k:.6g}")
+    return k, f"manual's is {k:.6g} x torch's: off by a constant factor of {k:.6g}."
+
+
+def shape_sentence(a: torch.Tensor | None, b: torch.Tensor | None, limit: float) -> str:
+    if a is None or b is None:
+        which, shape = ("manual", b) if a is None else ("torch", a)
+        return f"{which}'s was never set (None); the other's is {shape_of(shape)}."
+    start = f"manual's is {shape_of(a)}, torch's {shape_of(b)}"
+    if a.dim() == 2 and a.T.shape == b.shape and agrees(a.T, b, limit):
+        return (f"{start}, and manual's transposed (a.T) equals torch's: the product is "
+                "taken in the wrong order (x^T g where g^T x belongs?).")
+    if a.numel() == b.numel() and agrees(a.reshape(b.shape), b, limit):
+        return (f"{start}, and manual's reshaped to {shape_of(b)} equals torch's: a stray "
+                "dimension (keepdim=True?).")
+    return f"{start}; neither manual's transposed nor a reshape of it equals torch's."
+
+
+def agrees(a: torch.Tensor, b: torch.Tensor, limit: float) -> bool:
+    """max|a - b| <= limit max|b|: the verdict's test."""
+    return bool((a.double() - b.double()).abs().amax() <= limit * b.double().abs().amax())
+
+
+def non_finite_sentence(a: torch.Tensor, b: torch.Tensor, one_side: torch.Tensor) -> str:
+    side, values = ("manual", a) if (~a.isfinite() & one_side).any() else ("torch", b)
+    entries = (one_side & ~values.isfinite()).nonzero()
+    nans = int(values[one_side].isnan().sum())
+    what = "NaN" if nans == len(entries) else "inf" if nans == 0 else "NaN or inf"
+    if values.dim() == 0:
+        return f"{side}'s is {what} where the other side's is finite."
+    return (f"{side}'s has {len(entries)} {what} entr{'y' if len(entries) == 1 else 'ies'} "
+            f"(the first at {entries[0].tolist()}) where the other side's is finite.")
+
+
+def partial_sentence(differ: torch.Tensor, active: torch.Tensor,
+                     axes: tuple[str, str]) -> str | None:
+    """Which rows or columns differ, when only some of those with a nonzero entry do; or which
+    entries, when fewer than half of the nonzero ones do; else None (not partial)."""
+    if differ.dim() == 2:
+        for dim, axis in ((1, axes[0]), (0, axes[1])):
+            lines, nonzero = differ.any(dim=dim), active.any(dim=dim)
+            if (nonzero & ~lines).any():
+                return (f"only some {axis}s differ: {listed(lines.nonzero().flatten())} "
+                        f"({int(lines.sum())} of the {int(nonzero.sum())} with a nonzero "
+                        "entry).")
+    if int(differ.sum()) * 2 < int(active.sum()):
+        return (f"only some entries differ: {int(differ.sum())} of the {int(active.sum())} "
+                f"nonzero ones, at {listed(differ.nonzero())}.")
+    return None
+
+
+def listed(indices: torch.Tensor, most: int = 5) -> str:
+    shown = [str(index.tolist()) for index in indices[:most]]
+    return ", ".join(shown) + (", ..." if len(indices) > most else "")
+
+
+def distance(side: torch.Tensor, reference: torch.Tensor) -> float:
+    """max|side - reference| / max|reference| (0 when both are all zeros), in reference's
+    dtype: checks.agreement's relative difference."""
+    return agreement("", side.to(reference.dtype), reference).max_rel_diff

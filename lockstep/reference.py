@@ -1,0 +1,100 @@
+"""The float64 reference: the same step computed again by torch in float64, to tell float32
+rounding (both sides a few roundings from the exact math) from an error, and a ReLU gate
+flipped by rounding from one flipped by a bug."""
+
+import torch
+
+from lockstep.checks import relu_gate_flips
+from lockstep.kinds import distance
+from lockstep.learner import Learner
+from lockstep.limits import ROUNDING_DISTANCE, rounding_only
+
+
+def float64_references(learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
+                       independent: bool) -> dict[str, list[torch.Tensor]]:
+    """{name: [reference for manual, reference for torch]}: the loss and every gradient of this
+    step computed by torch in float64, from torch's parameters, and (independent) from
+    manual's own for manual. Named as manual names them."""
+    manual_learner, torch_learner = learners
+    twins = [torch_learner.twin(torch.float64)]
+    if independent:
+        twins.insert(0, torch_learner.twin(torch.float64))
+        twins[0].copy_state_from(manual_learner)
+    with torch.enable_grad():
+        for twin in twins:
+            twin.gradients(x.double(), y)
+    names = [name for name, _ in manual_learner.named_loss() + manual_learner.named_gradients()]
+    tensors = [[tensor for _, tensor in twin.named_loss() + twin.named_gradients()]
+               for twin in twins]
+    return {name: [tensors[0][i], tensors[-1][i]] for i, name in enumerate(names)}
+
+
+def rounding_sentence(learners: list[Learner], name: str, index: int, a: torch.Tensor,
+                      b: torch.Tensor, references: dict, limit: float,
+                      independent: bool) -> str | None:
+    """Why a and b differ by rounding only, or None if they do not."""
+    tie = relu_tie(learners, index)
+    if tie is not None:
+        return (f"not an error: a ReLU input within float32 rounding of 0 (at most "
+                f"{tie:.0e} of the layer's largest output) was positive on one side only, so "
+                "one side let its gradient through and the other did not. Each is right for "
+                "its own rounding; in float64 such a tie is far rarer.")
+    reference_a, reference_b = references[name]
+    off_a, off_b = distance(a, reference_a), distance(b, reference_b)
+    if not rounding_only(off_a, off_b):
+        return None
+    numbers = (f"against a float64 computation of the same step, manual is off by {off_a:.1e} "
+               f"and torch by {off_b:.1e} (relative to the largest entry)")
+    exact = distance(reference_a, reference_b)  # the exact math from each side's parameters
+    if independent and exact > limit:
+        return (f"not an error in either: {numbers}, each from its own parameters. But from "
+                f"the two sides' parameters the exact math itself differs by {exact:.1e}: the "
+                f"parameters have drifted apart (max rel diff {parameter_drift(learners):.1e}) "
+                "since step 1, which agreed. Unstable training (too large --lr for this "
+                "--batch-size) amplifies rounding differences: try a smaller --lr.")
+    size = reference_b.abs().amax().item()
+    return (f"not an error: {numbers}, so both are float32 rounding of the same math. The "
+            f"difference is large only next to the tensor itself, nearly 0 here (largest "
+            f"entry {size:.1e}), as when a small batch is already classified well: a tiny "
+            "result of much larger terms, whose rounding remains. --dtype float64 rounds "
+            "about 5e8 times finer.")
+
+
+def relu_tie(learners: list[Learner], index: int) -> float | None:
+    """The largest flipped ReLU input, relative to the layer's largest output, if a ReLU gate
+    was open on one side only at this step, within rounding of 0, and the compared tensor
+    number `index` (loss first, then the gradients) comes after the ReLU in backward; else
+    None."""
+    names = ["loss"] + [name for name, _ in learners[0].named_gradients()]
+    if "hidden.relu" not in names or index <= names.index("hidden.relu"):
+        return None
+    outputs = [dict(learner.named_hidden_outputs())["hidden.relu"] for learner in learners]
+    count, relative = relu_gate_flips(*outputs).tolist()
+    if not count or relative > ROUNDING_DISTANCE["float32"]:
+        return None
+    # the gradient the ReLU passes on must differ nowhere else than at the flipped gates
+    passed = names[names.index("hidden.relu") + 1]
+    below = [dict(learner.named_gradients())[passed] for learner in learners]
+    flipped = (outputs[0] > 0) != (outputs[1] > 0)
+    elsewhere = (below[0] - below[1]).abs().masked_fill(flipped, 0).amax()
+    return relative if elsewhere <= ROUNDING_DISTANCE["float32"] * below[1].abs().amax() else None
+
+
+def parameter_drift(learners: list[Learner]) -> float:
+    """The largest max|a - b| / max|b| over the parameters of the two learners."""
+    return max(distance(a, b) for a, b in zip(*(learner.parameters() for learner in learners),
+                                              strict=True))
+
+
+@torch.no_grad()
+def float64_errors(learners: list[Learner], x: torch.Tensor, y: torch.Tensor) -> dict:
+    """How far each side's loss and gradients of this step are from torch's float64
+    computation from the same parameters: {"manual": worst, "torch": worst, "tensors":
+    {name: [manual's, torch's]}}, each max|side - float64| / max|float64|."""
+    references = float64_references(learners, x, y, independent=False)
+    named = [[tensor for _, tensor in learner.named_loss() + learner.named_gradients()]
+             for learner in learners]
+    tensors = {name: [distance(side[i], reference[1]) for side in named]
+               for i, (name, reference) in enumerate(references.items())}
+    worst = [max(errors[i] for errors in tensors.values()) for i in range(2)]
+    return {"manual": worst[0], "torch": worst[1], "tensors": tensors}
