@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision.datasets import MNIST
 
 NUM_PIXELS = 28 * 28
 NUM_CLASSES = 10
@@ -50,19 +49,44 @@ def resolve_root(data_root: str | None = None) -> Path:
 
 
 def load_mnist(root: str | Path, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """One MNIST split through torchvision, as (images float32 (N, 784) in [0, 1], labels (N,)).
+    """One MNIST split, as (images float32 (N, 784) in [0, 1], labels int64 (N,)).
 
-    Downloads the files into root/MNIST/raw when they are missing. Every way
-    this can fail (offline, truncated file, wrong magic number, bad labels)
-    raises DataError with a one-line message.
+    Reads the raw IDX files in root/MNIST/raw, where torchvision.datasets.MNIST keeps them,
+    and has torchvision download all four there when one is missing. Every way this can fail
+    (offline, truncated file, wrong magic number, bad labels) raises DataError with a
+    one-line message.
     """
+    raw = Path(root) / "MNIST" / "raw"
+    if not all((raw / name).is_file() for name in RAW_FILES):
+        download(root)
+    split = "train" if train else "t10k"
+    images = read_idx(raw / f"{split}-images-idx3-ubyte")
+    labels = read_idx(raw / f"{split}-labels-idx1-ubyte")
+    if images.shape[1:] != (28, 28) or len(images) != len(labels):
+        raise DataError(f"corrupt MNIST in {raw.resolve()}: {len(images)} images of "
+                        f"{tuple(images.shape[1:])} pixels but {len(labels)} labels")
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise DataError(f"corrupt MNIST labels in {raw.resolve()}: "
+                        f"values {labels.min()}..{labels.max()}, expected 0..9")
+    return images.reshape(-1, NUM_PIXELS).float() / 255, labels.long()
+
+
+def download(root: str | Path) -> None:
+    """Have torchvision fetch the four raw files into root/MNIST/raw (and check their MD5
+    sums); or raise DataError.
+
+    torchvision is imported here only: it takes a second or two to import (it pulls in
+    torchvision.models and torch._dynamo), and a copy on disk does not need it.
+    """
+    from torchvision.datasets import MNIST
+
     raw = Path(root) / "MNIST" / "raw"
     for name in RAW_FILES:
         if (raw / name).is_file():
             check_idx_file(raw / name)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints each download try
-            dataset = MNIST(root, train=train, download=True)
+            MNIST(root, train=True, download=True)
     except (RuntimeError, OSError) as error:
         if not all((raw / name).is_file() for name in RAW_FILES):
             raise DataError(
@@ -76,14 +100,16 @@ def load_mnist(root: str | Path, train: bool = True) -> tuple[torch.Tensor, torc
             f"corrupt MNIST file in {raw.resolve()}: not an IDX file of the expected type "
             f"(bad magic number or shape{': ' + first_line(error) if str(error) else ''})"
         ) from None
-    images, labels = dataset.data, dataset.targets
-    if images.shape[1:] != (28, 28) or len(images) != len(labels):
-        raise DataError(f"corrupt MNIST in {raw.resolve()}: {len(images)} images of "
-                        f"{tuple(images.shape[1:])} pixels but {len(labels)} labels")
-    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
-        raise DataError(f"corrupt MNIST labels in {raw.resolve()}: "
-                        f"values {labels.min()}..{labels.max()}, expected 0..9")
-    return images.reshape(-1, NUM_PIXELS).float() / 255, labels
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An IDX file of unsigned bytes as a uint8 tensor of its shape, (N, 28, 28) or (N,),
+    once check_idx_file found it whole: what torchvision's MNIST reads too."""
+    check_idx_file(path)
+    data = bytearray(path.read_bytes())  # writable, as torch.frombuffer wants
+    dims = data[3]
+    sizes = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    return torch.frombuffer(data, dtype=torch.uint8, offset=4 + 4 * dims).reshape(sizes)
 
 
 def check_idx_file(path: Path) -> None:

@@ -1,6 +1,6 @@
 """Tests of common/data.py.
 
-1. The loader on tiny IDX files written here, read through torchvision like the real ones.
+1. The loader on tiny IDX files written here, read like the real ones.
 2. Broken copies of MNIST: DataError from the function, one "error:" line from the CLI.
 3. The real MNIST against its documented facts (60,000 + 10,000 images, label counts, pixel stats).
 4. The minibatch iterator.
