@@ -8,6 +8,11 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test docs bench exercises
 
+# make test shares the test files out between the cores (pytest-xdist), the longest first
+# (conftest.py). OpenMP threads that wait must sleep, not spin: each process has a thread per
+# core, and spinning ones would slow the others down several times over.
+TESTS := OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
+
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -r requirements.txt
@@ -18,7 +23,7 @@ demo: $(VENV)/installed
 
 test: $(VENV)/installed
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(TESTS)
 
 # make docs: regenerate docs/side_by_side.html from the source (the tests fail while it is stale)
 docs: $(VENV)/installed

@@ -13,10 +13,20 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
+from common import data
 from common.data import DataError, Splits, load_mnist, load_splits, resolve_root
 
 pytest_plugins = ["practice.grading"]  # python -m pytest --manual DIR grades an exercise folder
+WHAT_TO_SET = "set MNIST_ROOT to a folder holding MNIST/raw/"  # how a missing data skip starts
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test: a process per core (pytest-xdist), each with torch's threads, as usual. The
+    # processes they start (the notebook's kernel, the gradings) take one thread each: a thread
+    # of its own never waits for another that the other processes keep off the cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 
 
 @functools.cache
@@ -26,7 +36,7 @@ def find_real_mnist() -> tuple[Path | None, str | None]:
     try:
         load_mnist(root, train=False)  # checks the files there; downloads all four if missing
     except DataError as error:
-        return None, f"set MNIST_ROOT to a folder holding MNIST/raw/: {error}"
+        return None, f"{WHAT_TO_SET}: {error}"
     return root, None
 
 
@@ -47,16 +57,25 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         os.environ["MNIST_ROOT"] = str(require_real_mnist())
 
 
+# The longest files first (a few seconds each; the rest take less than one): make test shares
+# the files out between processes (pytest-xdist, --dist loadfile) in the order of the items.
+LONGEST = ("Digit_Classification_with_Softmax.ipynb", "test_exercises.py", "test_data_rule.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The LONGEST files first, so that none of them starts last; the rest keep their order."""
+    items.sort(key=lambda item: LONGEST.index(item.path.name) if item.path.name in LONGEST
+               else len(LONGEST))
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
-    """Skipped for want of data: one line, once, saying what to set."""
-    if not find_real_mnist.cache_info().currsize:
-        return  # no test asked for the data
-    _, problem = find_real_mnist()
-    if problem is None:
-        return
-    skipped = [report for report in terminalreporter.stats.get("skipped", [])
-               if report.longrepr[2].endswith(problem)]
+    """Skipped for want of data: one line, once, saying what to set. Read from the reports,
+    which reach this process also from the processes of pytest-xdist that ran the tests."""
+    reasons = [str(report.longrepr[-1]) for report in terminalreporter.stats.get("skipped", [])
+               if isinstance(report.longrepr, tuple | list)]  # (file, line, "Skipped: why")
+    skipped = [reason for reason in reasons if WHAT_TO_SET in reason]
     if skipped:
+        problem = skipped[0][skipped[0].index(WHAT_TO_SET):]
         terminalreporter.write_line(f"{len(skipped)} real-data tests skipped, {problem}")
 
 
@@ -70,3 +89,26 @@ def mnist_root() -> Path:
 def mnist_splits(mnist_root: Path) -> Splits:
     """load_splits(mnist_root) with its defaults: 55,000 train, 5,000 val, 10,000 test."""
     return load_splits(mnist_root)
+
+
+@functools.cache
+def read_once(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return load_mnist(root, train)
+
+
+@pytest.fixture(autouse=True)
+def real_mnist_read_once(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A test that trains on the real MNIST (compare.main, through load_splits) gets the two
+    splits as this process read them the first time, instead of reading and converting
+    70,000 images again for each run: common.data.load_mnist keeps what it returned for the
+    real root. The tests of load_mnist itself call it as it is, and read the files."""
+    if "mnist_root" not in request.fixturenames:
+        return
+    real = request.getfixturevalue("mnist_root").resolve()
+
+    def load(root: str | Path, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        if Path(root).resolve() == real:
+            return read_once(real, train)
+        return load_mnist(root, train)
+
+    monkeypatch.setattr(data, "load_mnist", load)

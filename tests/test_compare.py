@@ -5,6 +5,7 @@ test runs the real command line to prove the entry point and its exit status.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,38 @@ def test_command_line_entry_point(mnist_root, tmp_path):
                             timeout=120)
     assert result.returncode == 2
     assert "--batch-size must be positive" in result.stderr and "Traceback" not in result.stderr
+
+
+# Start-up: which of the slow imports a fresh Python holds after `import compare` and reading
+# a whole copy of MNIST, then (the broken twin, proving the probe sees them) after importing
+# the plots and asking for a download into an empty folder, with the network closed.
+SLOW_IMPORTS = ("torchvision", "matplotlib")
+PROBE = f"""
+import json, sys
+import compare
+from common import data
+data.load_mnist(sys.argv[1], train=False)
+before = [name for name in {SLOW_IMPORTS} if name in sys.modules]
+from lockstep import plots
+try:
+    data.load_mnist(sys.argv[2], train=False)
+except data.DataError:
+    pass
+print(json.dumps([before, [name for name in {SLOW_IMPORTS} if name in sys.modules]]))
+"""
+
+
+def test_compare_starts_without_torchvision_and_matplotlib(mnist_root, tmp_path):
+    """`import compare` and reading MNIST from disk import neither torchvision (a download
+    needs it) nor matplotlib (the plots do): each takes about a second to import."""
+    closed = dict.fromkeys(["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"],
+                           "http://127.0.0.1:9")
+    result = subprocess.run([sys.executable, "-c", PROBE, str(mnist_root), str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+                            | closed)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [[], list(SLOW_IMPORTS)]
 
 
 @pytest.mark.parametrize("batchnorm", [[], ["--batchnorm"]], ids=["mlp", "mlp-batchnorm"])

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from common import data
 from common.data import DataError, batches, load_mnist, load_splits, resolve_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -205,12 +206,12 @@ def run_cli(root: Path) -> subprocess.CompletedProcess:
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
-def one_error_line(result: subprocess.CompletedProcess) -> str:
+def one_error_line(status: int, stderr: str) -> str:
     """The CLI's only stderr line, after checking exit status 2, "error:" and no traceback."""
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
+    assert status == 2, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
     assert lines[0].startswith("error: ")
     return lines[0]
 
@@ -228,17 +229,21 @@ def test_load_mnist_raises_data_error_on_broken_copy(fake_mnist: FakeMnist, brea
 
 @broken_copies
 def test_cli_reports_broken_copy_in_one_line(fake_mnist: FakeMnist, break_copy,
-                                             expected_words: list[str]):
-    """The CLI exits 2 and prints the function's DataError as its one "error:" line."""
+                                             expected_words: list[str], capsys):
+    """The CLI (its main, in this process: the next test runs the real command) exits 2 and
+    prints the function's DataError as its one "error:" line."""
     break_copy(fake_mnist.raw)
-    line = one_error_line(run_cli(fake_mnist.root))
+    with pytest.raises(SystemExit) as exit_:
+        data.main(["--data-root", str(fake_mnist.root)])
+    line = one_error_line(exit_.value.code, capsys.readouterr().err)
     assert line == f"error: {data_error_message(fake_mnist.root)}"
 
 
 def test_cli_reports_missing_data_offline(tmp_path: Path):
     """With no data and no network the CLI exits 2 with one line naming the folder searched."""
     root = tmp_path / "no-mnist-here"
-    line = one_error_line(run_cli(root))
+    result = run_cli(root)
+    line = one_error_line(result.returncode, result.stderr)
     assert f"MNIST not found in {(root / 'MNIST' / 'raw').resolve()} " in line
     assert "download failed" in line
     assert "Connection refused" in line  # the closed proxy answered, not a lucky offline machine

@@ -1,19 +1,21 @@
 """The test suite finds MNIST by the project's one rule: $MNIST_ROOT, else ./data.
 
-Each test runs pytest in a subprocess from an empty working folder, with MNIST_ROOT and
-CI unset unless said, and with every download sent to a closed local port, so nothing
-is fetched. `--setup-only` sets up each test's fixtures (where a missing data set skips
-or fails it) without running the tests themselves.
+Each test looks at a run of pytest in a process of its own (the runs in turn in one process:
+tests.processes), from an empty working folder, with MNIST_ROOT and CI unset unless said,
+and with every download sent to a closed local port, so nothing is fetched. `--setup-only`
+sets up each test's fixtures (where a missing data set skips or fails it) without running
+the tests themselves.
 """
 
 import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 import conftest
+from tests.processes import pytest_in_turn
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "Digit_Classification_with_Softmax.ipynb"
@@ -21,59 +23,93 @@ NOTEBOOK_CASE = f"{NOTEBOOK.name}::{NOTEBOOK.name}"  # its junit classname::name
 NO_NETWORK = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
 
 
-def setup_only(cwd: Path, *paths: Path, **env: str) -> tuple[subprocess.CompletedProcess, dict]:
-    """pytest --setup-only on `paths`, run in `cwd`. Returns the run and each test's outcome
-    from its junit report, by "classname::name": "skipped: <message>", "error: <message>",
-    or "set up"."""
-    junit = cwd / "junit.xml"
+def setup_only(cwd: Path, *paths: Path, **env: str) -> tuple[Path, dict, list[str]]:
+    """A run of pytest --setup-only on `paths` in `cwd` (tests.processes), its environment that
+    of this process without MNIST_ROOT, CI and NO_PROXY, with `env` and NO_NETWORK. Its junit
+    report goes to cwd/junit.xml."""
     clean = {k: v for k, v in os.environ.items() if k not in ("MNIST_ROOT", "CI", "NO_PROXY")}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--setup-only", "-p", "no:cacheprovider",
-         f"--junitxml={junit}", *map(str, paths)],
-        cwd=cwd, env=clean | NO_NETWORK | env, capture_output=True, text=True, timeout=300)
-    outcomes = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
+    return (cwd, clean | NO_NETWORK | env,
+            ["--setup-only", "-p", "no:cacheprovider", f"--junitxml={cwd / 'junit.xml'}",
+             *map(str, paths)])
+
+
+def outcomes(cwd: Path) -> dict[str, str]:
+    """Each test's outcome from the junit report of the run in cwd, by "classname::name":
+    "skipped: <message>", "error: <message>", or "set up"."""
+    found = {}
+    for case in ET.parse(cwd / "junit.xml").getroot().iter("testcase"):
         what = [f"{child.tag}: {child.get('message')}" for child in case]
-        outcomes[f"{case.get('classname')}::{case.get('name')}"] = (what or ["set up"])[0]
-    return result, outcomes
+        found[f"{case.get('classname')}::{case.get('name')}"] = (what or ["set up"])[0]
+    return found
 
 
-def test_data_in_dot_data_sets_up_every_real_data_test(tmp_path: Path, mnist_root: Path):
+class Runs(dict):
+    """The runs of the tests below, by name: (exit status, output, outcomes), done in turn in
+    one process at the first lookup (tests.processes). "dot-data" only where the real MNIST
+    was found (its test needs it); the others need no data."""
+
+    def __init__(self, base: Path):
+        super().__init__()
+        self.base = base
+
+    def __missing__(self, name: str) -> tuple[int, str, dict[str, str]]:
+        folders = {name: self.base / name for name in ("dot-data", "no-data", "no-data-ci")}
+        for folder in folders.values():
+            folder.mkdir()
+        mnist_root, _ = conftest.find_real_mnist()
+        runs = {}
+        if mnist_root is not None:
+            (folders["dot-data"] / "data").symlink_to(mnist_root, target_is_directory=True)
+            runs["dot-data"] = setup_only(folders["dot-data"], REPO / "tests", NOTEBOOK)
+        runs["no-data"] = setup_only(folders["no-data"], REPO / "tests" / "test_compare.py",
+                                     NOTEBOOK)
+        runs["no-data-ci"] = setup_only(folders["no-data-ci"], REPO / "tests" / "test_compare.py",
+                                        NOTEBOOK, CI="true")
+        for run, (status, output) in zip(runs, pytest_in_turn(list(runs.values())), strict=True):
+            self[run] = status, output, outcomes(folders[run])
+        return self[name]
+
+
+@pytest.fixture(scope="module")  # make test keeps a module's tests in one process (--dist loadfile)
+def runs(tmp_path_factory) -> Runs:
+    return Runs(tmp_path_factory.mktemp("data-rule"))
+
+
+def test_data_in_dot_data_sets_up_every_real_data_test(runs: Runs, mnist_root: Path):
     """MNIST in ./data, MNIST_ROOT unset: the whole suite, notebook included, skips nothing
     but the CUDA test."""
-    (tmp_path / "data").symlink_to(mnist_root, target_is_directory=True)
-    result, outcomes = setup_only(tmp_path, REPO / "tests", NOTEBOOK)
-    assert result.returncode == 0, result.stdout[-2000:]
+    status, output, outcomes = runs["dot-data"]
+    assert status == 0, output[-2000:]
     assert len(outcomes) > 400 and NOTEBOOK_CASE in outcomes
     not_set_up = {name: what for name, what in outcomes.items()
                   if what != "set up" and "CUDA" not in what}
     assert not not_set_up
 
 
-def test_no_data_anywhere_skips_with_one_line_saying_what_to_set(tmp_path: Path):
+def test_no_data_anywhere_skips_with_one_line_saying_what_to_set(runs: Runs):
     """No ./data, no MNIST_ROOT, the download failing: the real-data tests and the notebook
     skip (the others, like the bad-flag tests, still run), and one line says how many and
     what to set."""
-    result, outcomes = setup_only(tmp_path, REPO / "tests" / "test_compare.py", NOTEBOOK)
-    assert result.returncode == 0, result.stdout[-2000:]
+    status, output, outcomes = runs["no-data"]
+    assert status == 0, output[-2000:]
     skipped = [name for name, what in outcomes.items() if what.startswith("skipped")]
     assert NOTEBOOK_CASE in skipped and len(skipped) >= 5
     assert set(outcomes.values()) - {"set up"} == {outcomes[NOTEBOOK_CASE]}
-    lines = [line for line in result.stdout.splitlines() if "real-data tests skipped" in line]
-    raw = tmp_path.resolve() / "data" / "MNIST" / "raw"
+    lines = [line for line in output.splitlines() if "real-data tests skipped" in line]
+    raw = (runs.base / "no-data").resolve() / "data" / "MNIST" / "raw"
     assert len(lines) == 1 and lines[0].startswith(
         f"{len(skipped)} real-data tests skipped, set MNIST_ROOT to a folder holding MNIST/raw/: "
         f"MNIST not found in {raw} and the download failed")
 
 
-def test_no_data_under_ci_fails_instead_of_skipping(tmp_path: Path):
+def test_no_data_under_ci_fails_instead_of_skipping(runs: Runs):
     """The same, with CI set: the real-data tests and the notebook fail; none skips."""
-    result, outcomes = setup_only(tmp_path, REPO / "tests" / "test_compare.py", NOTEBOOK, CI="true")
-    assert result.returncode == 1
+    status, output, outcomes = runs["no-data-ci"]
+    assert status == 1
     failed = [name for name, what in outcomes.items() if what.startswith("error")]
     assert NOTEBOOK_CASE in failed and len(failed) >= 5
     assert set(outcomes.values()) - {"set up"} == {outcomes[NOTEBOOK_CASE]}
-    assert "set MNIST_ROOT" in outcomes[NOTEBOOK_CASE] and "skipped" not in result.stdout
+    assert "set MNIST_ROOT" in outcomes[NOTEBOOK_CASE] and "skipped" not in output
 
 
 def test_notebook_kernel_is_given_the_root_the_tests_found(monkeypatch, mnist_root: Path):

@@ -1,13 +1,14 @@
 """The exercises: the folder python -m practice writes, and its grading by the gradient checks.
 
-`python -m pytest --manual DIR` runs in a subprocess here, since it imports DIR as the package
-`manual` for the whole session. Each folder is one a learner could have: fresh, half done,
-done, with a seeded bug, with a syntax error. compare.py --manual: test_compare_exercises.py.
+`python -m pytest --manual DIR` runs in a process of its own here (tests.processes: the folders
+in turn), since it imports DIR as the package `manual` for the whole session. Each folder is one a
+learner could have: fresh, half done, done, with a seeded bug, with a syntax error.
+compare.py --manual: test_compare_exercises.py.
 """
 
 import ast
+import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import manual
 from practice import exercises, loader
 from practice.exercises import EXERCISES, NAMES, ExerciseError
 from practice.grading import Check, Grading
+from tests.processes import pytest_in_turn
 
 ROOT = Path(__file__).resolve().parent.parent
 MANUAL = ROOT / "manual"
@@ -81,37 +83,30 @@ FOLDERS = {
 
 class Graded(dict):
     """Each folder of FOLDERS graded by `python -m pytest --manual=DIR`, by case: (exit status,
-    stdout and stderr, the summary's line of each exercise by name). The runs are processes of
-    their own, all started at the first lookup (not at the fixture's setup, so that
-    `pytest --setup-only` starts none), so that they share the cores."""
+    stdout and stderr, the summary's line of each exercise by name). The gradings run in turn
+    in a process of their own (tests.processes), started at the first lookup (not at the
+    fixture's setup, so that `pytest --setup-only` starts none)."""
 
     def __init__(self, base: Path):
         super().__init__()
         self.base = base
 
     def __missing__(self, case: str) -> tuple[int, str, dict[str, str]]:
-        runs = {}
-        try:
-            for name, how in FOLDERS.items():
-                folder = self.base / name
-                if how is not None:
-                    exercises.write(folder, names=how[0])
-                    how[1](folder)
-                runs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "pytest", f"--manual={folder}",
-                     "-p", "no:cacheprovider"],
-                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for name, run in runs.items():
-                output = run.communicate(timeout=600)[0]
-                rows = dict(re.findall(r"^ ?\d\. (\S+) +(.*)$", output, re.MULTILINE))
-                self[name] = run.returncode, output, rows
-        finally:
-            for run in runs.values():
-                run.kill()  # a no-op for those that ended; none is left running on an error
+        folders = {}
+        for name, how in FOLDERS.items():
+            folders[name] = self.base / name
+            if how is not None:
+                exercises.write(folders[name], names=how[0])
+                how[1](folders[name])
+        runs = [(ROOT, dict(os.environ), [f"--manual={folder}", "-p", "no:cacheprovider"])
+                for folder in folders.values()]
+        for name, (status, output) in zip(folders, pytest_in_turn(runs), strict=True):
+            rows = dict(re.findall(r"^ ?\d\. (\S+) +(.*)$", output, re.MULTILINE))
+            self[name] = status, output, rows
         return self[case]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")  # make test keeps a module's tests in one process (--dist loadfile)
 def graded(tmp_path_factory) -> Graded:
     return Graded(tmp_path_factory.mktemp("grading"))
 
