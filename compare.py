@@ -14,18 +14,23 @@ exits 0 on MATCH, 1 on MISMATCH or a diverging run, 2 on bad usage or bad data.
     python compare.py --model mlp --batchnorm --lr 0.1    # a hidden layer, normalized
     python compare.py --model mlp --optimizer adam --lr 1e-3   # Adam, its state compared too
     python compare.py --manual exercises   # your own code (python -m practice) as manual
+
+This file only conducts: the flags, one epoch of the lock step, the checks, the tutor, the
+report and the plots are modules of lockstep/ named for what they do; the exercises are
+practice/'s; the data is common/data.py's.
 """
 
+import argparse
 import math
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from tqdm import tqdm
 
-import manual
-from common.data import NUM_CLASSES, DataError, batches, load_splits, resolve_root
+from common.data import NUM_CLASSES, DataError, Splits, batches, load_splits, resolve_root
 from lockstep import flags, report
 from lockstep.epoch import Diverged, Mismatch, train_epoch_lockstep
 from lockstep.learner import make_learners
@@ -41,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype)
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     try:
-        package = loader.load(args.manual) if args.manual else manual
+        package = loader.load(args.manual) if args.manual else None  # None: manual/
         report.prepare_folder(out)
         data = load_splits(resolve_root(args.data_root), seed=args.seed, subset=args.subset,
                            standardize=args.standardize, dtype=dtype, device=device)
@@ -62,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def train_and_compare(args, package, data, device: str, dtype: torch.dtype, out: Path) -> int:
+def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data: Splits,
+                      device: str, dtype: torch.dtype, out: Path) -> int:
     """Train both learners in lock step, epoch by epoch; then the verdict, report and plots.
     The exit status: 0 on MATCH, 1 on MISMATCH or a diverging run."""
     start = time.perf_counter()
@@ -103,8 +109,8 @@ def train_and_compare(args, package, data, device: str, dtype: torch.dtype, out:
     return 0 if summary["match"] else 1
 
 
-def stopped(args, device: str, history: report.History, seconds: float, epoch: int,
-            error: Diverged | Mismatch, out: Path) -> int:
+def stopped(args: argparse.Namespace, device: str, history: report.History, seconds: float,
+            epoch: int, error: Diverged | Mismatch, out: Path) -> int:
     """A run that cannot go on: say why, write report.json, exit status 1. An exercise not
     written yet is not a mismatch: its error goes on to main, which names it."""
     if isinstance(error, Diverged):

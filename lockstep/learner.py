@@ -214,11 +214,11 @@ def copied(value, dtype: torch.dtype):
 
 def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
                   steps_per_epoch: int | None = None,
-                  manual_package: ModuleType = manual) -> list[Learner]:
+                  manual_package: ModuleType | None = None) -> list[Learner]:
     """The manual and the torch learner, each built right after torch.manual_seed(seed).
 
     --lr-schedule cosine anneals over epochs * steps_per_epoch steps, so it needs the latter.
-    manual_package: manual, or an exercise folder (practice.loader.load).
+    manual_package: an exercise folder (practice.loader.load) in place of manual, or None.
     """
     options = {option: getattr(args, option) for option in OPTIONS[args.optimizer]}
     anneal_steps = None
@@ -227,7 +227,7 @@ def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
             raise ValueError("--lr-schedule cosine: make_learners needs steps_per_epoch")
         anneal_steps = args.epochs * steps_per_epoch
     learners = []
-    for package in (manual_package, torch_impl):
+    for package in (manual_package or manual, torch_impl):
         torch.manual_seed(args.seed)
         learners.append(Learner(package, NUM_PIXELS, NUM_CLASSES, options,
                                 args.label_smoothing, device, dtype, anneal_steps,
