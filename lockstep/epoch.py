@@ -61,7 +61,7 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     gradient went over the limit (or the loss is not finite). The levels are worked out once,
     at the end of the epoch.
 
-    diagnose: find where the first mismatch starts ("diagnosis", common.diagnosis; steps are
+    diagnose: find where the first mismatch starts ("diagnosis", lockstep.diagnosis; steps are
     numbered from first_step) and, in float32, how far each side's step 1 is from float64
     ("reference"); the detail is computed only once a tensor went over the limit.
     """

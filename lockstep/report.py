@@ -45,7 +45,7 @@ class History:
         return self.names["grad"]
 
     def add_epoch(self, result: dict, val_accuracies: list[float]) -> None:
-        """result: what compare.train_epoch_lockstep returns for one epoch."""
+        """result: what lockstep.epoch.train_epoch_lockstep returns for one epoch."""
         for name, loss, accuracy in zip(NAMES, result["loss"], val_accuracies, strict=True):
             self.train_loss[name].append(loss)
             self.val_accuracy[name].append(accuracy)
