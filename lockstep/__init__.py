@@ -8,7 +8,7 @@
     diagnosis   the tutor: where a mismatch starts, and what kind it is
       kinds       the kinds, from two tensors: shape, scale, non-finite, partial, other
       reference   float64 twins of a step: rounding, or not
-      replay      an update replayed from the same state, to see where it differs
+      replay      a failed step, or an update, replayed to see where it differs
     report      the verdict, the final table, report.json
     plots       the PNGs
     tracebacks  where an error was raised, in one line

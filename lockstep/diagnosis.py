@@ -68,8 +68,6 @@ def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.T
     return make(step, tensor_key("loss" if index == 0 else "grad", name), kind, sentence, factor)
 
 
-# -- the update and the running statistics, found at the end of the epoch ---------------------
-
 # Within one step: the running statistics (forward), the loss and gradients, the parameters
 # after the update, the optimizer state.
 ORDER = ("buffer", "grad", "param", "state")

@@ -1,4 +1,5 @@
-"""pytest run as `python -m pytest ARGS` would run it, several times in turn in one process.
+"""pytest run as `python -m pytest ARGS` would run it, several times in turn in one process;
+and the environment of a process kept off the network.
 
 The tests that run pytest itself (the grading of exercise folders, the data rule) need a
 process of their own: a run imports the project's modules as it finds them (an exercise folder
@@ -36,29 +37,28 @@ for cwd, env, args in runs:
 """
 
 
-def start(runs: list[tuple[Path, dict[str, str], list[str]]]) -> subprocess.Popen:
-    """A process doing each run (folder, environment, pytest's arguments) in turn; finish()
-    reads what they printed."""
+def pytest_in_turn(runs: list[tuple[Path, dict[str, str], list[str]]]) -> list[tuple[int, str]]:
+    """(exit status, what pytest printed on stdout and stderr) of each run (folder,
+    environment, pytest's arguments), done in turn in one process; the process is killed if
+    it fails or takes more than 10 minutes."""
     plain = [(str(cwd), env, args) for cwd, env, args in runs]
-    return subprocess.Popen([sys.executable, "-c", IN_TURN, str(ROOT), json.dumps(plain)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-
-
-def finish(process: subprocess.Popen, runs: int) -> list[tuple[int, str]]:
-    """(exit status, what pytest printed on stdout and stderr) of each of the `runs` runs of a
-    process start() began; kills it if it fails or takes more than 10 minutes."""
+    process = subprocess.Popen([sys.executable, "-c", IN_TURN, str(ROOT), json.dumps(plain)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
     try:
         printed = process.communicate(timeout=600)[0]
     finally:
         process.kill()  # a no-op once it has ended; none is left running on an error
     results = [tuple(json.loads(line.removeprefix("ran ")))
                for line in printed.splitlines() if line.startswith("ran ")]
-    assert process.returncode == 0 and len(results) == runs, printed[-3000:]
+    assert process.returncode == 0 and len(results) == len(runs), printed[-3000:]
     return results
 
 
-def pytest_in_turn(runs: list[tuple[Path, dict[str, str], list[str]]]) -> list[tuple[int, str]]:
-    """(exit status, output) of each run (folder, environment, pytest's arguments), done in
-    turn in one process."""
-    return finish(start(runs), len(runs))
+def offline(env: dict[str, str]) -> dict[str, str]:
+    """env for a process that must not reach the network, whatever the machine: every proxy
+    variable points at 127.0.0.1:9, a closed port, and no_proxy is removed, so torchvision's
+    download (urllib.request) fails at once with "Connection refused"."""
+    closed = dict.fromkeys(["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"],
+                           "http://127.0.0.1:9")
+    return {name: value for name, value in env.items() if name.lower() != "no_proxy"} | closed

@@ -18,6 +18,7 @@ import manual
 from lockstep.checks import ShapeMismatch, difference_stats, relu_gate_flips
 from lockstep.learner import Learner
 from tests.helpers import BatchNormWithoutMeanTerm, GradientLeakingReLU
+from tests.processes import offline
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--subset", "2000", "--epochs", "1", "--quiet"]
@@ -198,12 +199,9 @@ print(json.dumps([before, [name for name in {SLOW_IMPORTS} if name in sys.module
 def test_compare_starts_without_torchvision_and_matplotlib(mnist_root, tmp_path):
     """`import compare` and reading MNIST from disk import neither torchvision (a download
     needs it) nor matplotlib (the plots do): each takes about a second to import."""
-    closed = dict.fromkeys(["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"],
-                           "http://127.0.0.1:9")
     result = subprocess.run([sys.executable, "-c", PROBE, str(mnist_root), str(tmp_path)],
                             cwd=REPO, capture_output=True, text=True, timeout=120,
-                            env={k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
-                            | closed)
+                            env=offline(dict(os.environ)))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [[], list(SLOW_IMPORTS)]
 

@@ -19,6 +19,7 @@ import torch
 
 from common import data
 from common.data import DataError, batches, load_mnist, load_splits, resolve_root
+from tests.processes import offline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SIZE, TEST_SIZE, VAL_SIZE = 120, 30, 20  # the tiny copy
@@ -194,16 +195,11 @@ def data_error_message(root: Path) -> str:
 
 
 def run_cli(root: Path) -> subprocess.CompletedProcess:
-    """`python -m common.data --data-root root`, offline whatever the machine.
-
-    Every proxy variable points at 127.0.0.1:9, a closed port, and no_proxy is removed, so
-    torchvision's download (urllib.request) fails at once with "Connection refused".
-    """
-    env = {name: value for name, value in os.environ.items() if name.lower() != "no_proxy"}
-    env.update(dict.fromkeys(["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"],
-                             "http://127.0.0.1:9"))
+    """`python -m common.data --data-root root`, offline whatever the machine
+    (tests.processes.offline)."""
     return subprocess.run([sys.executable, "-m", "common.data", "--data-root", str(root)],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=REPO_ROOT, env=offline(dict(os.environ)), capture_output=True,
+                          text=True, timeout=120)
 
 
 def one_error_line(status: int, stderr: str) -> str:

@@ -15,20 +15,19 @@ from types import SimpleNamespace
 import pytest
 
 import conftest
-from tests.processes import pytest_in_turn
+from tests.processes import offline, pytest_in_turn
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "Digit_Classification_with_Softmax.ipynb"
 NOTEBOOK_CASE = f"{NOTEBOOK.name}::{NOTEBOOK.name}"  # its junit classname::name
-NO_NETWORK = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
 
 
 def setup_only(cwd: Path, *paths: Path, **env: str) -> tuple[Path, dict, list[str]]:
-    """A run of pytest --setup-only on `paths` in `cwd` (tests.processes), its environment that
-    of this process without MNIST_ROOT, CI and NO_PROXY, with `env` and NO_NETWORK. Its junit
-    report goes to cwd/junit.xml."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("MNIST_ROOT", "CI", "NO_PROXY")}
-    return (cwd, clean | NO_NETWORK | env,
+    """A run of pytest --setup-only on `paths` in `cwd` (tests.processes): its environment is
+    this process's without MNIST_ROOT and CI, kept off the network (offline), with `env`; its
+    junit report goes to cwd/junit.xml."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("MNIST_ROOT", "CI")}
+    return (cwd, offline(clean) | env,
             ["--setup-only", "-p", "no:cacheprovider", f"--junitxml={cwd / 'junit.xml'}",
              *map(str, paths)])
 
