@@ -7,12 +7,17 @@ order of practice.exercises.EXERCISES: the earlier ones it calls have checks of 
 check that reaches a function not written yet is skipped, not failed. At the end, one line per
 exercise says whether its checks pass, which fail and why, or that it is not written yet, with
 its hint. The tracebacks are left out (--tb=short brings them back).
+
+The property checks (hypothesis) try the same examples as in make test, but a failing one is
+reported as found, not shrunk to a smaller one first (the summary shows no example anyway), and
+nothing is kept between runs: a learner's run takes seconds, and leaves no .hypothesis/ behind.
 """
 
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from lockstep.tracebacks import place
@@ -21,6 +26,9 @@ from practice import exercises, loader
 GRADED = ("test_functional.py", "test_model.py", "test_layers.py", "test_optim.py",
           "test_training_step.py")
 SHOWN_FAILURES = 3  # per exercise
+hypothesis.settings.register_profile("grading", database=None, phases=[
+    phase for phase in hypothesis.Phase if phase not in (hypothesis.Phase.shrink,
+                                                         hypothesis.Phase.explain)])
 TESTS = Path(__file__).resolve().parent.parent / "tests"  # where GRADED are
 
 
@@ -43,6 +51,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     except exercises.ExerciseError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    hypothesis.settings.load_profile("grading")  # before the test modules make their settings
     if config.args_source != pytest.Config.ArgsSource.ARGS:  # no test files named
         config.args = [str(TESTS / name) for name in GRADED]
     if config.option.tbstyle == "auto":
