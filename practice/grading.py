@@ -8,9 +8,10 @@ check that reaches a function not written yet is skipped, not failed. At the end
 exercise says whether its checks pass, which fail and why, or that it is not written yet, with
 its hint. The tracebacks are left out (--tb=short brings them back).
 
-The property checks (hypothesis) try the same examples as in make test, but a failing one is
+The property checks (hypothesis) try as many examples as in make test, but a failing one is
 reported as found, not shrunk to a smaller one first (the summary shows no example anyway), and
-nothing is kept between runs: a learner's run takes seconds, and leaves no .hypothesis/ behind.
+no failing example is kept for the next run (no database): each run grades the folder afresh,
+in seconds, whatever the runs before it found.
 """
 
 import sys

@@ -12,8 +12,10 @@ import re
 import sys
 from pathlib import Path
 
+import hypothesis
 import pytest
 import torch
+from hypothesis import Phase
 
 import manual
 from practice import exercises, loader
@@ -79,6 +81,8 @@ FOLDERS = {
     "syntax-error": (NAMES, lambda folder: (folder / "functional.py").write_text("def f(:\n")),
     "missing": None,
 }
+# Where the grading also prints hypothesis's statistics: which phases each property check ran.
+SHOWN_STATISTICS = {"softmax-raises": ["--hypothesis-show-statistics"]}
 
 
 class Graded(dict):
@@ -98,8 +102,9 @@ class Graded(dict):
             if how is not None:
                 exercises.write(folders[name], names=how[0])
                 how[1](folders[name])
-        runs = [(ROOT, dict(os.environ), [f"--manual={folder}", "-p", "no:cacheprovider"])
-                for folder in folders.values()]
+        runs = [(ROOT, dict(os.environ), [f"--manual={folder}", "-p", "no:cacheprovider",
+                                          *SHOWN_STATISTICS.get(name, [])])
+                for name, folder in folders.items()]
         for name, (status, output) in zip(folders, pytest_in_turn(runs), strict=True):
             rows = dict(re.findall(r"^ ?\d\. (\S+) +(.*)$", output, re.MULTILINE))
             self[name] = status, output, rows
@@ -344,6 +349,27 @@ def test_an_error_in_the_learners_code_is_a_failure_that_says_where(graded):
     assert re.search(r"functional\.py line \d+, in softmax: NotImplementedError: the max "
                      r"shift later", output)
     assert "Traceback" not in output
+
+
+def test_a_failing_property_check_is_reported_as_found_not_shrunk(graded):
+    """softmax's property checks fail on their first example: the grading stops there, with
+    no shrink phase (hypothesis's statistics), and keeps no example for the next run."""
+    _, output, _ = graded["softmax-raises"]
+    statistics = output.split("Hypothesis Statistics", 1)[1]
+    checks = statistics.split("tests/test_functional.py::")[1:]
+    assert any(check.startswith("test_softmax_rows_sum_to_one:") for check in checks)
+    assert all("during generate phase" in check for check in checks)
+    assert "shrink phase" not in statistics and "explain phase" not in statistics
+
+
+def test_the_grading_profile_tries_as_many_examples_but_shrinks_and_keeps_none():
+    """Against make test's (the default profile, the twin: it shrinks, explains and keeps a
+    database): the same number of examples, two phases fewer, no database."""
+    grading, default = (hypothesis.settings.get_profile(name) for name in ("grading", "default"))
+    assert grading.max_examples == default.max_examples
+    assert set(default.phases) - set(grading.phases) == {Phase.shrink, Phase.explain}
+    assert set(grading.phases) < set(default.phases)
+    assert grading.database is None and default.database is not None
 
 
 @pytest.mark.parametrize(("case", "message"), [
