@@ -28,7 +28,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
-
 @functools.cache
 def find_real_mnist() -> tuple[Path | None, str | None]:
     """(the data root, None), or (None, why the real MNIST can't be had)."""

@@ -105,15 +105,14 @@ def download(root: str | Path) -> None:
 def read_idx(path: Path) -> torch.Tensor:
     """An IDX file of unsigned bytes as a uint8 tensor of its shape, (N, 28, 28) or (N,),
     once check_idx_file found it whole: what torchvision's MNIST reads too."""
-    check_idx_file(path)
+    sizes = check_idx_file(path)
     data = bytearray(path.read_bytes())  # writable, as torch.frombuffer wants
-    dims = data[3]
-    sizes = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-    return torch.frombuffer(data, dtype=torch.uint8, offset=4 + 4 * dims).reshape(sizes)
+    return torch.frombuffer(data, dtype=torch.uint8, offset=4 + 4 * len(sizes)).reshape(sizes)
 
 
-def check_idx_file(path: Path) -> None:
-    """Raise DataError unless `path` is a whole IDX file of unsigned bytes.
+def check_idx_file(path: Path) -> list[int]:
+    """The sizes in `path`'s header, [N, 28, 28] or [N]; raise DataError unless `path` is a
+    whole IDX file of unsigned bytes.
 
     IDX layout: magic 0x0000080D (D = number of dimensions, 3 for images, 1
     for labels), D big-endian 32-bit sizes, then the prod(sizes) bytes.
@@ -131,6 +130,7 @@ def check_idx_file(path: Path) -> None:
         shape = " x ".join(map(str, sizes))
         raise DataError(f"corrupt MNIST file {path.resolve()}: {path.stat().st_size} bytes, "
                         f"but its header promises {expected} ({shape}): truncated or damaged")
+    return sizes
 
 
 def first_line(error: BaseException) -> str:

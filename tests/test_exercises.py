@@ -353,7 +353,7 @@ def test_an_error_in_the_learners_code_is_a_failure_that_says_where(graded):
 
 def test_a_failing_property_check_is_reported_as_found_not_shrunk(graded):
     """softmax's property checks fail on their first example: the grading stops there, with
-    no shrink phase (hypothesis's statistics), and keeps no example for the next run."""
+    no shrink or explain phase (hypothesis's statistics; the profile: the test below)."""
     _, output, _ = graded["softmax-raises"]
     statistics = output.split("Hypothesis Statistics", 1)[1]
     checks = statistics.split("tests/test_functional.py::")[1:]
