@@ -1,11 +1,11 @@
-"""Shared fixtures: the real MNIST, found by the project's one rule, once per test session.
+"""Shared fixtures: the real MNIST, found by the project's one rule, once per pytest run.
 
 The data root is $MNIST_ROOT, else ./data (common.data.resolve_root, as for compare.py, the
 notebook and the benchmark), downloaded there by torchvision when missing. When the data
-can't be had, the real-data tests and the notebook skip with one line that says what to
+can't be had, the real-data tests and the notebooks skip with one line that says what to
 set, except under CI (CI set), where they fail: CI must never pass by skipping them.
 
-This file sits at the project root so that its hook reaches the notebook too.
+This file sits at the project root so that its hook reaches the notebooks too.
 """
 
 import functools
@@ -23,7 +23,7 @@ WHAT_TO_SET = "set MNIST_ROOT to a folder holding MNIST/raw/"  # how a missing d
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # make test: a process per core (pytest-xdist), each with torch's threads, as usual. The
-    # processes they start (the notebook's kernel, the gradings) take one thread each: a thread
+    # processes they start (the notebooks' kernels, the gradings) take one thread each: a thread
     # of its own never waits for another that the other processes keep off the cores.
     os.environ["OMP_NUM_THREADS"] = "1"
 
@@ -50,7 +50,7 @@ def require_real_mnist() -> Path:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """The notebook reads the real MNIST: it skips or fails like the fixtures below, and
+    """The notebooks read the real MNIST: each skips or fails like the fixtures below, and
     its kernel (started in the notebook's folder) gets the root found here as MNIST_ROOT."""
     if item.path.suffix == ".ipynb":
         os.environ["MNIST_ROOT"] = str(require_real_mnist())
@@ -58,7 +58,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 # The longest files first (a few seconds each; the rest take less than one): make test shares
 # the files out between processes (pytest-xdist, --dist loadfile) in the order of the items.
-LONGEST = ("Digit_Classification_with_Softmax.ipynb", "test_exercises.py", "test_data_rule.py")
+LONGEST = ("test_exercises.py", "hidden_layer_and_batchnorm.ipynb",
+           "Digit_Classification_with_Softmax.ipynb", "test_data_rule.py", "adam_and_adamw.ipynb",
+           "tutor.ipynb")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

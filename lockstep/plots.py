@@ -1,6 +1,7 @@
 """The PNG plots compare.py writes: curves, gradient differences per tensor, learned weights,
-sample predictions, confusion."""
+sample predictions, confusion. The notebooks draw them too (notebook_pngs)."""
 
+import io
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -25,6 +26,24 @@ def save_all(out: Path, learners: list, data: Splits, history: History) -> list[
         figure.savefig(out / name, dpi=110, bbox_inches="tight")
         plt.close(figure)
     return [out / name for name in figures]
+
+
+def notebook_pngs() -> None:
+    """In a notebook, after %matplotlib inline: show each figure as a PNG of 256 colours.
+
+    The picture looks the same, in less than half the bytes of matplotlib's own PNG, which
+    keeps each notebook, stored with its outputs, under 400 KB."""
+    from IPython import get_ipython  # present wherever a notebook runs
+    get_ipython().display_formatter.formatters["image/png"].for_type(plt.Figure, png_256)
+
+
+def png_256(figure: plt.Figure) -> bytes:
+    """The figure as a PNG, its colours quantized to a palette of 256."""
+    from PIL import Image  # matplotlib's own dependency
+    drawn, small = io.BytesIO(), io.BytesIO()
+    figure.savefig(drawn, format="png", bbox_inches="tight")
+    Image.open(drawn).convert("RGB").quantize(256).save(small, format="png", optimize=True)
+    return small.getvalue()
 
 
 def curves(history: History) -> plt.Figure:

@@ -18,8 +18,17 @@ import conftest
 from tests.processes import offline, pytest_in_turn
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOK = REPO / "Digit_Classification_with_Softmax.ipynb"
-NOTEBOOK_CASE = f"{NOTEBOOK.name}::{NOTEBOOK.name}"  # its junit classname::name
+NOTEBOOKS = [REPO / "Digit_Classification_with_Softmax.ipynb",
+             *sorted((REPO / "notebooks").glob("*.ipynb"))]
+
+
+def junit_case(notebook: Path) -> str:
+    """A notebook's test as junit names it, classname::name (notebooks.tutor.ipynb::tutor.ipynb)."""
+    classname = ".".join(notebook.relative_to(REPO).parts)
+    return f"{classname}::{notebook.name}"
+
+
+NOTEBOOK_CASES = [junit_case(notebook) for notebook in NOTEBOOKS]
 
 
 def setup_only(cwd: Path, *paths: Path, **env: str) -> tuple[Path, dict, list[str]]:
@@ -59,11 +68,11 @@ class Runs(dict):
         runs = {}
         if mnist_root is not None:
             (folders["dot-data"] / "data").symlink_to(mnist_root, target_is_directory=True)
-            runs["dot-data"] = setup_only(folders["dot-data"], REPO / "tests", NOTEBOOK)
+            runs["dot-data"] = setup_only(folders["dot-data"], REPO / "tests", *NOTEBOOKS)
         runs["no-data"] = setup_only(folders["no-data"], REPO / "tests" / "test_compare.py",
-                                     NOTEBOOK)
+                                     *NOTEBOOKS)
         runs["no-data-ci"] = setup_only(folders["no-data-ci"], REPO / "tests" / "test_compare.py",
-                                        NOTEBOOK, CI="true")
+                                        *NOTEBOOKS, CI="true")
         for run, (status, output) in zip(runs, pytest_in_turn(list(runs.values())), strict=True):
             self[run] = status, output, outcomes(folders[run])
         return self[name]
@@ -79,21 +88,22 @@ def test_data_in_dot_data_sets_up_every_real_data_test(runs: Runs, mnist_root: P
     but the CUDA test."""
     status, output, outcomes = runs["dot-data"]
     assert status == 0, output[-2000:]
-    assert len(outcomes) > 400 and NOTEBOOK_CASE in outcomes
+    assert len(NOTEBOOKS) == 4 and len(outcomes) > 400
+    assert set(NOTEBOOK_CASES) <= set(outcomes)
     not_set_up = {name: what for name, what in outcomes.items()
                   if what != "set up" and "CUDA" not in what}
     assert not not_set_up
 
 
 def test_no_data_anywhere_skips_with_one_line_saying_what_to_set(runs: Runs):
-    """No ./data, no MNIST_ROOT, the download failing: the real-data tests and the notebook
+    """No ./data, no MNIST_ROOT, the download failing: the real-data tests and the notebooks
     skip (the others, like the bad-flag tests, still run), and one line says how many and
     what to set."""
     status, output, outcomes = runs["no-data"]
     assert status == 0, output[-2000:]
     skipped = [name for name, what in outcomes.items() if what.startswith("skipped")]
-    assert NOTEBOOK_CASE in skipped and len(skipped) >= 5
-    assert set(outcomes.values()) - {"set up"} == {outcomes[NOTEBOOK_CASE]}
+    assert set(NOTEBOOK_CASES) <= set(skipped) and len(skipped) >= 8
+    assert set(outcomes.values()) - {"set up"} == {outcomes[NOTEBOOK_CASES[0]]}
     lines = [line for line in output.splitlines() if "real-data tests skipped" in line]
     raw = (runs.base / "no-data").resolve() / "data" / "MNIST" / "raw"
     assert len(lines) == 1 and lines[0].startswith(
@@ -102,18 +112,18 @@ def test_no_data_anywhere_skips_with_one_line_saying_what_to_set(runs: Runs):
 
 
 def test_no_data_under_ci_fails_instead_of_skipping(runs: Runs):
-    """The same, with CI set: the real-data tests and the notebook fail; none skips."""
+    """The same, with CI set: the real-data tests and the notebooks fail; none skips."""
     status, output, outcomes = runs["no-data-ci"]
     assert status == 1
     failed = [name for name, what in outcomes.items() if what.startswith("error")]
-    assert NOTEBOOK_CASE in failed and len(failed) >= 5
-    assert set(outcomes.values()) - {"set up"} == {outcomes[NOTEBOOK_CASE]}
-    assert "set MNIST_ROOT" in outcomes[NOTEBOOK_CASE] and "skipped" not in output
+    assert set(NOTEBOOK_CASES) <= set(failed) and len(failed) >= 8
+    assert set(outcomes.values()) - {"set up"} == {outcomes[NOTEBOOK_CASES[0]]}
+    assert "set MNIST_ROOT" in outcomes[NOTEBOOK_CASES[0]] and "skipped" not in output
 
 
 def test_notebook_kernel_is_given_the_root_the_tests_found(monkeypatch, mnist_root: Path):
-    """The notebook's kernel starts in the notebook's folder, not pytest's: conftest hands it
+    """A notebook's kernel starts in its own folder, not pytest's: conftest hands it
     the root it found as MNIST_ROOT, so `pytest` run from elsewhere finds the same data."""
     monkeypatch.delenv("MNIST_ROOT", raising=False)  # restored after the test
-    conftest.pytest_runtest_setup(SimpleNamespace(path=NOTEBOOK))
+    conftest.pytest_runtest_setup(SimpleNamespace(path=NOTEBOOKS[-1]))
     assert os.environ["MNIST_ROOT"] == str(mnist_root) and mnist_root.is_absolute()
