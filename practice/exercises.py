@@ -112,11 +112,16 @@ def manual_flag(folder: Path) -> str:
     return f"--manual {folder}" if inside else f"--manual={folder}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """python -m practice's flags: the folder to write."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, nargs="?", default=Path("exercises"),
                         help="the folder to write (default: exercises)")
-    folder = parser.parse_args(argv).folder
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    folder = parse_args(argv).folder
     try:
         write(folder)
     except (ExerciseError, OSError) as error:

@@ -1,9 +1,10 @@
-"""The documents stay true to the code: docs/side_by_side.html and the README's table.
+"""The side-by-side documents stay true to the code: docs/side_by_side.html and the table of
+docs/side_by_side.md.
 
 1. The page is rebuilt in memory from the live source and must equal the committed
    file byte for byte; it is self-contained and pairs every manual definition.
-2. Every link of the README's "Read it side by side" section points at a file that
-   exists, and every function or class its table names is defined in the file it links.
+2. docs/side_by_side.md links the page, and every function or class its table names is
+   defined in the file the row links. (Every link of every page: tests/test_pages.py.)
 """
 
 import ast
@@ -17,8 +18,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAGE = REPO_ROOT / "docs" / "side_by_side.html"
 BUILDER = REPO_ROOT / "docs" / "build_side_by_side.py"
-README = REPO_ROOT / "README.md"
-SECTION = "## Read it side by side"
+TABLE_PAGE = REPO_ROOT / "docs" / "side_by_side.md"
 
 
 def load_builder():
@@ -217,23 +217,20 @@ def test_formula_takes_the_sentence_around_the_block(builder):
     assert builder.formula("Only a summary.") == "Only a summary."
 
 
-# 2. The README's side-by-side section ----------------------------------------------------------
-
-def readme_section() -> str:
-    """The README from its "Read it side by side" heading to the next heading or marker."""
-    text = README.read_text()
-    assert SECTION in text, f"README.md has no '{SECTION}' section"
-    section = text.split(SECTION, 1)[1]
-    return re.split(r"\n(?:## |<!-- )", section, maxsplit=1)[0]
-
+# 2. The table of docs/side_by_side.md --------------------------------------------------------
 
 def table_rows() -> list[list[str]]:
-    """The cells of each row of the section's table, header and rule left out."""
-    rows = [line.strip().strip("|").split("|") for line in readme_section().splitlines()
+    """The cells of each row of the page's table, header and rule left out."""
+    rows = [line.strip().strip("|").split("|") for line in TABLE_PAGE.read_text().splitlines()
             if line.startswith("|")]
     assert len(rows) > 2, "the side-by-side table has no rows"
     assert [cell.strip() for cell in rows[0]] == ["concept", "formula", "by hand", "with torch"]
     return [[cell.strip() for cell in row] for row in rows[2:]]
+
+
+def linked_file(link: str) -> str:
+    """A link of the table page as a path from the repository root ("manual/layers.py")."""
+    return (TABLE_PAGE.parent / link).resolve().relative_to(REPO_ROOT).as_posix()
 
 
 def defined_names(path: Path) -> set[str]:
@@ -250,22 +247,17 @@ def defined_names(path: Path) -> set[str]:
     return names
 
 
-def test_readme_section_links_exist():
-    """Every relative link of the section, the notebook and the page included, is a file."""
-    links = re.findall(r"\]\(([^)]+)\)", readme_section())
-    for target in ("Digit_Classification_with_Softmax.ipynb", "docs/side_by_side.html"):
-        assert target in links, f"the section does not link {target}"
-    for target in links:
-        assert not re.match(r"[a-z]+:", target), f"{target}: use a link relative to the repository"
-        assert (REPO_ROOT / target).is_file(), f"README links {target}, which does not exist"
+def test_table_page_links_the_side_by_side_page():
+    links = re.findall(r"\]\(([^)]+)\)", TABLE_PAGE.read_text())
+    assert "docs/side_by_side.html" in map(linked_file, links)
 
 
-def test_readme_table_names_exist_in_the_linked_files():
+def test_table_names_exist_in_the_linked_files():
     """Each implementation cell links one file and names what it defines there, in `code`."""
     for row in table_rows():
         assert len(row) == 4, f"a row needs 4 cells: {row}"
         for cell, folder in zip(row[2:], ("manual/", "torch_impl/"), strict=True):
-            links = re.findall(r"\]\(([^)]+)\)", cell)
+            links = [linked_file(link) for link in re.findall(r"\]\(([^)]+)\)", cell)]
             assert len(links) == 1 and links[0].startswith(folder), (
                 f"'{cell}' must link one file in {folder}")
             path = REPO_ROOT / links[0]
@@ -277,8 +269,8 @@ def test_readme_table_names_exist_in_the_linked_files():
                 assert name in defined_names(path), f"{links[0]} defines no {name}"
 
 
-def test_readme_table_covers_every_mirrored_file(builder):
+def test_table_covers_every_mirrored_file(builder):
     """Each pair of mirrored files has at least one row of the table."""
-    linked = {re.findall(r"\]\(([^)]+)\)", row[2])[0] for row in table_rows()}
+    linked = {linked_file(re.findall(r"\]\(([^)]+)\)", row[2])[0]) for row in table_rows()}
     for stem in builder.stems(REPO_ROOT):
-        assert f"manual/{stem}.py" in linked, f"the README table has no row for {stem}.py"
+        assert f"manual/{stem}.py" in linked, f"the side-by-side table has no row for {stem}.py"

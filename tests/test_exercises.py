@@ -1,8 +1,8 @@
 """The exercises: the folder python -m practice writes, and its grading by the gradient checks.
 
 `python -m pytest --manual DIR` runs in a process of its own here (tests.processes: the folders
-in turn), since it imports DIR as the package `manual` for the whole session. Each folder is one a
-learner could have: fresh, half done, done, with a seeded bug, with a syntax error.
+in turn), since it imports DIR as the package `manual` for the whole pytest run. Each folder is
+one a learner could have: fresh, half done, done, with a seeded bug, with a syntax error.
 compare.py --manual: test_compare_exercises.py.
 """
 

@@ -1,0 +1,233 @@
+"""The pages hold: README.md, docs/*.md and the notebooks' text.
+
+1. Every relative link reaches a file or folder, and every #anchor a heading of the page
+   it names (the anchor as GitHub makes it from the heading).
+2. Every command shown (a line of a ```sh block, or inline `python ...`, `make ...`,
+   `pytest ...`) is accepted by the parser of the command line it names: compare.py's flags,
+   the benchmark's, python -m practice's, pytest's --manual, a target of the Makefile.
+3. Words: no page speaks of a "session" or a "VM"; the machine the figures were measured on
+   is named in docs/speed.md, once, and nowhere else.
+
+Each check returns what is wrong, as a list of lines; its twin feeds it a broken page.
+"""
+
+import contextlib
+import importlib.util
+import io
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from lockstep import flags
+from practice import exercises, grading
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+NOTEBOOKS = [REPO / "Digit_Classification_with_Softmax.ipynb",
+             *sorted((REPO / "notebooks").glob("*.ipynb"))]
+MACHINE = re.compile(r"\b(EPYC|Xeon|Ryzen|Core i\d|Apple M\d|H100|H200|A100)\b")
+
+
+def text_of(page: Path) -> str:
+    """A page's Markdown: the file, or a notebook's markdown cells one after the other."""
+    if page.suffix != ".ipynb":
+        return page.read_text()
+    cells = json.loads(page.read_text())["cells"]
+    return "\n\n".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "markdown")
+
+
+def prose(markdown: str) -> str:
+    """The Markdown without its code: fenced blocks and inline code spans left out."""
+    return re.sub(r"`[^`]*`", "", re.sub(r"```.*?```", "", markdown, flags=re.S))
+
+
+# 1. Links and anchors -------------------------------------------------------------------------
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.replace("`", "").strip().lower()).replace(" ", "-")
+
+
+def anchors(markdown: str) -> set[str]:
+    return {anchor(heading) for heading in
+            re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", markdown, flags=re.S), flags=re.M)}
+
+
+def broken_links(page: Path, markdown: str) -> list[str]:
+    """Each relative link of the page that reaches nothing, or no heading of its target."""
+    problems = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", prose(markdown)):
+        if re.match(r"[a-z]+:", target):
+            continue  # a web address: not ours to check offline
+        path, _, fragment = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            problems.append(f"{page.name}: {target} reaches no file")
+        elif fragment and fragment not in anchors(markdown if not path else text_of(linked)):
+            problems.append(f"{page.name}: {target} reaches no heading #{fragment}")
+    return problems
+
+
+@pytest.mark.parametrize("page", PAGES + NOTEBOOKS, ids=lambda page: page.name)
+def test_every_link_and_anchor_resolves(page: Path):
+    assert not broken_links(page, text_of(page))
+
+
+@pytest.mark.twin
+def test_a_missing_file_and_a_wrong_anchor_are_found():
+    page = REPO / "docs" / "tutor.md"
+    broken = "# Title\n\n[a](missing.md) [b](../README.md#no-such-heading) [c](#title) [d](#nope)"
+    assert broken_links(page, broken) == [
+        "tutor.md: missing.md reaches no file",
+        "tutor.md: ../README.md#no-such-heading reaches no heading #no-such-heading",
+        "tutor.md: #nope reaches no heading #nope"]
+
+
+def test_anchors_are_made_as_github_makes_them():
+    assert anchor("What `make demo` prints") == "what-make-demo-prints"
+    assert anchor("Why the update is checked on torch's gradients") == (
+        "why-the-update-is-checked-on-torchs-gradients")
+
+
+# 2. Commands ----------------------------------------------------------------------------------
+
+def commands(markdown: str) -> list[str]:
+    """Each command the page shows: the lines of its ```sh blocks (comments left out), and
+    its inline code that starts with python, make or pytest (a span may wrap a line)."""
+    found = []
+    for block in re.findall(r"```sh\n(.*?)```", markdown, flags=re.S):
+        found += [line.split("  #")[0].strip() for line in block.splitlines()]
+    spans = re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", markdown, flags=re.S))
+    found += [" ".join(span.split()) for span in spans
+              if re.match(r"(python|make|pytest)\b", span.strip())]
+    return [command for command in found if command]
+
+
+def benchmark_flags():
+    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.parse_args
+
+
+def pytest_options() -> set[str]:
+    """The options the project adds to pytest (--manual), as its plugin adds them."""
+    class Recorder:
+        def __init__(self):
+            self.options = set()
+
+        def addoption(self, *names, **settings):
+            self.options |= set(names)
+
+    recorder = Recorder()
+    grading.pytest_addoption(recorder)
+    return recorder.options
+
+
+def refused(command: str) -> str | None:
+    """Why the command line named by `command` refuses it, or None if it accepts it."""
+    words = shlex.split(command)
+    parsers = {("python", "compare.py"): flags.parse_args,
+               ("python", "benchmarks/bench.py"): benchmark_flags(),
+               ("python", "-m", "practice"): exercises.parse_args}
+    for start, parse in parsers.items():
+        if tuple(words[:len(start)]) == start:
+            return parse_problem(parse, words[len(start):])
+    if words[0] == "make":
+        targets = re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), flags=re.M)
+        assignments = dict(word.split("=", 1) for word in words[1:] if "=" in word)
+        unknown = [word for word in words[1:] if "=" not in word and word not in targets]
+        if unknown:
+            return f"the Makefile has no target {unknown[0]}"
+        return parse_problem(flags.parse_args, shlex.split(assignments.get("ARGS", "")))
+    if words[:3] == ["python", "-m", "pytest"] or words[0] == "pytest":
+        options = [word.split("=")[0] for word in words if word.startswith("--")]
+        unknown = [option for option in options if option not in pytest_options()]
+        return f"pytest has no {unknown[0]} here" if unknown else None
+    return None  # not one of the project's command lines (pip, jupyter)
+
+
+def parse_problem(parse, argv: list[str]) -> str | None:
+    """What a parser printed when it refused argv (exit status 2), or None."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
+            parse(argv)
+    except SystemExit as stop:
+        if stop.code not in (0, None):  # --help exits 0
+            return said.getvalue().strip() or f"exit status {stop.code}"
+    return None
+
+
+def refused_commands(page: Path) -> list[str]:
+    return [f"{page.name}: {command}: {problem}" for command in commands(text_of(page))
+            if (problem := refused(command))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_command_shown_is_accepted(page: Path):
+    assert commands(text_of(page)), f"{page.name} shows no command to start from"
+    assert not refused_commands(page)
+
+
+def test_the_commands_of_the_pages_are_found():
+    found = commands(text_of(REPO / "README.md"))
+    assert "make demo" in found and "make test" in found
+    assert any(command.startswith("python compare.py --model mlp") for command in found)
+
+
+@pytest.mark.twin
+def test_a_wrong_flag_a_wrong_value_and_a_wrong_target_are_refused():
+    assert "unrecognized arguments: --hiden" in refused("python compare.py --hiden 128")
+    assert "--momentum must be in [0, 1)" in refused("python compare.py --momentum 1.5")
+    assert "--lr" in refused("python benchmarks/bench.py --lr 1")
+    assert refused("make demos") == "the Makefile has no target demos"
+    assert "--model" in refused('make demo ARGS="--model cnn"')
+    assert refused("python -m pytest --manul exercises") == "pytest has no --manul here"
+    assert refused("python compare.py --help") is None
+
+
+# 3. Words -------------------------------------------------------------------------------------
+
+def opening(markdown: str) -> str:
+    """A page's title, its command and its first paragraph."""
+    chunks = markdown.split("\n\n")
+    first = next(i for i, chunk in enumerate(chunks) if not chunk.startswith(("#", "```")))
+    return "\n\n".join(chunks[:first + 1])
+
+
+def wrong_words(page: Path, markdown: str) -> list[str]:
+    """A session or a VM in the prose; a machine named outside docs/speed.md's opening."""
+    problems = [f"{page.name}: says '{word}'" for word in
+                re.findall(r"\b(sessions?|VMs?)\b", prose(markdown), flags=re.I)]
+    machines = MACHINE.findall(markdown)
+    if page == REPO / "docs" / "speed.md":
+        if len(machines) != len(MACHINE.findall(opening(markdown))):
+            problems.append(f"{page.name}: names the machine past its opening")
+    elif machines:
+        problems.append(f"{page.name}: names the machine ({machines[0]}); docs/speed.md does")
+    return problems
+
+
+@pytest.mark.parametrize("page", PAGES + NOTEBOOKS, ids=lambda page: page.name)
+def test_no_page_speaks_of_sessions_or_names_the_machine(page: Path):
+    assert not wrong_words(page, text_of(page))
+
+
+def test_speed_names_the_machine_at_its_top():
+    speed = REPO / "docs" / "speed.md"
+    assert len(MACHINE.findall(text_of(speed))) >= 1
+
+
+@pytest.mark.twin
+def test_a_session_a_vm_and_a_machine_named_elsewhere_are_found():
+    page = REPO / "docs" / "tutor.md"
+    assert wrong_words(page, "Measured on this session's VM, an AMD EPYC.") == [
+        "tutor.md: says 'session'", "tutor.md: says 'VM'",
+        "tutor.md: names the machine (EPYC); docs/speed.md does"]
+    speed = REPO / "docs" / "speed.md"
+    assert wrong_words(speed, "# Speed\n\n```sh\nmake\n```\n\nOn an AMD EPYC.\n\nAn H200.") == [
+        "speed.md: names the machine past its opening"]
