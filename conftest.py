@@ -56,8 +56,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         os.environ["MNIST_ROOT"] = str(require_real_mnist())
 
 
-# The longest files first (a few seconds each; the rest take less than one): make test shares
-# the files out between processes (pytest-xdist, --dist loadfile) in the order of the items.
+# The longest files first (from a few seconds to about 20 s; the rest take less than one): make
+# test shares the files out between processes (pytest-xdist, --dist loadfile) in the order of
+# the items.
 LONGEST = ("test_exercises.py", "hidden_layer_and_batchnorm.ipynb",
            "Digit_Classification_with_Softmax.ipynb", "test_data_rule.py", "adam_and_adamw.ipynb",
            "tutor.ipynb")

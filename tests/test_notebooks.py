@@ -7,6 +7,7 @@ Each check returns what is wrong, as a list of lines; its twin feeds it a broken
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,10 @@ def stored_problems(name: str, size: int, notebook: dict) -> list[str]:
     counts = [cell.get("execution_count") for cell in code]
     if counts != list(range(1, len(code) + 1)):
         problems.append(f"{name}: not stored from one run in order (execution counts {counts})")
-    errors = [output for cell in code for output in cell.get("outputs", [])
-              if output.get("output_type") == "error"]
+    outputs = [output for cell in code for output in cell.get("outputs", [])]
+    if not outputs:
+        problems.append(f"{name}: stored without outputs")
+    errors = [output for output in outputs if output.get("output_type") == "error"]
     if errors:
         problems.append(f"{name}: stored with an error ({errors[0].get('ename')})")
     return problems
@@ -53,9 +56,12 @@ def test_each_chapter_says_what_it_assumes_and_where_next(path: Path):
 
 
 def test_one_notebook_per_chapter():
+    """The first keeps chapters 1-6 and ends with where next; three chapters follow it."""
     names = {path.stem for path in CHAPTERS}
     assert names == {"hidden_layer_and_batchnorm", "adam_and_adamw", "tutor"}
-    assert "## Where next" in "".join(json.loads(FIRST.read_text())["cells"][-1]["source"])
+    cells = ["".join(cell["source"]) for cell in json.loads(FIRST.read_text())["cells"]]
+    numbered = re.findall(r"^## (\d+)\.", "\n".join(cells), flags=re.M)
+    assert numbered == [str(n) for n in range(1, 7)] and "## Where next" in cells[-1]
 
 
 @pytest.mark.twin
@@ -66,11 +72,14 @@ def test_a_large_unrun_or_failed_notebook_and_one_without_its_frame_are_found():
 
     unrun = {"cells": [cell("markdown", "# A chapter"), cell("code", "1", 1),
                        cell("code", "2", None)]}
+    cleared = {"cells": [cell("code", "1", 1)]}
     failed = {"cells": [cell("code", "1/0", 1, [{"output_type": "error",
                                                  "ename": "ZeroDivisionError"}])]}
     assert stored_problems("a", 500_000, unrun) == [
         "a: 500,000 bytes, over 400,000",
-        "a: not stored from one run in order (execution counts [1, None])"]
+        "a: not stored from one run in order (execution counts [1, None])",
+        "a: stored without outputs"]
+    assert stored_problems("c", 1_000, cleared) == ["c: stored without outputs"]
     assert stored_problems("b", 1_000, failed) == ["b: stored with an error (ZeroDivisionError)"]
     assert frame_problems("a", unrun) == ["a: its first cell does not say what it assumes",
                                           "a: its last cell does not say where to go next"]

@@ -12,23 +12,29 @@ Each check returns what is wrong, as a list of lines; its twin feeds it a broken
 """
 
 import contextlib
+import functools
 import importlib.util
 import io
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from lockstep import flags
-from practice import exercises, grading
+from practice import exercises
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 NOTEBOOKS = [REPO / "Digit_Classification_with_Softmax.ipynb",
              *sorted((REPO / "notebooks").glob("*.ipynb"))]
-MACHINE = re.compile(r"\b(EPYC|Xeon|Ryzen|Core i\d|Apple M\d|H100|H200|A100)\b")
+MACHINE = re.compile(r"\b(AMD|EPYC|Intel|Xeon|Ryzen|Core i\d|Apple M\d|NVIDIA|RTX|[AHLTV]\d{2,3})\b"
+                     r"|virtual machine|where this was written")
+README_LINES = 150
 
 
 def text_of(page: Path) -> str:
@@ -95,15 +101,16 @@ def test_anchors_are_made_as_github_makes_them():
 # 2. Commands ----------------------------------------------------------------------------------
 
 def commands(markdown: str) -> list[str]:
-    """Each command the page shows: the lines of its ```sh blocks (comments left out), and
-    its inline code that starts with python, make or pytest (a span may wrap a line)."""
+    """Each command the page shows: the lines of its ```sh and ```bash blocks (a line ending
+    in a backslash goes on), and its inline code that starts with python, make or pytest
+    (a span may wrap a line); comments and leading VAR=value settings left out."""
     found = []
-    for block in re.findall(r"```sh\n(.*?)```", markdown, flags=re.S):
-        found += [line.split("  #")[0].strip() for line in block.splitlines()]
+    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", markdown, flags=re.S):
+        found += block.replace("\\\n", " ").splitlines()
     spans = re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", markdown, flags=re.S))
-    found += [" ".join(span.split()) for span in spans
-              if re.match(r"(python|make|pytest)\b", span.strip())]
-    return [command for command in found if command]
+    found += [span for span in spans if re.match(r"(python|make|pytest)\b", span.strip())]
+    found = [" ".join(command.split(" #")[0].split()) for command in found]
+    return [re.sub(r"^(\w+=\S+ )+", "", command) for command in found if command]
 
 
 def benchmark_flags():
@@ -113,18 +120,13 @@ def benchmark_flags():
     return bench.parse_args
 
 
+@functools.cache
 def pytest_options() -> set[str]:
-    """The options the project adds to pytest (--manual), as its plugin adds them."""
-    class Recorder:
-        def __init__(self):
-            self.options = set()
-
-        def addoption(self, *names, **settings):
-            self.options |= set(names)
-
-    recorder = Recorder()
-    grading.pytest_addoption(recorder)
-    return recorder.options
+    """The options pytest takes here: its own, its plugins' and the project's (--manual,
+    practice.grading), as `pytest --help` lists them."""
+    shown = subprocess.run([sys.executable, "-m", "pytest", "--help"], cwd=REPO, text=True,
+                           capture_output=True, env=os.environ | {"PYTEST_ADDOPTS": ""}).stdout
+    return set(re.findall(r"(?<![\w-])(--?[\w][\w-]*)", shown))
 
 
 def refused(command: str) -> str | None:
@@ -144,7 +146,7 @@ def refused(command: str) -> str | None:
             return f"the Makefile has no target {unknown[0]}"
         return parse_problem(flags.parse_args, shlex.split(assignments.get("ARGS", "")))
     if words[:3] == ["python", "-m", "pytest"] or words[0] == "pytest":
-        options = [word.split("=")[0] for word in words if word.startswith("--")]
+        options = [word.split("=")[0] for word in words if word.startswith("-")]
         unknown = [option for option in options if option not in pytest_options()]
         return f"pytest has no {unknown[0]} here" if unknown else None
     return None  # not one of the project's command lines (pip, jupyter)
@@ -167,10 +169,32 @@ def refused_commands(page: Path) -> list[str]:
             if (problem := refused(command))]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+@pytest.mark.parametrize("page", PAGES + NOTEBOOKS, ids=lambda page: page.name)
 def test_every_command_shown_is_accepted(page: Path):
-    assert commands(text_of(page)), f"{page.name} shows no command to start from"
     assert not refused_commands(page)
+
+
+def starts_from_a_command(markdown: str) -> bool:
+    """Its title, then a ```sh block with the command, then what the learner will see."""
+    chunks = markdown.split("\n\n")
+    return (len(chunks) > 2 and chunks[0].startswith("# ") and chunks[1].startswith("```sh\n")
+            and bool(commands(chunks[1])))
+
+
+@pytest.mark.parametrize("page", PAGES[1:], ids=lambda page: page.name)
+def test_each_page_starts_from_the_command_that_runs_it(page: Path):
+    assert starts_from_a_command(text_of(page))
+
+
+@pytest.mark.twin
+def test_a_page_that_starts_elsewhere_is_found():
+    assert starts_from_a_command("# Tutor\n\n```sh\nmake demo\n```\n\nIt prints...")
+    assert not starts_from_a_command("# Tutor\n\nSome words first.\n\n```sh\nmake demo\n```")
+    assert not starts_from_a_command("# Tutor\n\n```sh\n\n```\n\nNo command in it.")
+
+
+def test_the_readme_is_short():
+    assert len(text_of(REPO / "README.md").splitlines()) <= README_LINES
 
 
 def test_the_commands_of_the_pages_are_found():
@@ -187,6 +211,11 @@ def test_a_wrong_flag_a_wrong_value_and_a_wrong_target_are_refused():
     assert refused("make demos") == "the Makefile has no target demos"
     assert "--model" in refused('make demo ARGS="--model cnn"')
     assert refused("python -m pytest --manul exercises") == "pytest has no --manul here"
+    assert refused("python -m pytest --manual exercises --tb=short -q") is None
+    shown = commands("```sh\nMNIST_ROOT=/x python compare.py \\\n  --hiden 3\n```")
+    assert "--hiden" in refused(shown[0])
+    assert commands("```bash\nCI=1 make demo  # note\npython compare.py \\\n  --lr 1\n```") == [
+        "make demo", "python compare.py --lr 1"]
     assert refused("python compare.py --help") is None
 
 
@@ -218,8 +247,27 @@ def test_no_page_speaks_of_sessions_or_names_the_machine(page: Path):
 
 
 def test_speed_names_the_machine_at_its_top():
-    speed = REPO / "docs" / "speed.md"
-    assert len(MACHINE.findall(text_of(speed))) >= 1
+    assert MACHINE.findall(opening(text_of(REPO / "docs" / "speed.md")))
+
+
+def test_the_code_speaks_of_no_session_or_vm():
+    """Comments and docstrings too: nothing says this session, this VM, an earlier one."""
+    tracked = subprocess.run(["git", "ls-files", "*.py", "Makefile", "*.toml", ".ci/*"],
+                             cwd=REPO, text=True, capture_output=True).stdout.split()
+    said = [f"{name}: {word}" for name in tracked if name != "tests/test_pages.py"  # its twins
+            for word in code_words((REPO / name).read_text())]
+    assert tracked and not said
+
+
+def code_words(text: str) -> list[str]:
+    return re.findall(r"\b(?:this|that|an earlier|earlier) (?:session|VM)s?\b|\bVMs?\b", text,
+                      flags=re.I)
+
+
+@pytest.mark.twin
+def test_a_session_or_a_vm_in_the_code_is_found():
+    assert code_words("# 2 s on this VM (an earlier session: 3 s)\nscope='session'") == [
+        "this VM", "an earlier session"]
 
 
 @pytest.mark.twin
@@ -227,7 +275,7 @@ def test_a_session_a_vm_and_a_machine_named_elsewhere_are_found():
     page = REPO / "docs" / "tutor.md"
     assert wrong_words(page, "Measured on this session's VM, an AMD EPYC.") == [
         "tutor.md: says 'session'", "tutor.md: says 'VM'",
-        "tutor.md: names the machine (EPYC); docs/speed.md does"]
+        "tutor.md: names the machine (AMD); docs/speed.md does"]
     speed = REPO / "docs" / "speed.md"
     assert wrong_words(speed, "# Speed\n\n```sh\nmake\n```\n\nOn an AMD EPYC.\n\nAn H200.") == [
         "speed.md: names the machine past its opening"]
