@@ -49,6 +49,12 @@ def require_real_mnist() -> Path:
     return root
 
 
+# The notebooks the suite runs (pyproject's testpaths): the first chapter's, then notebooks/.
+ROOT = Path(__file__).resolve().parent
+NOTEBOOKS = [ROOT / "Digit_Classification_with_Softmax.ipynb",
+             *sorted((ROOT / "notebooks").glob("*.ipynb"))]
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """The notebooks read the real MNIST: each skips or fails like the fixtures below, and
     its kernel (started in the notebook's folder) gets the root found here as MNIST_ROOT."""

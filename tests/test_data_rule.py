@@ -18,8 +18,7 @@ import conftest
 from tests.processes import offline, pytest_in_turn
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = [REPO / "Digit_Classification_with_Softmax.ipynb",
-             *sorted((REPO / "notebooks").glob("*.ipynb"))]
+NOTEBOOKS = conftest.NOTEBOOKS
 
 
 def junit_case(notebook: Path) -> str:

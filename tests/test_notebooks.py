@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-FIRST = REPO / "Digit_Classification_with_Softmax.ipynb"
-CHAPTERS = sorted((REPO / "notebooks").glob("*.ipynb"))
+import conftest
+
+FIRST, *CHAPTERS = conftest.NOTEBOOKS
 MAX_BYTES = 400_000
 
 

@@ -25,13 +25,14 @@ from pathlib import Path
 
 import pytest
 
+import conftest
 from lockstep import flags
 from practice import exercises
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-NOTEBOOKS = [REPO / "Digit_Classification_with_Softmax.ipynb",
-             *sorted((REPO / "notebooks").glob("*.ipynb"))]
+NOTEBOOKS = conftest.NOTEBOOKS
+CODE_BLOCK = re.compile(r"```.*?```", flags=re.S)
 MACHINE = re.compile(r"\b(AMD|EPYC|Intel|Xeon|Ryzen|Core i\d|Apple M\d|NVIDIA|RTX|[AHLTV]\d{2,3})\b"
                      r"|virtual machine|where this was written")
 README_LINES = 150
@@ -47,7 +48,7 @@ def text_of(page: Path) -> str:
 
 def prose(markdown: str) -> str:
     """The Markdown without its code: fenced blocks and inline code spans left out."""
-    return re.sub(r"`[^`]*`", "", re.sub(r"```.*?```", "", markdown, flags=re.S))
+    return re.sub(r"`[^`]*`", "", CODE_BLOCK.sub("", markdown))
 
 
 # 1. Links and anchors -------------------------------------------------------------------------
@@ -59,7 +60,7 @@ def anchor(heading: str) -> str:
 
 def anchors(markdown: str) -> set[str]:
     return {anchor(heading) for heading in
-            re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", markdown, flags=re.S), flags=re.M)}
+            re.findall(r"^#+ (.+)$", CODE_BLOCK.sub("", markdown), flags=re.M)}
 
 
 def broken_links(page: Path, markdown: str) -> list[str]:
@@ -107,13 +108,15 @@ def commands(markdown: str) -> list[str]:
     found = []
     for block in re.findall(r"```(?:sh|bash)\n(.*?)```", markdown, flags=re.S):
         found += block.replace("\\\n", " ").splitlines()
-    spans = re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", markdown, flags=re.S))
+    spans = re.findall(r"`([^`]+)`", CODE_BLOCK.sub("", markdown))
     found += [span for span in spans if re.match(r"(python|make|pytest)\b", span.strip())]
     found = [" ".join(command.split(" #")[0].split()) for command in found]
     return [re.sub(r"^(\w+=\S+ )+", "", command) for command in found if command]
 
 
+@functools.cache
 def benchmark_flags():
+    """benchmarks/bench.py's parse_args (the script is not in a package), loaded once."""
     spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
