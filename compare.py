@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from common.data import NUM_CLASSES, DataError, Splits, batches, load_splits, resolve_root
-from lockstep import flags, report
+from lockstep import alone, flags, report
 from lockstep.epoch import Diverged, Mismatch, train_epoch_lockstep
 from lockstep.learner import make_learners
 from practice import loader
@@ -47,15 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     try:
         package = loader.load(args.manual) if args.manual else None  # None: manual/
-        report.prepare_folder(out)
         data = load_splits(resolve_root(args.data_root), seed=args.seed, subset=args.subset,
                            standardize=args.standardize, dtype=dtype, device=device)
+        problem = flags.data_problem(args, len(data.train_x))
+        if problem:
+            raise DataError(problem)
+        report.prepare_folder(out)  # last: a run that cannot start leaves no folder behind
     except (ExerciseError, DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    problem = flags.data_problem(args, len(data.train_x))
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         return train_and_compare(args, package, data, device, dtype, out)
@@ -82,24 +81,29 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
           f"(an untrained {NUM_CLASSES}-class classifier should give about ln {NUM_CLASSES} = "
           f"{math.log(NUM_CLASSES):.4f})")
 
-    history = report.History()
+    history = report.History(args.independent)
     for epoch in range(1, args.epochs + 1):
         epoch_batches = batches(data.train_x, data.train_y, args.batch_size, args.seed, epoch)
-        with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False,
-                  disable=args.quiet, file=sys.stderr) as progress:
+        with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
+                  disable=args.quiet or not sys.stderr.isatty()) as progress:
             try:
                 result = train_epoch_lockstep(learners, epoch_batches, progress,
                                               args.independent,
                                               (epoch - 1) * steps_per_epoch + 1,
-                                              diagnose=history.diagnosis is None)
+                                              diagnose=history.diagnosis is None,
+                                              stop=args.manual is not None
+                                              and not args.keep_going)
             except (Diverged, Mismatch) as error:
+                own = by_itself(args, data, device, dtype, steps_per_epoch, package, error)
                 seconds = time.perf_counter() - start
-                return stopped(args, device, history, seconds, epoch, error, out)
+                return stopped(args, device, history, seconds, epoch, error, out, own)
         history.add_epoch(result, [learner.accuracy(data.val_x, data.val_y)
                                    for learner in learners])
         print(history.epoch_line(epoch))
 
-    summary = report.summarize(args, device, learners, data, history, time.perf_counter() - start)
+    own = by_itself(args, data, device, dtype, steps_per_epoch, package, history.diagnosis)
+    summary = report.summarize(args, device, learners, data, history, time.perf_counter() - start,
+                               own)
     print(report.final_table(summary))
     report.write(out, summary)
     if not args.no_plots:
@@ -109,8 +113,19 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
     return 0 if summary["match"] else 1
 
 
+def by_itself(args: argparse.Namespace, data: Splits, device: str, dtype: torch.dtype,
+              steps_per_epoch: int, package: ModuleType | None, found) -> dict | None:
+    """After a mismatch (found: a Mismatch, or a diagnosis), unless --independent: what the
+    manual code reaches on its own (lockstep.alone), since in the lock step it took torch's
+    state every step. None otherwise, and where the manual code failed or training diverged."""
+    failed = isinstance(found, Diverged) or getattr(found, "__cause__", None) is not None
+    if not found or args.independent or failed:
+        return None
+    return alone.on_its_own(args, data, device, dtype, steps_per_epoch, package)
+
+
 def stopped(args: argparse.Namespace, device: str, history: report.History, seconds: float,
-            epoch: int, error: Diverged | Mismatch, out: Path) -> int:
+            epoch: int, error: Diverged | Mismatch, out: Path, own: dict | None) -> int:
     """A run that cannot go on: say why, write report.json, exit status 1. An exercise not
     written yet is not a mismatch: its error goes on to main, which names it."""
     if isinstance(error, Diverged):
@@ -124,7 +139,12 @@ def stopped(args: argparse.Namespace, device: str, history: report.History, seco
     print(f"MISMATCH ({args.dtype}) in epoch {epoch}, {error}")
     if first["message"] != str(error):
         print(f"diagnosis: {first['message']}")
-    report.write(out, report.stopped(args, device, history, seconds, str(error), first))
+    if own:
+        print(report.alone_sentence(own))
+    if args.manual and not args.keep_going:
+        print("Stopped at the first mismatch: --keep-going trains every epoch, the manual "
+              "learner re-synchronized to torch before every step.")
+    report.write(out, report.stopped(args, device, history, seconds, str(error), first, own))
     return 1
 
 

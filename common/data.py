@@ -14,6 +14,7 @@ import contextlib
 import io
 import math
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +45,15 @@ class Splits:
 
 
 def resolve_root(data_root: str | None = None) -> Path:
-    """The data root: the --data-root flag, else $MNIST_ROOT, else ./data."""
-    return Path(data_root or os.environ.get("MNIST_ROOT") or "data")
+    """The data root: the --data-root flag, else $MNIST_ROOT, else ./data. A path that points
+    inside an MNIST folder (data/MNIST or data/MNIST/raw, where the files are) is taken to
+    mean the folder that holds it (data), unless it holds an MNIST/raw/ of its own."""
+    root = Path(data_root or os.environ.get("MNIST_ROOT") or "data")
+    if (root / "MNIST" / "raw").is_dir():
+        return root
+    if root.name == "raw" and root.parent.name == "MNIST":
+        return root.parent.parent
+    return root.parent if root.name == "MNIST" else root
 
 
 def load_mnist(root: str | Path, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,9 +92,13 @@ def download(root: str | Path) -> None:
     for name in RAW_FILES:
         if (raw / name).is_file():
             check_idx_file(raw / name)
+    new = next((folder for folder in (raw.parent.parent, raw.parent, raw)
+                if not folder.exists()), None)  # the first folder torchvision will create
+    done = False
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints each download try
             MNIST(root, train=True, download=True)
+        done = True
     except (RuntimeError, OSError) as error:
         if not all((raw / name).is_file() for name in RAW_FILES):
             raise DataError(
@@ -100,6 +112,9 @@ def download(root: str | Path) -> None:
             f"corrupt MNIST file in {raw.resolve()}: not an IDX file of the expected type "
             f"(bad magic number or shape{': ' + first_line(error) if str(error) else ''})"
         ) from None
+    finally:
+        if not done and new is not None:  # a failed download leaves no folder it made
+            shutil.rmtree(new, ignore_errors=True)
 
 
 def read_idx(path: Path) -> torch.Tensor:

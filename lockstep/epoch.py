@@ -40,7 +40,7 @@ COMPARED = {"loss": ("loss", Learner.named_loss),
 
 def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
                          independent: bool = False, first_step: int = 1,
-                         diagnose: bool = True) -> dict:
+                         diagnose: bool = True, stop: bool = False) -> dict:
     """One epoch of both learners on the same batches, checking every step.
 
     Before each step, the manual learner takes over torch's parameters, running
@@ -64,6 +64,10 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     diagnose: find where the first mismatch starts ("diagnosis", lockstep.diagnosis; steps are
     numbered from first_step) and, in float32, how far each side's step 1 is from float64
     ("reference"); the detail is computed only once a tensor went over the limit.
+
+    stop: raise Mismatch, with its diagnosis, at the first step where a tensor went over the
+    limit (compare.py --manual), instead of training the epoch to its end. That costs one
+    more host sync a step, for the tensors compared after the update.
     """
     manual_learner, torch_learner = learners
     dtype = learners[0].parameters()[0].dtype
@@ -91,6 +95,8 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
         if exceeds(before, limit):  # the one host sync of the step: NaN and inf count too
             found = over_the_limit(step, learners, x, y, losses[-1], limit, found, diagnose,
                                    independent)
+            if stop and found:
+                raise Mismatch(found)
         if diagnose and step == 1 and dtype == torch.float32:
             reference = float64_errors(learners, x, y)
         gate_flips.append(relu_flips(learners))
@@ -98,11 +104,13 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
             manual_learner.copy_gradients_from(torch_learner)
         for learner in learners:
             learner.step()  # the optimizer's, then the learning-rate schedule's
-        for which in ("param", "buffer", "state"):
+        for which in AFTER:
             stats[which].append(compared(step, *COMPARED[which], learners, found))
+        after = [stats[which][-1] for which in AFTER if stats[which][-1].numel()]
+        if stop and exceeds(torch.cat(after), limit):
+            raise Mismatch(first(stats, learners, limit, first_step, independent))
         progress.update()
-    names = {which: [name for name, _ in named(manual_learner)]
-             for which, (_, named) in COMPARED.items()}
+    names = named_in(manual_learner)
     stats = {which: levels(torch.stack(steps), dtype).cpu() for which, steps in stats.items()}
     if diagnose:  # the update and the running statistics: found from the levels, replayed
         found = diagnosis.first_of_epoch(found, stats, names, learners, limit, first_step,
@@ -110,6 +118,24 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     return {"loss": torch.stack(losses).double().mean(dim=0).tolist(), "names": names,
             "stats": stats, "gate_flips": torch.stack(gate_flips).double().cpu(),
             "diagnosis": found, "reference": reference}
+
+
+AFTER = ("param", "buffer", "state")  # compared after the update
+
+
+def named_in(learner: Learner) -> dict[str, list[str]]:
+    """The names of the tensors compared, by report key (COMPARED)."""
+    return {which: [name for name, _ in named(learner)] for which, (_, named) in COMPARED.items()}
+
+
+def first(stats: dict, learners: list[Learner], limit: float, first_step: int,
+          independent: bool) -> dict:
+    """The diagnosis of a step whose parameters, running statistics or optimizer state went
+    over the limit (the loss and the gradients did not), from the stats so far."""
+    dtype = learners[0].parameters()[0].dtype
+    so_far = {which: levels(torch.stack(steps), dtype).cpu() for which, steps in stats.items()}
+    return diagnosis.first_of_epoch(None, so_far, named_in(learners[0]), learners, limit,
+                                    first_step, independent)
 
 
 def over_the_limit(step: int, learners: list[Learner], x: torch.Tensor, y: torch.Tensor,

@@ -45,14 +45,18 @@ def parse_args(argv: list[str] | None = None,
     """compare.py's flags, checked, with the defaults of --optimizer's options filled in."""
     parser = ArgumentParser(description=description)
     parser.add_argument("--model", choices=("softmax", "mlp"), default="softmax",
-                        help="softmax regression, or an MLP with one hidden layer and ReLU")
+                        help="softmax regression, or an MLP with one hidden layer and ReLU "
+                             "(default %(default)s)")
     parser.add_argument("--hidden", type=int, help="hidden units of --model mlp (default 128)")
     parser.add_argument("--batchnorm", action="store_true",
                         help="--model mlp: BatchNorm1d between the hidden Linear and the ReLU")
-    parser.add_argument("--epochs", type=int, default=5, help="passes over the training set")
-    parser.add_argument("--batch-size", type=int, default=100, help="examples per step")
+    parser.add_argument("--epochs", type=int, default=5,
+                        help="passes over the training set (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=100,
+                        help="examples per step (default %(default)s)")
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd",
-                        help="torch.optim's SGD, Adam or AdamW, each also written by hand")
+                        help="torch.optim's SGD, Adam or AdamW, each also written by hand "
+                             "(default %(default)s)")
     parser.add_argument("--lr", type=finite,
                         help="learning rate (default 0.5 for sgd; 1e-3 for adam and adamw)")
     parser.add_argument("--momentum", type=finite, help="sgd: momentum (default 0)")
@@ -69,27 +73,38 @@ def parse_args(argv: list[str] | None = None,
                         help="sgd, adam: L2 penalty added to the gradient (default 0); adamw: "
                              "decoupled weight decay (default 1e-2)")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                        help="cosine: anneal the lr to 0 over the whole run, step by step")
-    parser.add_argument("--label-smoothing", type=finite, default=0.0, help="in [0, 1)")
+                        help="cosine: anneal the lr to 0 over the whole run, step by step "
+                             "(default %(default)s)")
+    parser.add_argument("--label-smoothing", type=finite, default=0.0,
+                        help="in [0, 1) (default %(default)s)")
     parser.add_argument("--independent", action="store_true",
                         help="never copy torch's state or gradients into the manual learner: "
                              "each follows its own trajectory (an MLP's drift apart in float32)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds parameters, split, batches")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds parameters, split, batches (default %(default)s)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="of the data, the parameters and every computation "
+                             "(default %(default)s)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: cuda where there is one, else cpu (default %(default)s)")
     parser.add_argument("--data-root", help="folder holding MNIST/raw/ "
                         "(default: $MNIST_ROOT, else ./data; downloaded when missing)")
-    parser.add_argument("--subset", type=int, help="train on the first N training images only")
+    parser.add_argument("--subset", type=int,
+                        help="train on the first N training images only (default: all 55,000)")
     parser.add_argument("--standardize", action="store_true",
                         help="scale pixels to mean 0, std 1 (0.1307, 0.3081)")
     parser.add_argument("--manual", type=Path, metavar="DIR",
-                        help="train DIR, an exercise folder written by python -m "
-                             "practice, as the manual implementation")
+                        help="train DIR, an exercise folder written by python -m practice, as "
+                             "the manual implementation, and stop at the first step it "
+                             "differs (default: manual/)")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/<timestamp>)")
     parser.add_argument("--no-plots", action="store_true", help="write report.json only")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="--manual: train every epoch after a mismatch too, as manual/ does")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (there is none when stderr is not a terminal)")
     args = parser.parse_args(argv)
-    problem = misplaced_flag(args) or usage_problem(with_defaults(args))
+    problem = misplaced_flag(args) or usage_problem(with_defaults(args)) or dtype_problem(args)
     if problem:
         parser.error(problem)
     if args.model == "mlp" and args.hidden is None:
@@ -149,10 +164,34 @@ def usage_problem(args: argparse.Namespace) -> str | None:
         return f"--label-smoothing must be in [0, 1), got {args.label_smoothing}"
     if not 0 <= args.seed < 2**32:
         return f"--seed must be in [0, {2**32 - 1}], got {args.seed}"
+    if args.keep_going and args.manual is None:
+        return "--keep-going applies to --manual only (manual/ always trains every epoch)"
     if args.subset is not None and args.subset < 1:
         return f"--subset must be positive, got {args.subset}"
     if args.device == "cuda" and not torch.cuda.is_available():
         return "--device cuda: no CUDA device is available (try --device cpu)"
+    return None
+
+
+# The flags that take a real number; each must be one that --dtype can hold.
+REAL_FLAGS = ("lr", "momentum", "dampening", "weight_decay", "eps", "betas", "label_smoothing")
+
+
+def dtype_problem(args: argparse.Namespace) -> str | None:
+    """A real-number flag whose value --dtype cannot hold (its defaults filled in), or None:
+    --lr 1e40 is inf in float32, and --eps 1e-50 is 0."""
+    dtype = getattr(torch, args.dtype)
+    for flag in REAL_FLAGS:
+        values = getattr(args, flag)
+        for value in values if isinstance(values, tuple) else [values]:
+            if value is None:
+                continue
+            held = torch.tensor(value, dtype=torch.float64).to(dtype).item()
+            if math.isinf(held):
+                return (f"--{flag.replace('_', '-')} {value:g} is too large for {args.dtype}, "
+                        f"whose largest number is {torch.finfo(dtype).max:.1e}")
+            if held == 0 and value != 0:
+                return f"--{flag.replace('_', '-')} {value:g} rounds to 0 in {args.dtype}"
     return None
 
 

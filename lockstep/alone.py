@@ -1,0 +1,51 @@
+"""What the manual code reaches on its own, for a run that found a mismatch.
+
+The lock step copies torch's parameters, running statistics and optimizer state into the
+manual learner before every step, and torch's gradients before every update. So once the
+two differ, the manual learner's accuracy is torch's, whatever its own gradients say. Here
+both learners start afresh from the same parameters and train on the same first batches of
+epoch 1, each on its own gradients (as --independent), and their validation accuracies are
+held side by side: a one-hot in the wrong column trains to 1 %, not to torch's 90 %.
+"""
+
+import argparse
+import itertools
+from types import ModuleType
+
+import torch
+
+from common.data import Splits, batches
+from lockstep.learner import make_learners
+
+MOST_STEPS = 1000  # of epoch 1: a few seconds at most
+
+
+def on_its_own(args: argparse.Namespace, data: Splits, device: str, dtype: torch.dtype,
+               steps_per_epoch: int, package: ModuleType | None) -> dict | None:
+    """{"steps": S, "manual": {...}, "torch": {...}} after S = min(steps_per_epoch,
+    MOST_STEPS) steps of each learner on its own: {"val_accuracy": a}, or {"diverged_at":
+    step} where the loss became NaN or infinite. None when the manual code cannot even take
+    a step on its own (its error was reported already)."""
+    learners = make_learners(args, device, dtype, steps_per_epoch, package)
+    steps = min(steps_per_epoch, MOST_STEPS)
+    result = {"steps": steps}
+    for name, learner in zip(("manual", "torch"), learners, strict=True):
+        epoch = itertools.islice(batches(data.train_x, data.train_y, args.batch_size,
+                                         args.seed, 1), steps)
+        try:
+            losses = torch.stack([train_step(learner, x, y) for x, y in epoch])
+            accuracy = learner.accuracy(data.val_x, data.val_y)
+        except Exception:  # the learner's code: the lock step said what failed
+            return None
+        finite = torch.isfinite(losses)
+        result[name] = ({"val_accuracy": accuracy} if finite.all() else
+                        {"diverged_at": int((~finite).nonzero()[0]) + 1})
+    return result
+
+
+def train_step(learner, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One step of one learner on its own gradients; its loss (on the device, no sync)."""
+    loss = learner.gradients(x, y).detach()
+    learner.step()
+    return loss
+
