@@ -15,6 +15,7 @@ The kinds, tried in this order, for manual's tensor a against torch's b:
                 same step (limits.rounding_only), or a ReLU
                 input within rounding of 0 let the gradient through on one side only
     scale       a = k b for one constant k (k = N, the batch size; 1/N; -1, the sign)
+    shifted     dLoss/dlogits differs at the target's column and at one other in every row
     partial     only some rows, columns or entries differ
     other
 A diagnosis is {"step", "tensor", "kind", "factor", "message"}; factor is k for scale.
@@ -29,19 +30,10 @@ epoch. The rest of the tutor, by what it does:
 import torch
 
 from lockstep.checks import REL
-from lockstep.kinds import agrees, classify, distance, make, tensor_key
+from lockstep.kinds import agrees, axes_of, classify, distance, make, tensor_key
 from lockstep.learner import Learner
 from lockstep.reference import float64_references, rounding_sentence
 from lockstep.replay import of_update
-
-
-def axes_of(name: str) -> tuple[str, str]:
-    """What the rows and columns of a compared gradient are, for partial_sentence."""
-    if name == "logits":
-        return "example (row)", "class (column)"
-    if name.startswith("hidden."):
-        return "example (row)", "unit (column)"
-    return "row", "column"
 
 
 @torch.no_grad()
@@ -64,7 +56,8 @@ def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.T
         return rounding_sentence(learners, name, index, a, b, references, limit, independent)
 
     kind, factor, sentence = classify(a, b, limit, len(x), axes_of(name),
-                                      rounding if a.dtype == torch.float32 else None)
+                                      rounding if a.dtype == torch.float32 else None,
+                                      targets=y if name == "logits" else None)
     return make(step, tensor_key("loss" if index == 0 else "grad", name), kind, sentence, factor)
 
 

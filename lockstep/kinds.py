@@ -5,6 +5,8 @@ Tried in this order (rounding, which needs a float64 twin of the step, is lockst
     non-finite  NaN or inf on one side only
     rounding    (lockstep.reference)
     scale       a = k b for one constant k (k = N, the batch size; 1/N; -1, the sign)
+    shifted     dLoss/dlogits differs in every row at the target's column y and at one other,
+                y + k: the target distribution's 1 sits in the wrong column
     partial     only some rows, columns or entries differ
     other
 A diagnosis is {"step", "tensor", "kind", "factor", "message"}; factor is k for scale.
@@ -14,7 +16,7 @@ import torch
 
 from lockstep.checks import agreement, shape_of
 
-KINDS = ("shape", "scale", "non-finite", "partial", "rounding", "other")
+KINDS = ("shape", "scale", "non-finite", "shifted", "partial", "rounding", "other")
 SCALE_FIT = 1e-3  # a = k b: every entry within this fraction of the largest
 
 
@@ -22,7 +24,30 @@ def make(step: int, tensor: str, kind: str, sentence: str, factor: float | None 
     """A diagnosis: the step, the tensor, the kind, the factor (scale only), and the
     message a learner reads."""
     return {"step": step, "tensor": tensor, "kind": kind, "factor": factor,
-            "message": f"step {step}, {label(tensor)} differs first ({kind}): {sentence}"}
+            "message": f"step {step}, {told(tensor, kind, sentence, 'differs first')}"}
+
+
+def told(tensor: str, kind: str, sentence: str, differs: str = "differs") -> str:
+    """The tutor's words for one tensor, as compare.py's diagnosis and the grader give them:
+    "bias.grad differs (scale): manual's is 1/100 of torch's, ..."."""
+    return f"{label(tensor)} {differs} ({kind}): {sentence}"
+
+
+def explain(tensor: str, a: torch.Tensor | None, b: torch.Tensor | None, limit: float,
+            batch_size: int = 0, targets: torch.Tensor | None = None) -> str:
+    """told() for manual's a against torch's b, which differ by more than `limit`: the
+    grader's (python -m pytest --manual) sentence for a check that failed."""
+    kind, _, sentence = classify(a, b, limit, batch_size, axes_of(tensor), targets=targets)
+    return told(tensor, kind, sentence)
+
+
+def axes_of(name: str) -> tuple[str, str]:
+    """What the rows and columns of a compared gradient are, for partial_sentence."""
+    if name.startswith("logits"):
+        return "example (row)", "class (column)"
+    if name.startswith("hidden."):
+        return "example (row)", "unit (column)"
+    return "row", "column"
 
 
 def tensor_key(group: str, name: str) -> str:
@@ -42,11 +67,12 @@ def label(tensor: str) -> str:
 
 @torch.no_grad()
 def classify(a: torch.Tensor | None, b: torch.Tensor | None, limit: float, batch_size: int,
-             axes: tuple[str, str] = ("row", "column"),
-             rounding=None) -> tuple[str, float | None, str]:
+             axes: tuple[str, str] = ("row", "column"), rounding=None,
+             targets: torch.Tensor | None = None) -> tuple[str, float | None, str]:
     """(kind, factor, sentence) for manual's a against torch's b, which differ by more than
     `limit` (max|a - b| / max|b|). rounding: None, or a function of no arguments that returns
-    the rounding sentence when the difference is float32 rounding, else None."""
+    the rounding sentence when the difference is float32 rounding, else None. targets: (N,),
+    the classes, where a and b are dLoss/dlogits (N, C): for the shifted one-hot."""
     if a is None or b is None or a.shape != b.shape:
         return "shape", None, shape_sentence(a, b, limit)
     a, b = a.double(), b.double()
@@ -68,12 +94,36 @@ def classify(a: torch.Tensor | None, b: torch.Tensor | None, limit: float, batch
     if factor is not None:
         return "scale", *scale_sentence(factor, batch_size)
     differ = (a - b).abs() > limit * b.abs().amax()
+    shift = None if targets is None else shifted_by(differ, targets)
+    if shift:
+        return "shifted", None, shifted_sentence(shift, a.shape[-1])
     active = (a != 0) | (b != 0)  # entries that are 0 on both sides prove nothing
     sentence = partial_sentence(differ, active, axes)
     if sentence:
         return "partial", None, sentence
     return "other", None, ("no simple pattern: not a transpose, not a constant factor, not a "
                            f"few entries; max|manual - torch| / max|torch| = {distance(a, b):.1e}.")
+
+
+def shifted_by(differ: torch.Tensor, targets: torch.Tensor) -> int | None:
+    """k when every row n of differ (N, C) is True at exactly two columns, the target's y_n
+    and (y_n + k) mod C, with one k != 0 for every row; else None."""
+    if differ.dim() != 2 or targets.shape != differ.shape[:1] or differ.shape[1] < 2:
+        return None
+    rows = torch.arange(len(differ), device=differ.device)
+    if not (differ.sum(dim=1) == 2).all() or not differ[rows, targets].all():
+        return None
+    others = differ.clone()
+    others[rows, targets] = False
+    shifts = (others.int().argmax(dim=1) - targets) % differ.shape[1]
+    return int(shifts[0]) if (shifts == shifts[0]).all() else None
+
+
+def shifted_sentence(k: int, num_classes: int) -> str:
+    column = f"y + {k}" if k <= num_classes // 2 else f"y - {num_classes - k}"
+    return (f"in every row the difference sits at the target's column y and at column "
+            f"{column}: the one-hot is shifted (the target distribution's 1 at column "
+            f"{column}, not y?).")
 
 
 def constant_factor(a: torch.Tensor, b: torch.Tensor, limit: float) -> float | None:
@@ -119,6 +169,16 @@ def shape_sentence(a: torch.Tensor | None, b: torch.Tensor | None, limit: float)
         return (f"{start}, and manual's reshaped to {shape_of(b)} equals torch's: a stray "
                 "dimension (keepdim=True?).")
     return f"{start}; neither manual's transposed nor a reshape of it equals torch's."
+
+
+def shapes_sentence(manual_shape: tuple, torch_shape: tuple) -> str:
+    """shape_sentence from the two shapes alone, for a .grad that torch refused to take
+    (RuntimeError: attempting to assign a gradient of size ...), whose values are not known."""
+    start = f"manual's is {tuple(manual_shape)}, torch's {tuple(torch_shape)}"
+    if len(manual_shape) == 2 and tuple(manual_shape[::-1]) == tuple(torch_shape):
+        return (f"{start}, the shape of its transpose: the product is taken in the wrong "
+                "order (x^T g where g^T x belongs?).")
+    return f"{start}."
 
 
 def agrees(a: torch.Tensor, b: torch.Tensor, limit: float) -> bool:

@@ -14,6 +14,8 @@ no failing example is kept for the next run (no database): each run grades the f
 in seconds, whatever the runs before it found.
 """
 
+import linecache
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from pathlib import Path
 import hypothesis
 import pytest
 
+from lockstep.kinds import shapes_sentence, told
 from lockstep.tracebacks import place
 from practice import exercises, loader
 
@@ -72,6 +75,7 @@ class Check:
     called: set[str]
     outcome: str  # passed, failed or skipped
     message: str = ""
+    told: bool = False  # the message is the tutor's: how the learner's tensor differs
 
 
 class Grading:
@@ -112,7 +116,9 @@ class Grading:
                                f"Skipped: {loader.explained(error, self.folder)}")
             self.not_written.setdefault(stub, where.at)
         elif report.outcome == "failed":
-            check.message = loader.explained(error, self.folder) or first_lines(error)
+            tutor = getattr(error, "told", None) or refused_gradient(error, self.folder)
+            check.message = tutor or loader.explained(error, self.folder) or first_lines(error)
+            check.told = tutor is not None
         self.checks.append(check)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
@@ -180,12 +186,31 @@ def ordered(names: set[str]) -> list[str]:
 
 def failure_lines(checks: list[Check]) -> list[str]:
     """An indented line for the first failure of each of the first SHOWN_FAILURES tests
-    (parametrizations aside)."""
+    (parametrizations aside); first those the tutor could tell how the tensor differs."""
     first = {}
-    for check in checks:
+    for check in sorted(checks, key=lambda check: not check.told):
         first.setdefault(check.test.split("[")[0], check)
     return [f"       {check.test.removeprefix('tests/')}: {check.message}"
             for check in list(first.values())[:SHOWN_FAILURES]]
+
+
+ASSIGNED = re.compile(r"attempting to assign a gradient of size '\[([\d, ]*)\]' to a tensor of "
+                      r"size '\[([\d, ]*)\]'")
+
+
+def refused_gradient(error: BaseException | None, folder: Path) -> str | None:
+    """The tutor's sentence for a .grad of the wrong shape, which torch refused to take
+    (RuntimeError: attempting to assign a gradient of size ...), named from the learner's
+    line that assigned it ("self.weight.grad = ..."); None for any other error."""
+    found = ASSIGNED.search(str(error)) if isinstance(error, RuntimeError) else None
+    where = found and place(error, folder)
+    if not where:
+        return None
+    assigned = re.search(r"([\w.]+)\.grad\s*=", linecache.getline(where.file, where.line))
+    name = f"{assigned.group(1).removeprefix('self.')}.grad" if assigned else ".grad"
+    shapes = [tuple(int(size) for size in sizes.split(",") if size.strip())
+              for sizes in found.groups()]
+    return f"{where.at}: {told(name, 'shape', shapes_sentence(*shapes))}"
 
 
 def deciding(error: BaseException) -> BaseException:

@@ -11,7 +11,10 @@ from collections.abc import Iterator
 import torch
 
 import manual.functional as F
-from lockstep.checks import Agreement, agreement, assert_agrees
+from lockstep import checks
+from lockstep.checks import Agreement, agreement
+from lockstep.kinds import explain
+from lockstep.limits import MAX_GRAD_REL_DIFF
 from manual.layers import BatchNorm1d, Linear, ReLU
 from manual.model import SoftmaxRegression
 from manual.optim import Adam, AdamW
@@ -107,22 +110,51 @@ class ManualLinear(torch.autograd.Function):
         return grad_x, ctx.model.weight.grad, ctx.model.bias.grad
 
 
-def assert_matches_torch(name: str, actual: torch.Tensor, expected: torch.Tensor) -> None:
+class Differs(AssertionError):
+    """The hand-written tensor is not torch's: the agreement, then the tutor's sentence
+    (lockstep.kinds.explain), which the grader's summary shows (.told)."""
+
+    def __init__(self, message: str, told: str):
+        super().__init__(f"{message}\n{told}")
+        self.told = told
+
+
+def assert_matches_torch(name: str, actual: torch.Tensor, expected: torch.Tensor,
+                         batch_size: int = 0, targets: torch.Tensor | None = None) -> None:
     """The hand-written `actual` against torch's `expected`, with the agreement printed.
 
     float32: within torch.testing.assert_close's default tolerances (the two may
     round in a different order, an honest "close"). float64: at most 1e-12 relative
-    difference (lockstep.checks.assert_agrees), i.e. nothing but rounding differs.
+    difference (assert_agrees), i.e. nothing but rounding differs. A failure says, as
+    compare.py's tutor does, how they differ: batch_size (N) names a factor of N or 1/N,
+    targets (N,) a shifted one-hot in dLoss/dlogits.
     """
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype, (
-        f"{name}: {actual.dtype}{list(actual.shape)} vs {expected.dtype}{list(expected.shape)}")
+    if actual is None or actual.shape != expected.shape:
+        raise Differs(f"{name}: shape {checks.shape_of(actual)} against "
+                      f"{checks.shape_of(expected)}", explain(name, actual, expected, 1e-4))
+    assert actual.dtype == expected.dtype, f"{name}: {actual.dtype} vs {expected.dtype}"
     if expected.dtype == torch.float64:
-        assert_agrees(name, actual, expected, FLOAT64_MAX_REL_DIFF)
-    else:
-        result = agreement(name, actual, expected)
-        print(result)
-        torch.testing.assert_close(actual, expected, msg=lambda message: (
-            f"{result}: not within assert_close's default tolerances"))
+        assert_agrees(name, actual, expected, FLOAT64_MAX_REL_DIFF, batch_size, targets)
+        return
+    result = agreement(name, actual, expected)
+    print(result)
+    try:
+        torch.testing.assert_close(actual, expected)
+    except AssertionError:
+        raise Differs(f"{result}: not within assert_close's default tolerances",
+                      explain(name, actual, expected, MAX_GRAD_REL_DIFF["float32"],
+                              batch_size, targets)) from None
+
+
+def assert_agrees(name: str, actual: torch.Tensor, expected: torch.Tensor, max_rel_diff: float,
+                  batch_size: int = 0, targets: torch.Tensor | None = None) -> Agreement:
+    """lockstep.checks.assert_agrees against torch's `expected`; a failure says how the two
+    differ, as assert_matches_torch's does."""
+    try:
+        return checks.assert_agrees(name, actual, expected, max_rel_diff)
+    except AssertionError as error:
+        raise Differs(str(error), explain(name, actual, expected, max_rel_diff, batch_size,
+                                          targets)) from None
 
 
 def assert_close_to_torch(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -150,11 +182,16 @@ class WorstAgreement:
         self.worst: dict[str, tuple[int, Agreement]] = {}
         self.steps: dict[str, int] = {}
 
-    def check(self, name: str, step: int, actual: torch.Tensor, expected: torch.Tensor) -> None:
-        assert actual.shape == expected.shape and actual.dtype == expected.dtype, name
+    def check(self, name: str, step: int, actual: torch.Tensor, expected: torch.Tensor,
+              batch_size: int = 0, targets: torch.Tensor | None = None) -> None:
+        """batch_size and targets: for the tutor's sentence, as assert_matches_torch's."""
+        if actual is None or actual.shape != expected.shape:
+            assert_matches_torch(f"{name} at step {step}", actual, expected)  # raises Differs
+        assert actual.dtype == expected.dtype, name
         result = agreement(name, actual, expected)
         if not result.max_rel_diff <= self.max_rel_diff:
-            assert_agrees(f"{name} at step {step}", actual, expected, self.max_rel_diff)
+            assert_agrees(f"{name} at step {step}", actual, expected, self.max_rel_diff,
+                          batch_size, targets)
         self.steps[name] = self.steps.get(name, 0) + 1
         if name not in self.worst or result.max_rel_diff > self.worst[name][1].max_rel_diff:
             self.worst[name] = (step, result)

@@ -103,7 +103,7 @@ def test_a_loss_that_is_nan_on_one_side_only_is_a_mismatch_not_a_divergence(
     monkeypatch.setattr(manual.functional, "cross_entropy", cross_entropy)
     status, out, err, report = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots")
     assert status == 1 and "diverged" not in err and report["diverged"] is False
-    assert out.splitlines()[-1] == (
+    assert out.splitlines()[1] == (
         "MISMATCH (float32) in epoch 1, step 3, loss differs first (non-finite): manual's is "
         "NaN where the other side's is finite.")
     assert (report["diagnosis"]["step"], report["diagnosis"]["tensor"]) == (3, "loss")

@@ -15,7 +15,7 @@ import manual
 from practice import exercises
 from practice.exercises import NAMES
 from tests.test_compare import MLP, QUICK, run
-from tests.test_exercises import seed_bias_gradient_as_mean, solve
+from tests.test_exercises import SEEDED, seed, solve
 
 
 def folder(tmp_path, left: list[str], change=None):
@@ -68,17 +68,60 @@ def test_a_folder_with_every_exercise_written_matches(capsys, mnist_root, tmp_pa
     assert status == 0 and "\nMATCH (float32)" in out
 
 
-def test_a_seeded_bug_is_diagnosed_by_the_tutor(capsys, mnist_root, tmp_path):
-    """The bias gradient as a mean: MISMATCH, and the diagnosis names bias.grad, a scale 1/N."""
-    path = folder(tmp_path, [], seed_bias_gradient_as_mean)
+# The tensor compare.py's tutor names first for each seeded mistake (the words: SEEDED).
+FIRST = {"one-hot-shifted": "dLoss/dlogits (logits.grad)", "bias-gradient-as-mean": "bias.grad",
+         "sign-flipped": "dLoss/dlogits (logits.grad)", "weight-gradient-transposed": "weight.grad"}
+
+
+@pytest.mark.parametrize("case", SEEDED)
+def test_a_seeded_mistake_stops_the_run_at_step_1_with_the_tutors_words(capsys, mnist_root,
+                                                                        tmp_path, case):
+    """Each seeded mistake: MISMATCH at step 1 with the grader's words (SEEDED), exit 1, no
+    accuracy of the lock step shown, and (where the code can train at all) what it reaches
+    on its own next to torch."""
+    path = folder(tmp_path, [], seed(case))
     status, out, _, report = run_manual(capsys, mnist_root, tmp_path, path)
-    assert status == 1 and "MISMATCH" in out
+    _, _, _, _, kind, words = SEEDED[case]
+    assert status == 1 and "test accuracy" not in out and report["manual"]["test_accuracy"] is None
     found = report["diagnosis"]
-    assert (found["step"], found["tensor"], found["kind"], found["factor"]) == (
-        1, "bias.grad", "scale", 0.01)
-    assert f"diagnosis: {found['message']}" in out
+    assert (found["step"], found["kind"]) == (1, kind)
+    assert re.search(rf"^MISMATCH \(float32\) in epoch 1, step 1, {re.escape(FIRST[case])} "
+                     rf"differs first \({kind}\): {words}", out, re.MULTILINE), out
+    assert out.rstrip().endswith("Stopped at the first mismatch: --keep-going trains every "
+                                 "epoch, the manual learner re-synchronized to torch before "
+                                 "every step.")
+    own = report["on_its_own"]
+    if case == "weight-gradient-transposed":  # torch refuses the .grad: no step on its own
+        assert own is None and "On its own" not in out
+        return
+    assert own["steps"] == 20 and re.search(
+        r"^On its own, each learner trained afresh on its own gradients \(as --independent\) "
+        r"for the first 20 steps of epoch 1: validation accuracy manual .+, torch \d+\.\d+%\.$",
+        out, re.MULTILINE)
+    if case == "one-hot-shifted":  # it learns to predict y + 1
+        assert own["manual"]["val_accuracy"] < 0.05 < 0.5 < own["torch"]["val_accuracy"]
     assert sys.modules["manual"] is manual  # the real manual/ is back, untouched
     assert Path(manual.layers.__file__).parent == exercises.MANUAL
+
+
+def test_keep_going_trains_on_and_says_the_accuracy_is_torchs(capsys, mnist_root, tmp_path):
+    """--keep-going: every epoch, and a final table whose manual column shows no accuracy of
+    its own, says why, and gives what the code reaches on its own. The twin: a matching
+    folder's table shows both accuracies."""
+    path = folder(tmp_path, [], seed("bias-gradient-as-mean"))
+    status, out, _, report = run_manual(capsys, mnist_root, tmp_path, path, "--keep-going")
+    assert status == 1 and report["resynchronized"] is True
+    lines = out.splitlines()
+    table = lines.index(f"{'':16}{'manual':>10}{'torch':>10}")
+    torch_accuracy = f"{report['torch']['test_accuracy']:.2%}"
+    assert lines[table + 1] == f"{'test accuracy':16}{'-':>10}{torch_accuracy:>10}"
+    assert lines[table + 2].startswith("manual: not its own result. A mismatch was found, and "
+                                       "the lock step re-synchronized the manual learner")
+    assert lines[table + 3].startswith("On its own, each learner trained afresh")
+    assert "(manual: re-synchronized to torch)" in lines[table - 1]  # the epoch's line
+    status, out, _, report = run_manual(capsys, mnist_root, tmp_path, folder(tmp_path / "ok", []))
+    assert status == 0 and report["resynchronized"] is False and "On its own" not in out
+    assert re.search(r"^test accuracy +\d+\.\d+% +\d+\.\d+%$", out, re.MULTILINE)
 
 
 def test_an_error_in_the_learners_update_gets_one_line_that_says_where(capsys, mnist_root,
@@ -111,7 +154,7 @@ def test_an_sgd_that_keeps_no_momentum_buffer_is_told_which_it_lacks(capsys, mni
                                             "            param.add_(grad, alpha=-self.lr)\n")
     status, out, _, _ = run_manual(capsys, mnist_root, tmp_path, path, "--momentum", "0.9")
     assert status == 1
-    assert out.splitlines()[-1] == (
+    assert out.splitlines()[1] == (
         "MISMATCH (float32) in epoch 1, step 1, optimizer state differs first (shape): manual's "
         "optimizer state holds 0 tensors (none) where the other has 2 "
         "(linear.weight.momentum_buffer, linear.bias.momentum_buffer).")

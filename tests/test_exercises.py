@@ -50,13 +50,54 @@ def solve(folder: Path, name: str, body: str) -> None:
     file.write_text(file.read_text().replace(stub, body))
 
 
-def seed_bias_gradient_as_mean(folder: Path) -> None:
-    """Linear.backward's bias gradient as a mean over the batch, not a sum."""
-    layers = folder / "layers.py"
-    source = layers.read_text()
-    assert source.count("self.bias.grad = grad_output.sum(dim=0)") == 2  # Linear's is first
-    layers.write_text(source.replace("self.bias.grad = grad_output.sum(dim=0)",
-                                     "self.bias.grad = grad_output.mean(dim=0)", 1))
+RIGHT_GRAD = "grad = softmax(logits) - target_distribution(logits, targets, label_smoothing)"
+# The mistakes every learner makes, each seeded into a folder with every exercise written:
+# the file, manual/'s line, the learner's line in its place, the exercise it belongs to, and
+# what the tutor says, in compare.py and in the grader alike: the kind, then its words.
+SEEDED = {
+    "one-hot-shifted": (
+        "functional.py", RIGHT_GRAD,
+        "grad = softmax(logits) - target_distribution(logits, (targets + 1) % logits.shape[-1], "
+        "label_smoothing)", "cross_entropy_grad", "shifted",
+        r"in every row the difference sits at the target's column y and at column y \+ 1: the "
+        r"one-hot is shifted"),
+    "bias-gradient-as-mean": (
+        "layers.py", "self.bias.grad = grad_output.sum(dim=0)",
+        "self.bias.grad = grad_output.mean(dim=0)", "Linear.backward", "scale",
+        r"manual's is 1/(\d+) of torch's, 1/N for the batch size N = \1: did you divide by the "
+        r"batch size where torch sums"),
+    "sign-flipped": (
+        "functional.py", RIGHT_GRAD,
+        "grad = target_distribution(logits, targets, label_smoothing) - softmax(logits)",
+        "cross_entropy_grad", "scale", r"manual's is -1 x torch's: the sign is flipped\."),
+    "weight-gradient-transposed": (
+        "layers.py", "self.weight.grad = grad_output.T @ self.input",
+        "self.weight.grad = self.input.T @ grad_output", "Linear.backward", "shape",
+        r"manual's is \((\d+), (\d+)\), torch's \(\2, \1\), .*the product is taken in the wrong "
+        r"order \(x\^T g where g\^T x belongs\?\)\."),
+}
+
+
+def seed(case: str):
+    """The function that writes mistake SEEDED[case] into a folder: manual/'s line (the first
+    of them, Linear's in layers.py) replaced by the learner's."""
+    file, right, wrong = SEEDED[case][:3]
+
+    def write(folder: Path) -> None:
+        path = folder / file
+        assert right in path.read_text(), case
+        path.write_text(path.read_text().replace(right, wrong, 1))
+    return write
+
+
+# cross_entropy_grad as a learner writes it, refusing 'none' in words of their own
+OWN_REFUSAL = """\
+    check_arguments(reduction, label_smoothing)
+    if reduction == "none":
+        raise ValueError("no single gradient for a vector of losses")
+    grad = softmax(logits) - target_distribution(logits, targets, label_smoothing)
+    return grad / len(logits) if reduction == "mean" else grad
+"""
 
 
 def write_softmax_and_cross_entropy(folder: Path) -> None:
@@ -76,13 +117,21 @@ FOLDERS = {
     "softmax-and-cross-entropy": (NAMES, write_softmax_and_cross_entropy),
     "softmax-regression-done": (NAMES[6:], lambda folder: None),
     "all-done": ([], lambda folder: None),
-    "bias-gradient-as-mean": ([], seed_bias_gradient_as_mean),
+    **{case: ([], seed(case)) for case in SEEDED},
+    "own-refusal": (["cross_entropy_grad"], lambda folder: solve(
+        folder, "cross_entropy_grad", OWN_REFUSAL)),
     "softmax-raises": (NAMES, write_a_softmax_that_raises),
     "syntax-error": (NAMES, lambda folder: (folder / "functional.py").write_text("def f(:\n")),
     "missing": None,
 }
 # Where the grading also prints hypothesis's statistics: which phases each property check ran.
 SHOWN_STATISTICS = {"softmax-raises": ["--hypothesis-show-statistics"]}
+# Where only some checks run (all of them take seconds): the test files, or -k, by case.
+FUNCTIONAL = str(ROOT / "tests" / "test_functional.py")
+NARROW = {"one-hot-shifted": [FUNCTIONAL, "-k", "cross_entropy_grad"],
+          "sign-flipped": [FUNCTIONAL, "-k", "cross_entropy_grad"],
+          "weight-gradient-transposed": [str(ROOT / "tests" / "test_model.py")],
+          "own-refusal": [FUNCTIONAL, "-k", "cross_entropy_grad"]}
 
 
 class Graded(dict):
@@ -103,7 +152,8 @@ class Graded(dict):
                 exercises.write(folders[name], names=how[0])
                 how[1](folders[name])
         runs = [(ROOT, dict(os.environ), [f"--manual={folder}", "-p", "no:cacheprovider",
-                                          *SHOWN_STATISTICS.get(name, [])])
+                                          *SHOWN_STATISTICS.get(name, []),
+                                          *NARROW.get(name, [])])
                 for name, folder in folders.items()]
         for name, (status, output) in zip(folders, pytest_in_turn(runs), strict=True):
             rows = dict(re.findall(r"^ ?\d\. (\S+) +(.*)$", output, re.MULTILINE))
@@ -326,18 +376,61 @@ def test_what_is_written_passes_and_the_rest_is_not_written_yet(graded, case, wr
     assert ("All 9 exercises pass their checks." in output) == (written == NAMES)
 
 
-def test_a_seeded_bug_fails_exactly_its_functions_checks_and_names_the_tensor(graded):
-    """Linear.backward with the bias gradient as a mean: its own checks fail, naming bias.grad;
-    every other failing check uses it; every other exercise passes its own."""
+def test_a_seeded_bug_fails_exactly_its_functions_checks(graded):
+    """Linear.backward with the bias gradient as a mean, graded by every check: its own checks
+    fail; every other failing check uses it; every other exercise passes its own."""
     status, output, rows = graded["bias-gradient-as-mean"]
     assert status == 1
     assert re.fullmatch(r"FAILS \d+ of its \d+ checks, for example:", rows["Linear.backward"])
-    examples = output.split(" 5. Linear.backward", 1)[1].split("\n 6. ")[0]
-    assert "bias.grad" in examples and "Traceback" not in output
+    assert "Traceback" not in output
     for name in NAMES:
         assert name == "Linear.backward" or re.fullmatch(
             r"ok: its \d+ checks pass|\d+ checks pass; \d+ fail because they use "
             r"Linear.backward, which fails checks of its own", rows[name]), (name, rows[name])
+
+
+def says_what_the_tutor_says(case: str, line: str) -> bool:
+    """Whether line gives the tutor's kind and words for mistake SEEDED[case]."""
+    _, _, _, _, kind, words = SEEDED[case]
+    return re.search(rf" differs \({kind}\): {words}", line) is not None
+
+
+def examples(output: str, exercise: str) -> list[str]:
+    """The failures the summary shows under exercise's row: "test::id: message"."""
+    number = NAMES.index(exercise) + 1
+    below = output.split(f"\n{number:2}. {exercise}", 1)[1].split(f"\n{number + 1:2}. ")[0]
+    return [line.strip() for line in below.splitlines()[1:] if line.startswith("       ")]
+
+
+@pytest.mark.parametrize("case", SEEDED)
+def test_the_graders_summary_says_what_the_tutor_says(graded, case):
+    """Each seeded mistake: the first failure shown under its exercise is the tutor's sentence,
+    in compare.py's words (test_compare_exercises.py holds compare.py to the same table)."""
+    exercise = SEEDED[case][3]
+    status, output, rows = graded[case]
+    assert status == 1 and rows[exercise].startswith("FAILS"), output[-3000:]
+    first = examples(output, exercise)[0]
+    assert says_what_the_tutor_says(case, first), first
+
+
+def test_a_summary_without_the_tutor_fails_that_check(graded):
+    """The twin: the same check fails on a summary line with the numbers only (as the grader
+    printed before it knew the tutor's words)."""
+    line = ("test_model.py::test_backward_matches_autograd[N4-D1-C2-float32]: bias.grad: "
+            "DIFFERENT, max abs diff 9.39e-01, max rel diff 7.50e-01: not within assert_close's "
+            "default tolerances")
+    assert not says_what_the_tutor_says("bias-gradient-as-mean", line)
+    assert says_what_the_tutor_says("bias-gradient-as-mean", line.split(": ")[0] + (
+        ": bias.grad differs (scale): manual's is 1/4 of torch's, 1/N for the batch size N = 4: "
+        "did you divide by the batch size where torch sums (a mean instead of a sum)?"))
+
+
+def test_a_refusal_in_the_learners_own_words_passes(graded):
+    """cross_entropy_grad refusing reduction='none' with a ValueError of its own message: its
+    checks pass (the hint asks for the refusal, not for torch's or manual/'s words)."""
+    status, output, rows = graded["own-refusal"]
+    assert status == 0, output[-3000:]
+    assert re.fullmatch(r"ok: its \d+ checks pass", rows["cross_entropy_grad"])
 
 
 def test_an_error_in_the_learners_code_is_a_failure_that_says_where(graded):

@@ -181,9 +181,11 @@ def check_layer_against_autograd(manual, reference: torch.nn.Module, x: torch.Te
     assert [name for name, _ in manual.named_parameters()] == [name for name, _ in theirs]
     for call in ("first", "second"):
         grad_x = manual.backward(grad_output)
-        assert_matches_torch(f"dLoss/dx ({call} backward)", grad_x, x_autograd.grad)
+        assert_matches_torch(f"dLoss/dx ({call} backward)", grad_x, x_autograd.grad,
+                             batch_size=len(x))
         for (name, param), (_, twin) in zip(manual.named_parameters(), theirs, strict=True):
-            assert_matches_torch(f"{name}.grad ({call} backward)", param.grad, twin.grad)
+            assert_matches_torch(f"{name}.grad ({call} backward)", param.grad, twin.grad,
+                                 batch_size=len(x))
 
 
 def check_layer_against_central_differences(layer, x: torch.Tensor,
@@ -356,12 +358,13 @@ def check_mlp_against_autograd(manual: MLP, reference: torch_impl.model.MLP, x: 
         assert_matches_torch(f"hidden_outputs[{i}]", ours, theirs.detach())
     assert_buffers_match(manual, reference, " after forward")
     grad_x = manual.backward(grad_logits)
-    assert_matches_torch("dLoss/dx", grad_x, x_autograd.grad)
+    assert_matches_torch("dLoss/dx", grad_x, x_autograd.grad, batch_size=len(x))
     for i, (ours, theirs) in enumerate(hidden):
-        assert_matches_torch(f"hidden_outputs[{i}].grad", ours.grad, theirs.grad)
+        assert_matches_torch(f"hidden_outputs[{i}].grad", ours.grad, theirs.grad,
+                             batch_size=len(x))
     for (name, param), (_, twin) in zip(manual.named_parameters(), reference.named_parameters(),
                                         strict=True):
-        assert_matches_torch(f"{name}.grad", param.grad, twin.grad)
+        assert_matches_torch(f"{name}.grad", param.grad, twin.grad, batch_size=len(x))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -104,9 +104,9 @@ def check_backward_against_autograd(n, in_features, num_classes, dtype):
 
     manual.forward(x)
     grad_x = manual.backward(upstream)
-    assert_matches_torch("weight.grad", manual.weight.grad, linear.weight.grad)
-    assert_matches_torch("bias.grad", manual.bias.grad, linear.bias.grad)
-    assert_matches_torch("dLoss/dx", grad_x, x_autograd.grad)
+    assert_matches_torch("weight.grad", manual.weight.grad, linear.weight.grad, batch_size=n)
+    assert_matches_torch("bias.grad", manual.bias.grad, linear.bias.grad, batch_size=n)
+    assert_matches_torch("dLoss/dx", grad_x, x_autograd.grad, batch_size=n)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -72,7 +72,7 @@ def train_side_by_side(options: dict, label_smoothing: float, steps: int = STEPS
         assert torch.equal(x, x_before) and torch.equal(y, y_before), "the batch was modified"
         for name, param, torch_param in zip(names, by_hand.parameters(), by_torch.parameters(),
                                             strict=True):
-            checks.check(f"{name}.grad", step, param.grad, torch_param.grad)
+            checks.check(f"{name}.grad", step, param.grad, torch_param.grad, len(x))
         by_hand.optimizer.step()
         by_torch.optimizer.step()
     for name, param, torch_param in zip(names, by_hand.parameters(), by_torch.parameters(),
@@ -163,7 +163,7 @@ def realistic_gradient_errors(dtype: torch.dtype, steps: int = 20) -> WorstAgree
                                            ("bias.grad", by_hand.bias.grad, model.linear.bias.grad),
                                            ("dLoss/dx", grad_x, x_autograd.grad)]:
                 checks.check(f"{str(dtype).removeprefix('torch.')} {name}", step, actual,
-                             expected)
+                             expected, len(xb), yb if name == "dLoss/dlogits" else None)
         # one torch training step on the full batch moves the parameters on
         optimizer.zero_grad()
         torch_impl.functional.cross_entropy(model(x), y).backward()
