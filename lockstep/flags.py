@@ -43,6 +43,18 @@ def finite(text: str) -> float:
 def parse_args(argv: list[str] | None = None,
                description: str | None = None) -> argparse.Namespace:
     """compare.py's flags, checked, with the defaults of --optimizer's options filled in."""
+    parser = make_parser(description)
+    args = parser.parse_args(argv)
+    problem = misplaced_flag(args) or usage_problem(with_defaults(args)) or dtype_problem(args)
+    if problem:
+        parser.error(problem)
+    if args.model == "mlp" and args.hidden is None:
+        args.hidden = DEFAULT_HIDDEN
+    return args
+
+
+def make_parser(description: str | None = None) -> ArgumentParser:
+    """compare.py's flags, each with its help: what it does, and its default."""
     parser = ArgumentParser(description=description)
     parser.add_argument("--model", choices=("softmax", "mlp"), default="softmax",
                         help="softmax regression, or an MLP with one hidden layer and ReLU "
@@ -103,13 +115,7 @@ def parse_args(argv: list[str] | None = None,
                         help="--manual: train every epoch after a mismatch too, as manual/ does")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar (there is none when stderr is not a terminal)")
-    args = parser.parse_args(argv)
-    problem = misplaced_flag(args) or usage_problem(with_defaults(args)) or dtype_problem(args)
-    if problem:
-        parser.error(problem)
-    if args.model == "mlp" and args.hidden is None:
-        args.hidden = DEFAULT_HIDDEN
-    return args
+    return parser
 
 
 def misplaced_flag(args: argparse.Namespace) -> str | None:

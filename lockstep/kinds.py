@@ -191,10 +191,14 @@ def non_finite_sentence(a: torch.Tensor, b: torch.Tensor, one_side: torch.Tensor
     entries = (one_side & ~values.isfinite()).nonzero()
     nans = int(values[one_side].isnan().sum())
     what = "NaN" if nans == len(entries) else "inf" if nans == 0 else "NaN or inf"
+    if (values[one_side] == -torch.inf).all():
+        what = "-inf"
+    why = (" (-inf: the log of a probability that underflowed to 0? Take logs in log space: "
+           "(z - m) - log sum exp(z - m).)" if what == "-inf" else "")
     if values.dim() == 0:
-        return f"{side}'s is {what} where the other side's is finite."
+        return f"{side}'s is {what} where the other side's is finite.{why}"
     return (f"{side}'s has {len(entries)} {what} entr{'y' if len(entries) == 1 else 'ies'} "
-            f"(the first at {entries[0].tolist()}) where the other side's is finite.")
+            f"(the first at {entries[0].tolist()}) where the other side's is finite.{why}")
 
 
 def partial_sentence(differ: torch.Tensor, active: torch.Tensor,

@@ -4,8 +4,10 @@ Runs call compare.main(argv) in-process (one import of torch for all), and one
 test runs the real command line to prove the entry point and its exit status.
 """
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,8 @@ import torch
 
 import compare
 import manual
+from common.data import RAW_FILES
+from lockstep import flags
 from lockstep.checks import ShapeMismatch, difference_stats, relu_gate_flips
 from lockstep.learner import Learner
 from tests.helpers import BatchNormWithoutMeanTerm, GradientLeakingReLU
@@ -42,6 +46,7 @@ def test_quick_run_matches_and_writes_report_and_plots(capsys, mnist_root, tmp_p
     assert status == 0
     assert "MATCH" in out and "MISMATCH" not in out
     assert "ln 10 = 2.3026" in out
+    assert re.search(r"gradients max rel diff \S+ <= 1e-04 \[ok\]", out)  # the twin of > [FAILED]
     for name in ("manual", "torch"):
         assert isinstance(report[name]["test_accuracy"], float)
         assert 0.8 < report[name]["test_accuracy"] <= 1.0
@@ -65,6 +70,8 @@ def test_detector_catches_a_gradient_one_percent_off(capsys, mnist_root, tmp_pat
     assert status == 1
     assert "MISMATCH" in out and "[FAILED]" in out
     assert report["match"] is False and report["max_grad_rel_diff"] > 0.009
+    assert re.search(r"gradients max rel diff 1\.0e-02 > 1e-04 \[FAILED\]", out)
+    assert "manual: not its own result" in out and report["resynchronized"] is True
 
 
 def test_same_seed_gives_identical_numbers(capsys, mnist_root, tmp_path):
@@ -120,6 +127,9 @@ def test_float64_gradients_agree_to_1e_10_on_every_step(capsys, mnist_root, tmp_
     (["--model", "mlp", "--hidden", "0"], "--hidden must be positive, got 0"),
     (["--model", "mlp", "--batchnorm", "--batch-size", "1"], "--batchnorm needs --batch-size 2"),
     (["--model", "cnn"], "argument --model: invalid choice: 'cnn'"),
+    (["--lr", "1e40"], "--lr 1e+40 is too large for float32, whose largest number is 3.4e+38"),
+    (["--optimizer", "adam", "--eps", "1e-50"], "--eps 1e-50 rounds to 0 in float32"),
+    (["--keep-going"], "--keep-going applies to --manual only"),
 ])
 def test_bad_flags_exit_2_with_one_line_before_any_work(capsys, tmp_path, flags, message):
     """Each impossible or non-finite flag: exit status 2 and one line on stderr naming it,
@@ -137,6 +147,56 @@ def assert_refused(capsys, tmp_path, flags: list[str], message: str) -> None:
     assert exit_.value.code == 2
     assert err.count("\n") == 1 and err.startswith("error:") and message in err
     assert not (tmp_path / "no-data").exists() and not (tmp_path / "run").exists()
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(capsys, mnist_root, tmp_path,
+                                                       monkeypatch):
+    """Piped (as here, captured), stderr gets no progress bar, without --quiet; the twin: on a
+    terminal it does."""
+    status, _, err, _ = run(capsys, mnist_root, tmp_path, "--subset", "2000", "--epochs", "1",
+                            "--no-plots")
+    assert status == 0 and err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    _, _, err, _ = run(capsys, mnist_root, tmp_path, "--subset", "2000", "--epochs", "1",
+                       "--no-plots")
+    assert "epoch 1:   0%|" in err
+
+
+def test_a_value_float64_can_hold_is_accepted_in_float64():
+    """The twin of --lr 1e40: float64 holds it (up to 1.8e308), and float32 holds 1e30."""
+    assert flags.parse_args(["--lr", "1e40", "--dtype", "float64"]).lr == 1e40
+    assert flags.parse_args(["--lr", "1e30"]).lr == 1e30
+
+
+def undocumented_defaults(parser: argparse.ArgumentParser) -> list[str]:
+    """The flags that take a value whose help does not say its default; switches (store_true)
+    are off unless given."""
+    return [action.option_strings[0] for action in parser._actions
+            if action.option_strings and action.nargs != 0
+            and "default" not in (action.help or "")]
+
+
+def test_help_shows_every_default():
+    """Every flag that takes a value says its default in --help; the twin: a flag added without
+    one is found."""
+    parser = flags.make_parser()
+    assert undocumented_defaults(parser) == []
+    parser.add_argument("--width", type=int, default=3, help="how wide")
+    assert undocumented_defaults(parser) == ["--width"]
+    assert "(default 5)" in " ".join(flags.make_parser().format_help().split())
+
+
+def test_a_run_that_cannot_read_its_data_leaves_no_output_folder(capsys, tmp_path):
+    """Corrupt data: one line, exit 2, and no --out folder (it is made once the data is read)."""
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in RAW_FILES:
+        (raw / name).write_bytes(b"not an IDX file")
+    status = compare.main(["--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+                           *QUICK])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "corrupt MNIST file" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_subset_larger_than_the_training_set_exits_2(capsys, mnist_root, tmp_path):

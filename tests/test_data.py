@@ -235,14 +235,60 @@ def test_cli_reports_broken_copy_in_one_line(fake_mnist: FakeMnist, break_copy,
     assert line == f"error: {data_error_message(fake_mnist.root)}"
 
 
-def test_cli_reports_missing_data_offline(tmp_path: Path):
-    """With no data and no network the CLI exits 2 with one line naming the folder searched."""
+def tree(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+def test_cli_reports_missing_data_offline_and_leaves_no_folder(tmp_path: Path):
+    """With no data and no network the CLI exits 2 with one line naming the folder searched,
+    and the failed download leaves no folder behind (torchvision makes MNIST/raw/ first). The
+    same for a root given inside an MNIST folder, data/MNIST: it is read as data, so the
+    download goes to data/MNIST/raw, not data/MNIST/MNIST/raw."""
     root = tmp_path / "no-mnist-here"
     result = run_cli(root)
     line = one_error_line(result.returncode, result.stderr)
     assert f"MNIST not found in {(root / 'MNIST' / 'raw').resolve()} " in line
     assert "download failed" in line
     assert "Connection refused" in line  # the closed proxy answered, not a lucky offline machine
+    assert tree(tmp_path) == []
+    (tmp_path / "data" / "MNIST").mkdir(parents=True)
+    result = run_cli(tmp_path / "data" / "MNIST")
+    line = one_error_line(result.returncode, result.stderr)
+    assert f"MNIST not found in {(tmp_path / 'data' / 'MNIST' / 'raw').resolve()} " in line
+    assert tree(tmp_path) == ["data", "data/MNIST"]
+
+
+def test_a_root_inside_an_mnist_folder_means_the_folder_that_holds_it(fake_mnist: FakeMnist,
+                                                                      tmp_path: Path):
+    """root/MNIST and root/MNIST/raw, where the files are, both mean root; a root that holds
+    an MNIST/raw/ of its own, and any other, stay as given (the twins)."""
+    root = fake_mnist.root
+    assert resolve_root(str(root / "MNIST")) == root
+    assert resolve_root(str(root / "MNIST" / "raw")) == root
+    assert torch.equal(load_mnist(resolve_root(str(root / "MNIST" / "raw")))[1],
+                       load_mnist(root)[1])
+    assert resolve_root(str(root)) == root
+    (root / "MNIST" / "MNIST" / "raw").mkdir(parents=True)
+    assert resolve_root(str(root / "MNIST")) == root / "MNIST"
+    assert resolve_root(str(tmp_path / "elsewhere")) == tmp_path / "elsewhere"
+
+
+def test_a_failed_download_keeps_the_folders_that_were_there(tmp_path: Path, monkeypatch):
+    """Only what the download made goes: a root/MNIST/ that existed before stays, with the
+    learner's file in it (the twin of the test above), and raw/ goes."""
+    kept = tmp_path / "MNIST" / "notes.txt"
+    kept.parent.mkdir()
+    kept.write_text("mine")
+
+    def failing(root, train, download):
+        (Path(root) / "MNIST" / "raw").mkdir(parents=True)
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    import torchvision.datasets
+    monkeypatch.setattr(torchvision.datasets, "MNIST", failing)
+    with pytest.raises(DataError, match="download failed"):
+        data.download(tmp_path)
+    assert tree(tmp_path) == ["MNIST", "MNIST/notes.txt"]
 
 
 # 3. The real MNIST ------------------------------------------------------------------------------

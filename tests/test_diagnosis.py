@@ -107,6 +107,61 @@ def test_non_finite_on_one_side_is_named_before_anything_else(side):
     assert kinds.classify(bad * 2, bad, LIMIT, batch_size=6)[0] == "scale"
 
 
+def one_hot_gradients(shift: int, rows=range(6)) -> tuple[torch.Tensor, torch.Tensor,
+                                                           torch.Tensor]:
+    """(manual's, torch's, targets): dLoss/dlogits (6, 5) of a mean, manual's with the one-hot
+    of the given rows at column y + shift."""
+    generator = torch.Generator().manual_seed(3)
+    p = torch.softmax(torch.randn(6, 5, generator=generator, dtype=torch.float64), dim=1)
+    y = torch.randint(5, (6,), generator=generator)
+    shifted = y.clone()
+    shifted[list(rows)] = (y[list(rows)] + shift) % 5
+    one_hot = torch.nn.functional.one_hot
+    return (p - one_hot(shifted, 5)) / 6, (p - one_hot(y, 5)) / 6, y
+
+
+@pytest.mark.parametrize(("shift", "column"), [(1, "y + 1"), (2, "y + 2"), (4, "y - 1")])
+def test_a_one_hot_in_the_wrong_column_is_called_shifted(shift, column):
+    """In every row the target's column and column y + k differ: shifted, naming y + k (y - 1
+    for a shift of C - 1). Without the targets, it is only partial."""
+    a, b, y = one_hot_gradients(shift)
+    kind, _, sentence = kinds.classify(a, b, LIMIT, 6, targets=y)
+    assert kind == "shifted" and sentence == (
+        f"in every row the difference sits at the target's column y and at column {column}: "
+        f"the one-hot is shifted (the target distribution's 1 at column {column}, not y?).")
+    assert kinds.classify(a, b, LIMIT, 6)[0] != "shifted"
+
+
+def test_a_one_hot_shifted_in_some_rows_only_or_by_different_amounts_is_not_shifted():
+    """The twins: rows left right, or two shifts, are not the pattern."""
+    a, b, y = one_hot_gradients(1, rows=range(3))
+    assert kinds.classify(a, b, LIMIT, 6, targets=y)[0] == "partial"
+    a2, _, _ = one_hot_gradients(2)
+    mixed = torch.cat([a[:3], a2[3:]])
+    assert kinds.classify(mixed, b, LIMIT, 6, targets=y)[0] != "shifted"
+
+
+def test_minus_inf_on_one_side_says_log_of_0_and_plus_inf_does_not():
+    """-inf where the other side is finite: the log of a probability that underflowed to 0.
+    The twin: +inf gets no such words."""
+    low, high = B.clone(), B.clone()
+    low[1, 2], high[1, 2] = -torch.inf, torch.inf
+    assert "the log of a probability that underflowed to 0" in kinds.classify(
+        low, B, LIMIT, 6)[2]
+    sentence = kinds.classify(high, B, LIMIT, 6)[2]
+    assert sentence == "manual's has 1 inf entry (the first at [1, 2]) where the other side's " \
+                       "is finite."
+
+
+def test_the_grader_and_compare_use_the_same_words():
+    """kinds.explain (the grader's) and kinds.make (compare.py's diagnosis) say the same
+    after the tensor: "differs" against "differs first", then the kind and the sentence."""
+    kind, factor, sentence = kinds.classify(B / 6, B, LIMIT, 6)
+    diagnosis = kinds.make(1, "bias.grad", kind, sentence, factor)
+    assert diagnosis["message"] == f"step 1, {kinds.explain('bias.grad', B / 6, B, LIMIT, 6)}" \
+        .replace(" differs (", " differs first (")
+
+
 def test_rounding_is_asked_after_shape_and_non_finite_and_before_scale():
     """classify consults the rounding function only for finite tensors of the same shape,
     and its sentence wins over a scale."""

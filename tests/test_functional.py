@@ -166,12 +166,22 @@ def extreme_logits() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([logits, random]), torch.tensor([0, 1, 2, 1, 0, 2, 0, 1])
 
 
+def not_finite(name: str, result: torch.Tensor) -> str:
+    """What a result with NaN or inf entries went through, in words: -inf is the log of a
+    probability that underflowed to 0; NaN or +inf, an exp that overflowed."""
+    if (result == -torch.inf).any() and not result.isnan().any():
+        return (f"{name} took the log of 0: a probability underflowed to 0 (exp of a large "
+                f"negative number), and log(0) = -inf: {result}")
+    return (f"{name} overflowed: exp of a large logit is inf, and inf / inf is NaN (subtract "
+            f"each row's max first): {result}")
+
+
 @pytest.mark.parametrize(("name", "kwargs"), CALLS, ids=CALL_IDS)
 def test_extreme_logits_give_finite_results_equal_to_torch(name, kwargs):
     """At logits of +-1e4 in float32 every function stays finite and equals torch's."""
     logits, targets = extreme_logits()
     result = call(F, name, kwargs, logits, targets)
-    assert torch.isfinite(result).all(), f"{name} overflowed: {result}"
+    assert torch.isfinite(result).all(), not_finite(name, result)
     assert_matches_torch(name, result, call(T, name, kwargs, logits, targets),
                          batch_size=len(logits), targets=targets)
 
@@ -309,6 +319,27 @@ def test_a_softmax_without_the_max_shift_fails_the_stability_test(monkeypatch):
     monkeypatch.setattr(F, "softmax", lambda z: z.exp() / z.exp().sum(-1, keepdim=True))
     with pytest.raises(AssertionError, match="overflowed"):
         test_extreme_logits_give_finite_results_equal_to_torch("softmax", {})
+
+
+@pytest.mark.twin
+def test_a_log_softmax_taken_as_the_log_of_softmax_is_the_log_of_0(monkeypatch):
+    """log(softmax(z)) is right on paper, but a probability that rounds to 0 has the log -inf:
+    the stability test calls that an underflow, the log of 0, not an overflow."""
+    monkeypatch.setattr(F, "log_softmax", lambda z: F.softmax(z).log())
+    with pytest.raises(AssertionError, match="log_softmax took the log of 0: a probability "
+                                             "underflowed to 0") as error:
+        test_extreme_logits_give_finite_results_equal_to_torch("log_softmax", {})
+    assert "overflow" not in str(error.value)
+
+
+@pytest.mark.twin
+def test_a_gradient_that_keeps_reduction_none_fails_the_refusal_check(monkeypatch):
+    """cross_entropy_grad answering reduction='none' instead of refusing it fails the check."""
+    right = F.cross_entropy_grad
+    monkeypatch.setattr(F, "cross_entropy_grad", lambda logits, targets, reduction="mean",
+                        label_smoothing=0.0: right(logits, targets, "sum", label_smoothing))
+    with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
+        test_cross_entropy_grad_refuses_reduction_none()
 
 
 class OnePercentOffCrossEntropy(ManualCrossEntropy):
