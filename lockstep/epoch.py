@@ -13,6 +13,7 @@ from lockstep.checks import ShapeMismatch, exceeds, levels, named_stats, relu_ga
 from lockstep.kinds import make
 from lockstep.learner import Learner
 from lockstep.reference import float64_errors
+from lockstep.worst import WorstStep
 
 
 class Diverged(Exception):
@@ -59,7 +60,8 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     "stats"[which] (steps, tensors, 4) and "names"[which], which in COMPARED. Each step only
     queues a few reductions on the device and reads one number back: whether the loss or a
     gradient went over the limit (or the loss is not finite). The levels are worked out once,
-    at the end of the epoch.
+    at the end of the epoch. "worst": both first-layer weight gradients at the step where they
+    differed most (lockstep.worst), for weights.png.
 
     diagnose: find where the first mismatch starts ("diagnosis", lockstep.diagnosis; steps are
     numbered from first_step) and, in float32, how far each side's step 1 is from float64
@@ -73,6 +75,7 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     dtype = learners[0].parameters()[0].dtype
     limit = limits.limit(dtype)
     losses, gate_flips, found, reference = [], [], None, None
+    worst = WorstStep()  # the first layer's weight gradients where they differ most
     stats = {which: [] for which in COMPARED}
     for step, (x, y) in enumerate(epoch_batches, start=first_step):
         if not independent:
@@ -91,6 +94,7 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
                            found) from None
         stats["loss"].append(before[:1])
         stats["grad"].append(before[1:])
+        worst.update(step, before[1:], *(learner.named_gradients() for learner in learners))
         losses.append(torch.stack([manual_learner.loss, torch_learner.loss]))
         if exceeds(before, limit):  # the one host sync of the step: NaN and inf count too
             found = over_the_limit(step, learners, x, y, losses[-1], limit, found, diagnose,
@@ -117,7 +121,7 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
                                          independent)
     return {"loss": torch.stack(losses).double().mean(dim=0).tolist(), "names": names,
             "stats": stats, "gate_flips": torch.stack(gate_flips).double().cpu(),
-            "diagnosis": found, "reference": reference}
+            "diagnosis": found, "reference": reference, "worst": worst.found()}
 
 
 AFTER = ("param", "buffer", "state")  # compared after the update

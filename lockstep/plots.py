@@ -19,9 +19,9 @@ def save_all(out: Path, learners: list, data: Splits, history: History) -> list[
     """Write the five plots into `out`; returns their paths."""
     plt.switch_backend("agg")  # files only, no window: works on servers and in CI
     figures = {"curves.png": curves(history), "gradients.png": gradients(history),
-               "weights.png": weights(learners),
+               "weights.png": weights(history),
                "predictions.png": predictions(learners, data),
-               "confusion.png": confusion(learners, data)}
+               "confusion.png": confusion(learners, data, history)}
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=110, bbox_inches="tight")
         plt.close(figure)
@@ -98,31 +98,60 @@ def gradients(history: History) -> plt.Figure:
     return figure
 
 
-def weights(learners: list) -> plt.Figure:
-    """The first layer's weights, one 28x28 image per row of W: manual, torch, difference.
+def weights(history: History) -> plt.Figure:
+    """The first layer's weight gradient at the step where manual's and torch's differed most
+    (lockstep.worst), one 28x28 image per row of dLoss/dW: manual, torch, difference.
 
-    Softmax regression: each class's 784 weights. MLP: the first 16 hidden units'.
+    Softmax regression: each class's 784 weights. MLP: the first 16 hidden units'. The
+    weights themselves would show no difference: the lock step gives the manual learner
+    torch's after every step, so the gradients are what it tests.
     """
-    manual_w, torch_w = (learner.parameters()[0].detach().cpu().double() for learner in learners)
-    per_class = len(manual_w) == NUM_CLASSES
-    units = len(manual_w) if per_class else min(16, len(manual_w))
-    rows = {"manual": manual_w[:units], "torch": torch_w[:units],
-            "manual - torch": manual_w[:units] - torch_w[:units]}
+    worst = history.worst
+    manual_g, torch_g = worst["manual"], worst["torch"]
+    per_class = len(manual_g) == NUM_CLASSES
+    units = len(manual_g) if per_class else min(16, len(manual_g))
+    rows = {"manual": manual_g[:units], "torch": torch_g[:units],
+            "manual - torch": manual_g[:units] - torch_g[:units]}
     figure, axes = plt.subplots(3, units, figsize=(15, 5), squeeze=False)  # as wide as curves
-    for row, (label, w) in zip(axes, rows.items(), strict=True):
-        limit = w.abs().max().item() or 1.0
+    for row, (label, g) in zip(axes, rows.items(), strict=True):
+        limit = g.abs().max().item() or 1.0
         for unit, ax in enumerate(row):
-            image = ax.imshow(w[unit].reshape(28, 28).numpy(), cmap="RdBu_r",
+            image = ax.imshow(g[unit].reshape(28, 28).numpy(), cmap="RdBu_r",
                               vmin=-limit, vmax=limit)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(str(unit) if label == "manual" else "")
-        row[0].set_ylabel(label if w.abs().max() > 0 else f"{label}\n(all 0)")
+        row[0].set_ylabel(label if g.abs().max() > 0 else f"{label}\n(all 0)")
         figure.colorbar(image, ax=list(row), fraction=0.015, pad=0.01)
-    what = ("Learned weights per class (red: pixel votes for the class, blue: against)"
-            if per_class else f"First-layer weights of hidden units 0-{units - 1}, each unit's "
-            "784 weights as an image (red: the pixel excites it, blue: inhibits)")
-    figure.suptitle(f"{what}; bottom row: difference, on its own scale")
+    what = "each class's" if per_class else f"hidden units 0-{units - 1}:"
+    figure.suptitle(f"First-layer weight gradient dLoss/dW at step {worst['step']}, where "
+                    f"manual's and torch's differed most (max rel diff {worst['relative']:.1e})"
+                    f"; {what} 784 entries as an image\nbottom row: the difference, on its own "
+                    "scale (red: positive, blue: negative)")
+    return figure
+
+
+def templates(learner) -> plt.Figure:
+    """What one learner learned: the first layer's weights, one 28x28 image per row of W.
+
+    Softmax regression: each class's 784 weights, a template of the digit. MLP: the first 16
+    hidden units'. In the lock step both learners hold the same weights (the manual one takes
+    torch's after every step): weights() draws what can differ, the gradients.
+    """
+    w = learner.parameters()[0].detach().cpu().double()
+    per_class = len(w) == NUM_CLASSES
+    units = len(w) if per_class else min(16, len(w))
+    figure, axes = plt.subplots(1, units, figsize=(15, 2), squeeze=False)
+    limit = w[:units].abs().max().item() or 1.0
+    for unit, ax in enumerate(axes[0]):
+        image = ax.imshow(w[unit].reshape(28, 28).numpy(), cmap="RdBu_r", vmin=-limit,
+                          vmax=limit)
+        ax.set(xticks=[], yticks=[], title=str(unit))
+    figure.colorbar(image, ax=list(axes[0]), fraction=0.015, pad=0.01)
+    figure.suptitle("Learned weights per class (red: the pixel votes for the class, blue: "
+                    "against)" if per_class else f"First-layer weights of hidden units 0-"
+                    f"{units - 1}, each unit's 784 weights as an image (red: the pixel excites "
+                    "it, blue: inhibits)", y=1.08)
     return figure
 
 
@@ -156,23 +185,47 @@ def predictions(learners: list, data: Splits, count: int = 24) -> plt.Figure:
     return figure
 
 
-def confusion(learners: list, data: Splits) -> plt.Figure:
-    """Confusion matrices (true label x predicted) of both learners on the test set."""
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+def confusion(learners: list, data: Splits, history: History, most: int = 24) -> plt.Figure:
+    """Torch's confusion matrix (true label x predicted) on the test set, and the test images
+    the two learners classify differently (the first `most` of them), or a line saying there
+    are none."""
     labels = data.test_y.cpu()
-    for ax, name, learner in zip(axes, NAMES, learners, strict=True):
-        predicted = learner.predict(data.test_x).cpu()
-        matrix = torch.bincount(labels * NUM_CLASSES + predicted, minlength=NUM_CLASSES ** 2)
-        matrix = matrix.reshape(NUM_CLASSES, NUM_CLASSES)
-        ax.imshow(matrix.clamp_min(1).log().numpy(), cmap="Blues")
-        for true in range(NUM_CLASSES):
-            for guess in range(NUM_CLASSES):
-                count = matrix[true, guess].item()
-                ax.text(guess, true, str(count), ha="center", va="center", fontsize=8,
-                        color="white" if true == guess else "black")
-        ax.set(title=f"{name}: {matrix.trace() / matrix.sum():.2%} correct",
-               xlabel="predicted", ylabel="true label",
-               xticks=range(NUM_CLASSES), yticks=range(NUM_CLASSES))
-    figure.suptitle("Confusion matrices on the 10,000 test images (log color scale)")
+    predicted = [learner.predict(data.test_x).cpu() for learner in learners]
+    figure = plt.figure(figsize=(15, 6))
+    grid = figure.add_gridspec(1, 2, width_ratios=[1, 1.3])
+    matrix_ax = figure.add_subplot(grid[0])
+    matrix = torch.bincount(labels * NUM_CLASSES + predicted[1], minlength=NUM_CLASSES ** 2)
+    matrix = matrix.reshape(NUM_CLASSES, NUM_CLASSES)
+    matrix_ax.imshow(matrix.clamp_min(1).log().numpy(), cmap="Blues")
+    for true in range(NUM_CLASSES):
+        for guess in range(NUM_CLASSES):
+            matrix_ax.text(guess, true, str(matrix[true, guess].item()), ha="center",
+                           va="center", fontsize=8, color="white" if true == guess else "black")
+    matrix_ax.set(title=f"torch: {matrix.trace() / matrix.sum():.2%} correct (log color scale)",
+                  xlabel="predicted", ylabel="true label", xticks=range(NUM_CLASSES),
+                  yticks=range(NUM_CLASSES))
+    differ = (predicted[0] != predicted[1]).nonzero().flatten()
+    shown = differ[:most].tolist()
+    if not shown:
+        ax = figure.add_subplot(grid[1])
+        ax.axis("off")
+        why = ("\n(the manual learner was re-synchronized to torch every step,\nso its "
+               "predictions are torch's)" if history.resynchronized else "")
+        ax.text(0.5, 0.5, f"The two learners classify all {len(labels):,} test images\nalike: "
+                f"no image to show.{why}", ha="center", va="center", fontsize=13)
+    else:
+        cells = grid[1].subgridspec(4, most // 4, hspace=0.6)
+        for cell, index in zip(cells, shown + [None] * (most - len(shown)), strict=True):
+            ax = figure.add_subplot(cell)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if index is None:
+                ax.axis("off")
+                continue
+            ax.imshow(data.test_x[index].cpu().float().reshape(28, 28).numpy(), cmap="gray_r")
+            ax.set_title(f"label {labels[index]}\nmanual {predicted[0][index]}\n"
+                         f"torch {predicted[1][index]}", fontsize=8)
+    figure.suptitle(f"Confusion matrix on the {len(labels):,} test images" + (
+        f", and the {len(differ)} the two learners classify differently" if shown else "")
+        + (f" (the first {len(shown)})" if len(differ) > len(shown) else ""))
     return figure
-

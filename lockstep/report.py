@@ -39,6 +39,7 @@ class History:
         self.stats = {"loss": [], "grad": [], "param": [], "buffer": [], "state": [], "gate": []}
         self.names = {which: [] for which in self.stats}  # of the tensors compared
         self.diagnosis = None  # where the first mismatch starts (lockstep.diagnosis), if any
+        self.worst = None  # the first layer's weight gradients at their worst step (worst.py)
         self.reference = None  # float32: step 1 against float64 (reference.float64_errors)
 
     @property
@@ -55,6 +56,9 @@ class History:
             self.names[which] = result["names"][which]
         self.stats["gate"].append(result["gate_flips"])
         self.diagnosis = self.diagnosis or result.get("diagnosis")
+        worst = result.get("worst")
+        if worst and (self.worst is None or worst["relative"] > self.worst["relative"]):
+            self.worst = worst
         self.reference = self.reference or result.get("reference")
 
     def all_steps(self, which: str) -> torch.Tensor:

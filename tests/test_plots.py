@@ -1,0 +1,67 @@
+"""The two plots that show what can differ in a lock step: weights.png, the first layer's weight
+gradients at the step where the two sides differed most (lockstep.worst), and confusion.png's
+list of the test images the two learners classify differently. No MNIST needed."""
+
+from types import SimpleNamespace
+
+import matplotlib
+import torch
+
+from lockstep import plots
+from lockstep.checks import named_stats
+from lockstep.report import History
+from lockstep.worst import WorstStep
+
+matplotlib.use("agg")
+
+
+def step_of(worst: WorstStep, step: int, manual: torch.Tensor, torch_side: torch.Tensor) -> None:
+    """One step's update: the gradients named as softmax regression's."""
+    named = [[("logits", torch.zeros(2, 3)), ("weight", side)] for side in (manual, torch_side)]
+    worst.update(step, named_stats(*named), *named)
+
+
+def test_the_worst_step_is_kept_and_a_smaller_difference_later_does_not_replace_it():
+    reference = torch.ones(3, 4)
+    worst = WorstStep()
+    step_of(worst, 1, reference * 1.001, reference)
+    step_of(worst, 2, reference * 1.1, reference)  # the worst
+    step_of(worst, 3, reference * 1.01, reference)  # the twin: smaller, so step 2 stays
+    found = worst.found()
+    assert found["step"] == 2 and abs(found["relative"] - 0.1) < 1e-6
+    assert torch.allclose(found["manual"], reference.double() * 1.1)
+    assert torch.equal(found["torch"], reference.double())
+
+
+def test_a_nan_gradient_counts_as_the_worst():
+    worst = WorstStep()
+    step_of(worst, 1, torch.ones(3, 4) * 2, torch.ones(3, 4))
+    step_of(worst, 2, torch.full((3, 4), float("nan")), torch.ones(3, 4))
+    assert worst.found()["step"] == 2
+
+
+def learner(predictions: torch.Tensor) -> SimpleNamespace:
+    return SimpleNamespace(predict=lambda x: predictions)
+
+
+def texts(figure) -> str:
+    return " ".join(text.get_text() for ax in figure.axes for text in ax.texts) + " " + \
+        figure._suptitle.get_text()
+
+
+def test_confusion_says_there_is_no_image_to_show_or_shows_those_that_differ():
+    """Predictions alike: one matrix and a line saying so (for a re-synchronized run, why).
+    The twin: two that differ get an image each, with both predictions."""
+    labels = torch.arange(12) % 10
+    data = SimpleNamespace(test_x=torch.rand(12, 784), test_y=labels)
+    history = History()
+    history.diagnosis = {"message": "step 1, ..."}  # a mismatch: the manual learner re-synced
+    alike = plots.confusion([learner(labels), learner(labels)], data, history)
+    assert "classify all 12 test images\nalike" in texts(alike) and len(alike.axes) == 2
+    assert "re-synchronized to torch every step" in texts(alike)
+    other = labels.clone()
+    other[[3, 7]] = 0
+    differ = plots.confusion([learner(other), learner(labels)], data, History())
+    assert "the 2 the two learners classify differently" in texts(differ)
+    titles = [ax.get_title() for ax in differ.axes]
+    assert "label 3\nmanual 0\ntorch 3" in titles and "label 7\nmanual 0\ntorch 7" in titles
