@@ -142,8 +142,8 @@ def stopped(args: argparse.Namespace, device: str, history: report.History, seco
     if own:
         print(report.alone_sentence(own))
     if args.manual and not args.keep_going:
-        print("Stopped at the first mismatch: --keep-going trains every epoch, the manual "
-              "learner re-synchronized to torch before every step.")
+        print("Stopped at the first mismatch (--keep-going trains every epoch anyway, the "
+              "manual learner re-synchronized to torch before every step).")
     report.write(out, report.stopped(args, device, history, seconds, str(error), first, own))
     return 1
 

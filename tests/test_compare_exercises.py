@@ -87,9 +87,9 @@ def test_a_seeded_mistake_stops_the_run_at_step_1_with_the_tutors_words(capsys, 
     assert (found["step"], found["kind"]) == (1, kind)
     assert re.search(rf"^MISMATCH \(float32\) in epoch 1, step 1, {re.escape(FIRST[case])} "
                      rf"differs first \({kind}\): {words}", out, re.MULTILINE), out
-    assert out.rstrip().endswith("Stopped at the first mismatch: --keep-going trains every "
-                                 "epoch, the manual learner re-synchronized to torch before "
-                                 "every step.")
+    assert out.rstrip().endswith("Stopped at the first mismatch (--keep-going trains every "
+                                 "epoch anyway, the manual learner re-synchronized to torch "
+                                 "before every step).")
     own = report["on_its_own"]
     if case == "weight-gradient-transposed":  # torch refuses the .grad: no step on its own
         assert own is None and "On its own" not in out
