@@ -94,13 +94,13 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
                            found) from None
         stats["loss"].append(before[:1])
         stats["grad"].append(before[1:])
-        worst.update(step, before[1:], *(learner.named_gradients() for learner in learners))
         losses.append(torch.stack([manual_learner.loss, torch_learner.loss]))
         if exceeds(before, limit):  # the one host sync of the step: NaN and inf count too
             found = over_the_limit(step, learners, x, y, losses[-1], limit, found, diagnose,
                                    independent)
             if stop and found:
                 raise Mismatch(found)
+        worst.update(step, before[1:], *(learner.named_gradients() for learner in learners))
         if diagnose and step == 1 and dtype == torch.float32:
             reference = float64_errors(learners, x, y)
         gate_flips.append(relu_flips(learners))
