@@ -2,7 +2,8 @@
 
 Twin of torch.nn.functional. Shapes: logits (N, C) raw class scores,
 targets (N,) class indices in 0..C-1. Plain tensor operations only: nothing
-here requires grad, and it all runs unchanged inside torch.no_grad().
+here requires grad, it all runs unchanged inside torch.no_grad(), and no function
+modifies its arguments (results are new tensors).
 """
 
 import torch

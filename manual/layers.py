@@ -3,8 +3,9 @@
 Twin of torch_impl/layers.py (nn.Linear, nn.ReLU, nn.BatchNorm1d). Every layer has
 forward(x), also called as layer(x), which saves what backward needs, as autograd
 saves it; backward(grad_output) -> grad_input, the chain rule through the layer,
-which sets (not accumulates) the .grad of the layer's parameters; and
-named_parameters() / parameters() in nn's order. Shapes: x (N, in), N examples.
+which sets (not accumulates) the .grad of the layer's parameters, and modifies neither
+grad_output nor what forward saved; and named_parameters() / parameters() in nn's order.
+Shapes: x (N, in), N examples.
 """
 
 import math

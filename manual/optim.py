@@ -61,7 +61,8 @@ class SGD(Optimizer):
         self.weight_decay, self.nesterov = weight_decay, nesterov
 
     def step(self) -> None:
-        """Update every parameter that has a gradient, in place."""
+        """Update every parameter that has a gradient, in place. Its .grad stays as it is
+        (grad.add, not grad.add_), as torch.optim leaves it."""
         for param, grad in self.gradients():
             if self.weight_decay != 0:
                 grad = grad.add(param, alpha=self.weight_decay)
@@ -106,7 +107,8 @@ class Adam(Optimizer):
         self.betas, self.eps, self.weight_decay, self.amsgrad = betas, eps, weight_decay, amsgrad
 
     def step(self) -> None:
-        """Update every parameter that has a gradient, in place."""
+        """Update every parameter that has a gradient, in place. Its .grad stays as it is, as
+        torch.optim leaves it."""
         beta1, beta2 = self.betas
         for param, grad in self.gradients():
             state = self.state.get(param) or self.init_state(param)
