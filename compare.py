@@ -39,6 +39,7 @@ from practice.exercises import ExerciseError
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # piped too, each line as it comes
     args = flags.parse_args(argv, description=__doc__.splitlines()[0])
     device = args.device
     if device == "auto":
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = flags.data_problem(args, len(data.train_x))
         if problem:
             raise DataError(problem)
-        report.prepare_folder(out)  # last: a run that cannot start leaves no folder behind
+        made = report.prepare_folder(out)  # last: a run that cannot start leaves no folder
     except (ExerciseError, DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         if not line:
             raise
         print(line if loader.unfinished(error) else f"error: {line}", file=sys.stderr)
+        report.discard(made)  # nothing was written into it
         return 1
 
 
@@ -94,16 +96,18 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
                                               stop=args.manual is not None
                                               and not args.keep_going)
             except (Diverged, Mismatch) as error:
-                own = by_itself(args, data, device, dtype, steps_per_epoch, package, error)
-                seconds = time.perf_counter() - start
-                return stopped(args, device, history, seconds, epoch, error, out, own)
+                result = error
+        if isinstance(result, Exception):
+            seconds = time.perf_counter() - start
+            own = alone.after(result, args, data, device, dtype, steps_per_epoch, package)
+            return stopped(args, device, history, seconds, epoch, result, out, own)
         history.add_epoch(result, [learner.accuracy(data.val_x, data.val_y)
                                    for learner in learners])
         print(history.epoch_line(epoch))
 
-    own = by_itself(args, data, device, dtype, steps_per_epoch, package, history.diagnosis)
-    summary = report.summarize(args, device, learners, data, history, time.perf_counter() - start,
-                               own)
+    seconds = time.perf_counter() - start
+    own = alone.after(history.diagnosis, args, data, device, dtype, steps_per_epoch, package)
+    summary = report.summarize(args, device, learners, data, history, seconds, own)
     print(report.final_table(summary))
     report.write(out, summary)
     if not args.no_plots:
@@ -111,17 +115,6 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
         plots.save_all(out, learners, data, history)
     print(f"wrote {out}/report.json" + ("" if args.no_plots else " and plots"))
     return 0 if summary["match"] else 1
-
-
-def by_itself(args: argparse.Namespace, data: Splits, device: str, dtype: torch.dtype,
-              steps_per_epoch: int, package: ModuleType | None, found) -> dict | None:
-    """After a mismatch (found: a Mismatch, or a diagnosis), unless --independent: what the
-    manual code reaches on its own (lockstep.alone), since in the lock step it took torch's
-    state every step. None otherwise, and where the manual code failed or training diverged."""
-    failed = isinstance(found, Diverged) or getattr(found, "__cause__", None) is not None
-    if not found or args.independent or failed:
-        return None
-    return alone.on_its_own(args, data, device, dtype, steps_per_epoch, package)
 
 
 def stopped(args: argparse.Namespace, device: str, history: report.History, seconds: float,
@@ -142,8 +135,7 @@ def stopped(args: argparse.Namespace, device: str, history: report.History, seco
     if own:
         print(report.alone_sentence(own))
     if args.manual and not args.keep_going:
-        print("Stopped at the first mismatch (--keep-going trains every epoch anyway, the "
-              "manual learner re-synchronized to torch before every step).")
+        print(report.stop_line(first, args.independent))
     report.write(out, report.stopped(args, device, history, seconds, str(error), first, own))
     return 1
 

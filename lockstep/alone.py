@@ -20,6 +20,19 @@ from lockstep.learner import make_learners
 MOST_STEPS = 1000  # of epoch 1: a few seconds at most
 
 
+def after(found, args: argparse.Namespace, data: Splits, device: str, dtype: torch.dtype,
+          steps_per_epoch: int, package: ModuleType | None) -> dict | None:
+    """on_its_own after a mismatch (found: the Mismatch that stopped the run, or the
+    diagnosis of a run that went on), unless --independent, where each learner trained on its
+    own anyway. None also where there is nothing to learn that way: no mismatch, training
+    diverged, or the manual code failed (the lock step said what failed)."""
+    failed = not isinstance(found, dict) and (getattr(found, "__cause__", None) is not None
+                                              or not hasattr(found, "diagnosis"))
+    if not found or args.independent or failed:
+        return None
+    return on_its_own(args, data, device, dtype, steps_per_epoch, package)
+
+
 def on_its_own(args: argparse.Namespace, data: Splits, device: str, dtype: torch.dtype,
                steps_per_epoch: int, package: ModuleType | None) -> dict | None:
     """{"steps": S, "manual": {...}, "torch": {...}} after S = min(steps_per_epoch,
@@ -35,8 +48,10 @@ def on_its_own(args: argparse.Namespace, data: Splits, device: str, dtype: torch
         try:
             losses = torch.stack([train_step(learner, x, y) for x, y in epoch])
             accuracy = learner.accuracy(data.val_x, data.val_y)
-        except Exception:  # the learner's code: the lock step said what failed
-            return None
+        except Exception:
+            if name == "torch":
+                raise  # the checker's or torch's: not the learner's to be told
+            return None  # the learner's code failed on its own path: nothing to compare
         finite = torch.isfinite(losses)
         result[name] = ({"val_accuracy": accuracy} if finite.all() else
                         {"diverged_at": int((~finite).nonzero()[0]) + 1})

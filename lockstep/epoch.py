@@ -112,13 +112,13 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
             stats[which].append(compared(step, *COMPARED[which], learners, found))
         after = [stats[which][-1] for which in AFTER if stats[which][-1].numel()]
         if stop and exceeds(torch.cat(after), limit):
-            raise Mismatch(first(stats, learners, limit, first_step, independent))
+            _, now = first_of(stats, found, learners, limit, first_step, independent)
+            raise Mismatch(now or make(step, "update", "other", (
+                "the parameters, running statistics or optimizer state went over the limit "
+                "at the limit's edge.")))
         progress.update()
     names = named_in(manual_learner)
-    stats = {which: levels(torch.stack(steps), dtype).cpu() for which, steps in stats.items()}
-    if diagnose:  # the update and the running statistics: found from the levels, replayed
-        found = diagnosis.first_of_epoch(found, stats, names, learners, limit, first_step,
-                                         independent)
+    stats, found = first_of(stats, found, learners, limit, first_step, independent, diagnose)
     return {"loss": torch.stack(losses).double().mean(dim=0).tolist(), "names": names,
             "stats": stats, "gate_flips": torch.stack(gate_flips).double().cpu(),
             "diagnosis": found, "reference": reference, "worst": worst.found()}
@@ -132,14 +132,20 @@ def named_in(learner: Learner) -> dict[str, list[str]]:
     return {which: [name for name, _ in named(learner)] for which, (_, named) in COMPARED.items()}
 
 
-def first(stats: dict, learners: list[Learner], limit: float, first_step: int,
-          independent: bool) -> dict:
-    """The diagnosis of a step whose parameters, running statistics or optimizer state went
-    over the limit (the loss and the gradients did not), from the stats so far."""
+def first_of(stats: dict, found: dict | None, learners: list[Learner], limit: float,
+             first_step: int, independent: bool,
+             diagnose: bool = True) -> tuple[dict, dict | None]:
+    """(the levels, the first mismatch) of the steps so far: stats, {which: [(tensors, 3)
+    per step]}, become checks.levels (steps, tensors, 4) on the CPU, and the first mismatch is
+    `found` (the loss or a gradient), unless the update or the running statistics went over
+    the limit before it (diagnosis.first_of_epoch, which replays an update). diagnose=False:
+    `found` as it is."""
     dtype = learners[0].parameters()[0].dtype
-    so_far = {which: levels(torch.stack(steps), dtype).cpu() for which, steps in stats.items()}
-    return diagnosis.first_of_epoch(None, so_far, named_in(learners[0]), learners, limit,
-                                    first_step, independent)
+    stats = {which: levels(torch.stack(steps), dtype).cpu() for which, steps in stats.items()}
+    if not diagnose:
+        return stats, found
+    return stats, diagnosis.first_of_epoch(found, stats, named_in(learners[0]), learners,
+                                           limit, first_step, independent)
 
 
 def over_the_limit(step: int, learners: list[Learner], x: torch.Tensor, y: torch.Tensor,

@@ -117,7 +117,7 @@ def summarize(args: argparse.Namespace, device: str, learners: list, data: Split
     summary["match"] = all(verdict_checks(summary).values())
     summary["diagnosis"] = None if summary["match"] else history.diagnosis
     summary["float64_reference"] = history.reference
-    summary["resynchronized"] = not summary["match"] and not args.independent
+    summary["resynchronized"] = history.resynchronized
     summary["on_its_own"] = own
     return summary
 
@@ -184,6 +184,8 @@ def final_table(summary: dict) -> str:
         lines.append(reference_line(summary["float64_reference"]))
     limits, checks = summary["thresholds"], verdict_checks(summary)
     marks = {key: "ok" if passed else "FAILED" for key, passed in checks.items()}
+    if summary.get("resynchronized"):  # torch's accuracy and predictions against themselves
+        marks |= {"accuracies": "n/a: re-synchronized", "predictions": "n/a: re-synchronized"}
     too = [f"{check} [{marks[check]}]" for check in WITHIN_THE_LIMIT_TOO if check in checks]
     running = f"within it too: {', '.join(too)}; " if too else ""
     gap = abs(summary["manual"]["test_accuracy"] - summary["torch"]["test_accuracy"])
@@ -218,6 +220,18 @@ def accuracy_lines(summary: dict) -> list[str]:
     if summary.get("on_its_own"):
         lines.append(alone_sentence(summary["on_its_own"]))
     return lines
+
+
+def stop_line(diagnosis: dict, independent: bool) -> str:
+    """The last line of a compare.py --manual run stopped at its first mismatch."""
+    line = ("Stopped at the first mismatch. --keep-going trains on"
+            + (", each learner on its own." if independent else
+               "; the manual learner is then re-synchronized to torch before every step, so "
+               "its accuracy will be torch's."))
+    if diagnosis.get("kind") == "rounding":
+        line += (" This one is float32 rounding, not your code: --dtype float64 checks it to "
+                 "1e-10.")
+    return line
 
 
 def alone_sentence(own: dict) -> str:
@@ -263,10 +277,13 @@ def stopped(args: argparse.Namespace, device: str, history: History, seconds: fl
             mismatch: str | None = None, diagnosis: dict | None = None,
             own: dict | None = None) -> dict:
     """The report of a run stopped early: by a NaN or infinite loss on both sides (diverged),
-    or by a `mismatch` that could not even be measured (shapes differ, the manual code
-    failed, one side's loss is not finite). diagnosis: where the first mismatch starts."""
+    by a `mismatch` that could not even be measured (shapes differ, the manual code failed,
+    one side's loss is not finite), or, with --manual, by the first mismatch. diagnosis: where
+    the first mismatch starts; own: lockstep.alone.on_its_own. No test accuracy: the run
+    stopped before the end."""
     summary = {"config": config(args, device), "diverged": mismatch is None, "match": False,
-               "stopped_by": mismatch, "seconds": round(seconds, 3), "prediction_agreement": None,
+               "stopped_by": mismatch, "resynchronized": False, "seconds": round(seconds, 3),
+               "prediction_agreement": None,
                "max_grad_abs_diff": None, "max_grad_rel_diff": None, "max_param_abs_diff": None,
                "diagnosis": diagnosis or history.diagnosis,
                "float64_reference": history.reference, "on_its_own": own}
@@ -282,8 +299,10 @@ def config(args: argparse.Namespace, device: str) -> dict:
             for key, value in vars(args).items()} | {"device_used": device}
 
 
-def prepare_folder(out: Path) -> None:
-    """Create `out` and prove it is writable, before any training time is spent."""
+def prepare_folder(out: Path) -> list[Path]:
+    """Create `out` and prove it is writable, before any training time is spent. Returns the
+    folders it made, `out` last (for discard)."""
+    made = [folder for folder in (out, *out.parents) if not folder.exists()][::-1]
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -291,6 +310,15 @@ def prepare_folder(out: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise OSError(f"cannot write to --out {out}: {error.strerror or error}") from None
+    return made
+
+
+def discard(made: list[Path]) -> None:
+    """Remove the folders prepare_folder made, `out` first, those that are still empty: a run
+    that stopped before writing anything leaves no folder behind."""
+    for folder in reversed(made):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def write(out: Path, summary: dict) -> None:

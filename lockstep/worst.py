@@ -28,7 +28,9 @@ class WorstStep:
         number back, right after the step's own check has (so it waits for nothing), and
         copies the two gradients only when they differ more than ever before: a handful of
         times in a run."""
-        index = next(i for i, (name, _) in enumerate(named[0]) if name in FIRST_LAYER)
+        index = next((i for i, (name, _) in enumerate(named[0]) if name in FIRST_LAYER), None)
+        if index is None:  # a model of other names: nothing to draw
+            return
         max_diff, max_size, _ = stats[index].tolist()
         relative = 0.0 if max_diff == 0 else max_diff / max_size if max_size else math.inf
         relative = math.inf if math.isnan(relative) else relative  # NaN: the worst there is

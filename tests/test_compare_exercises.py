@@ -44,6 +44,7 @@ def test_a_fresh_folder_says_which_function_is_needed_first(capsys, mnist_root, 
     status, out, err, report = run(capsys, mnist_root, tmp_path, *QUICK,
                                    "--manual", str(folder(tmp_path, NAMES)))
     assert status == 1 and report is None
+    assert not (tmp_path / "run").exists()  # nothing written: no folder left behind
     assert err.count("\n") == 1
     assert re.fullmatch(r"cross_entropy is not written yet \(.*functional\.py line \d+\)\. "
                         rf"Hint: {re.escape(exercises.HINTS['cross_entropy'])}\n", err)
@@ -68,6 +69,8 @@ def test_a_folder_with_every_exercise_written_matches(capsys, mnist_root, tmp_pa
     assert status == 0 and "\nMATCH (float32)" in out
 
 
+STOPPED = ("Stopped at the first mismatch. --keep-going trains on; the manual learner is then "
+           "re-synchronized to torch before every step, so its accuracy will be torch's.")
 # The tensor compare.py's tutor names first for each seeded mistake (the words: SEEDED).
 FIRST = {"one-hot-shifted": "dLoss/dlogits (logits.grad)", "bias-gradient-as-mean": "bias.grad",
          "sign-flipped": "dLoss/dlogits (logits.grad)", "weight-gradient-transposed": "weight.grad"}
@@ -87,9 +90,7 @@ def test_a_seeded_mistake_stops_the_run_at_step_1_with_the_tutors_words(capsys, 
     assert (found["step"], found["kind"]) == (1, kind)
     assert re.search(rf"^MISMATCH \(float32\) in epoch 1, step 1, {re.escape(FIRST[case])} "
                      rf"differs first \({kind}\): {words}", out, re.MULTILINE), out
-    assert out.rstrip().endswith("Stopped at the first mismatch (--keep-going trains every "
-                                 "epoch anyway, the manual learner re-synchronized to torch "
-                                 "before every step).")
+    assert out.rstrip().endswith(STOPPED)
     own = report["on_its_own"]
     if case == "weight-gradient-transposed":  # torch refuses the .grad: no step on its own
         assert own is None and "On its own" not in out
@@ -102,6 +103,39 @@ def test_a_seeded_mistake_stops_the_run_at_step_1_with_the_tutors_words(capsys, 
         assert own["manual"]["val_accuracy"] < 0.05 < 0.5 < own["torch"]["val_accuracy"]
     assert sys.modules["manual"] is manual  # the real manual/ is back, untouched
     assert Path(manual.layers.__file__).parent == exercises.MANUAL
+
+
+def test_a_stop_on_rounding_says_it_is_not_the_learners_code(capsys, mnist_root, tmp_path):
+    """Every exercise right, batch size 1 (the tutor's run): the first mismatch is float32
+    rounding; the stop says so and how to check exactly. With --independent the stop line says
+    each learner trains on its own (no re-synchronization to speak of)."""
+    path = folder(tmp_path, [])
+    flags = ("--batch-size", "1")
+    status, out, _, report = run_manual(capsys, mnist_root, tmp_path, path, *flags)
+    assert status == 1 and report["diagnosis"]["kind"] == "rounding"
+    assert out.rstrip().endswith(f"{STOPPED} This one is float32 rounding, not your code: "
+                                 "--dtype float64 checks it to 1e-10.")
+    status, out, _, report = run_manual(capsys, mnist_root, tmp_path, path, *flags,
+                                        "--independent")
+    assert status == 1 and report["on_its_own"] is None
+    assert "Stopped at the first mismatch. --keep-going trains on, each learner on its own." \
+        in out and "re-synchronized" not in out
+
+
+def test_a_wrong_update_stops_at_step_1_and_its_code_alone_diverges(capsys, mnist_root,
+                                                                    tmp_path):
+    """SGD.step that also scales each parameter by 1e4: the parameters after the update differ
+    at step 1 (the gradients agree), and on its own the manual code overflows."""
+    path = written_as(tmp_path, "SGD.step", "        for param, grad in self.gradients():\n"
+                                            "            param.add_(grad, alpha=-self.lr)"
+                                            ".mul_(1e4)\n")
+    status, out, _, report = run_manual(capsys, mnist_root, tmp_path, path)
+    assert status == 1 and report["diagnosis"]["step"] == 1
+    assert report["diagnosis"]["tensor"] == "weight after the update"
+    assert "diverged_at" in report["on_its_own"]["manual"]
+    assert "val_accuracy" in report["on_its_own"]["torch"]
+    assert re.search(r"validation accuracy manual diverged \(its loss became NaN or infinite "
+                     r"at step \d+\), torch \d+\.\d+%\.", out)
 
 
 def test_keep_going_trains_on_and_says_the_accuracy_is_torchs(capsys, mnist_root, tmp_path):
@@ -119,6 +153,8 @@ def test_keep_going_trains_on_and_says_the_accuracy_is_torchs(capsys, mnist_root
                                        "the lock step re-synchronized the manual learner")
     assert lines[table + 3].startswith("On its own, each learner trained afresh")
     assert "(manual: re-synchronized to torch)" in lines[table - 1]  # the epoch's line
+    assert "test accuracies within 0.1% [n/a: re-synchronized]; predictions agree >= 99.9% " \
+        "[n/a: re-synchronized]" in out
     status, out, _, report = run_manual(capsys, mnist_root, tmp_path, folder(tmp_path / "ok", []))
     assert status == 0 and report["resynchronized"] is False and "On its own" not in out
     assert re.search(r"^test accuracy +\d+\.\d+% +\d+\.\d+%$", out, re.MULTILINE)

@@ -5,12 +5,14 @@ list of the test images the two learners classify differently. No MNIST needed."
 from types import SimpleNamespace
 
 import matplotlib
+import pytest
 import torch
 
 from lockstep import plots
 from lockstep.checks import named_stats
 from lockstep.report import History
 from lockstep.worst import WorstStep
+from tests.test_diagnosis import batch, learners
 
 matplotlib.use("agg")
 
@@ -65,3 +67,23 @@ def test_confusion_says_there_is_no_image_to_show_or_shows_those_that_differ():
     assert "the 2 the two learners classify differently" in texts(differ)
     titles = [ax.get_title() for ax in differ.axes]
     assert "label 3\nmanual 0\ntorch 3" in titles and "label 7\nmanual 0\ntorch 7" in titles
+
+
+@pytest.mark.parametrize("hidden", [None, 8], ids=["softmax", "mlp"])
+def test_the_first_layer_is_found_by_the_names_the_lock_step_compares(hidden):
+    """Softmax regression's "weight", the MLP's "layers.0.weight": the worst step keeps it,
+    of the shape of the first layer (the MLP's is (hidden, 784-like in_features))."""
+    pair = learners(hidden=hidden)
+    x, y = batch()
+    for learner in pair:
+        learner.gradients(x, y)
+    named = [learner.named_gradients() for learner in pair]
+    worst = WorstStep()
+    worst.update(1, named_stats(*named), *named)
+    found = worst.found()
+    assert found is not None and found["step"] == 1
+    assert found["manual"].shape == pair[0].parameters()[0].shape
+    renamed = [[(f"linear.{name}", tensor) for name, tensor in side] for side in named]
+    other = WorstStep()  # the twin: no tensor of those names, nothing kept, and no error
+    other.update(1, named_stats(*named), *renamed)
+    assert other.found() is None
