@@ -92,8 +92,8 @@ def download(root: str | Path) -> None:
     for name in RAW_FILES:
         if (raw / name).is_file():
             check_idx_file(raw / name)
-    new = next((folder for folder in (raw.parent.parent, raw.parent, raw)
-                if not folder.exists()), None)  # the first folder torchvision will create
+    missing = [folder for folder in (raw, *raw.parents) if not folder.exists()]
+    new = missing[-1] if missing else None  # the highest folder torchvision will create
     done = False
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints each download try

@@ -18,6 +18,7 @@ from lockstep.checks import agreement, shape_of
 
 KINDS = ("shape", "scale", "non-finite", "shifted", "partial", "rounding", "other")
 SCALE_FIT = 1e-3  # a = k b: every entry within this fraction of the largest
+WRONG_ORDER = "the product is taken in the wrong order (x^T g where g^T x belongs?)."
 
 
 def make(step: int, tensor: str, kind: str, sentence: str, factor: float | None = None) -> dict:
@@ -94,7 +95,7 @@ def classify(a: torch.Tensor | None, b: torch.Tensor | None, limit: float, batch
     if factor is not None:
         return "scale", *scale_sentence(factor, batch_size)
     differ = (a - b).abs() > limit * b.abs().amax()
-    shift = None if targets is None else shifted_by(differ, targets)
+    shift = None if targets is None else shifted_by(a, b, differ, targets)
     if shift:
         return "shifted", None, shifted_sentence(shift, a.shape[-1])
     active = (a != 0) | (b != 0)  # entries that are 0 on both sides prove nothing
@@ -105,18 +106,27 @@ def classify(a: torch.Tensor | None, b: torch.Tensor | None, limit: float, batch
                            f"few entries; max|manual - torch| / max|torch| = {distance(a, b):.1e}.")
 
 
-def shifted_by(differ: torch.Tensor, targets: torch.Tensor) -> int | None:
-    """k when every row n of differ (N, C) is True at exactly two columns, the target's y_n
-    and (y_n + k) mod C, with one k != 0 for every row; else None."""
-    if differ.dim() != 2 or targets.shape != differ.shape[:1] or differ.shape[1] < 2:
+def shifted_by(a: torch.Tensor, b: torch.Tensor, differ: torch.Tensor,
+               targets: torch.Tensor) -> int | None:
+    """k when manual's a and torch's b, dLoss/dlogits (N, C) with C >= 3, differ as a one-hot
+    at column (y + k) mod C in place of y would make them: a - b = c (onehot(y) - onehot(y +
+    k)) for one constant c (1/N for a mean, times 1 - eps with label smoothing) and one k != 0
+    in every row (differ: where they differ); else None. With C = 2 any difference of a row
+    summing to 0 would have that shape."""
+    if (a.dim() != 2 or targets.shape != a.shape[:1] or a.shape[1] < 3
+            or not (differ.sum(dim=1) == 2).all()):
         return None
-    rows = torch.arange(len(differ), device=differ.device)
-    if not (differ.sum(dim=1) == 2).all() or not differ[rows, targets].all():
-        return None
+    rows = torch.arange(len(a), device=a.device)
     others = differ.clone()
     others[rows, targets] = False
-    shifts = (others.int().argmax(dim=1) - targets) % differ.shape[1]
-    return int(shifts[0]) if (shifts == shifts[0]).all() else None
+    columns = others.int().argmax(dim=1)
+    shifts = (columns - targets) % a.shape[1]
+    d = a - b
+    c = d[rows, targets]
+    pattern = (differ[rows, targets].all() and (shifts == shifts[0]).all()
+               and agrees(d[rows, columns], -c, SCALE_FIT) and agrees(c, c[:1].expand_as(c),
+                                                                      SCALE_FIT))
+    return int(shifts[0]) if pattern else None
 
 
 def shifted_sentence(k: int, num_classes: int) -> str:
@@ -163,8 +173,7 @@ def shape_sentence(a: torch.Tensor | None, b: torch.Tensor | None, limit: float)
         return f"{which}'s was never set (None); the other's is {shape_of(shape)}."
     start = f"manual's is {shape_of(a)}, torch's {shape_of(b)}"
     if a.dim() == 2 and a.T.shape == b.shape and agrees(a.T, b, limit):
-        return (f"{start}, and manual's transposed (a.T) equals torch's: the product is "
-                "taken in the wrong order (x^T g where g^T x belongs?).")
+        return f"{start}, and manual's transposed (a.T) equals torch's: {WRONG_ORDER}"
     if a.numel() == b.numel() and agrees(a.reshape(b.shape), b, limit):
         return (f"{start}, and manual's reshaped to {shape_of(b)} equals torch's: a stray "
                 "dimension (keepdim=True?).")
@@ -176,8 +185,7 @@ def shapes_sentence(manual_shape: tuple, torch_shape: tuple) -> str:
     (RuntimeError: attempting to assign a gradient of size ...), whose values are not known."""
     start = f"manual's is {tuple(manual_shape)}, torch's {tuple(torch_shape)}"
     if len(manual_shape) == 2 and tuple(manual_shape[::-1]) == tuple(torch_shape):
-        return (f"{start}, the shape of its transpose: the product is taken in the wrong "
-                "order (x^T g where g^T x belongs?).")
+        return f"{start}, the shape of its transpose: {WRONG_ORDER}"
     return f"{start}."
 
 
@@ -191,14 +199,16 @@ def non_finite_sentence(a: torch.Tensor, b: torch.Tensor, one_side: torch.Tensor
     entries = (one_side & ~values.isfinite()).nonzero()
     nans = int(values[one_side].isnan().sum())
     what = "NaN" if nans == len(entries) else "inf" if nans == 0 else "NaN or inf"
-    if (values[one_side] == -torch.inf).all():
+    if (values[one_side & ~values.isfinite()] == -torch.inf).all():
         what = "-inf"
-    why = (" (-inf: the log of a probability that underflowed to 0? Take logs in log space: "
-           "(z - m) - log sum exp(z - m).)" if what == "-inf" else "")
+    why = (": the log of a probability that underflowed to 0? Work in log space, (z - m) - "
+           "log sum exp(z - m)" if what == "-inf" else
+           ": a loss of inf is minus the log of a probability that underflowed to 0?"
+           if what == "inf" and values.dim() == 0 else ".")
     if values.dim() == 0:
-        return f"{side}'s is {what} where the other side's is finite.{why}"
+        return f"{side}'s is {what} where the other side's is finite{why}"
     return (f"{side}'s has {len(entries)} {what} entr{'y' if len(entries) == 1 else 'ies'} "
-            f"(the first at {entries[0].tolist()}) where the other side's is finite.{why}")
+            f"(the first at {entries[0].tolist()}) where the other side's is finite{why}")
 
 
 def partial_sentence(differ: torch.Tensor, active: torch.Tensor,

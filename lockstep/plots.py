@@ -1,11 +1,13 @@
-"""The PNG plots compare.py writes: curves, gradient differences per tensor, learned weights,
-sample predictions, confusion. The notebooks draw them too (notebook_pngs)."""
+"""The PNG plots compare.py writes: curves, gradient differences per tensor, the first layer's
+weight gradients where the two sides differed most, sample predictions, confusion. The
+notebooks draw them too (notebook_pngs), and the learned weights (templates)."""
 
 import io
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from common.data import NUM_CLASSES, Splits
 from lockstep.checks import REL
@@ -55,6 +57,11 @@ def curves(history: History) -> plt.Figure:
         accuracy_ax.plot(epochs, [100 * a for a in history.val_accuracy[name]], label=name,
                          **STYLE[name])
     loss_ax.set(title="Training loss (mean over the epoch)", xlabel="epoch", ylabel="cross-entropy")
+    epochs = len(history.train_loss["torch"])
+    for ax in (loss_ax, accuracy_ax):  # epochs are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10, min_n_ticks=1))
+        ax.set_xlim(0.5, epochs + 0.5)
+    loss_ax.ticklabel_format(axis="y", useOffset=False)
     accuracy_ax.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
     worst = history.all_steps("grad")[..., REL].amax(dim=1)
     grad_ax.semilogy(worst.clamp_min(1e-18).numpy(), lw=0.6, color="tab:purple",
@@ -107,28 +114,39 @@ def weights(history: History) -> plt.Figure:
     torch's after every step, so the gradients are what it tests.
     """
     worst = history.worst
-    manual_g, torch_g = worst["manual"], worst["torch"]
-    per_class = len(manual_g) == NUM_CLASSES
-    units = len(manual_g) if per_class else min(16, len(manual_g))
-    rows = {"manual": manual_g[:units], "torch": torch_g[:units],
-            "manual - torch": manual_g[:units] - torch_g[:units]}
+    units = shown_units(worst["manual"])
+    manual_g, torch_g = worst["manual"][:units], worst["torch"][:units]
     figure, axes = plt.subplots(3, units, figsize=(15, 5), squeeze=False)  # as wide as curves
-    for row, (label, g) in zip(axes, rows.items(), strict=True):
-        limit = g.abs().max().item() or 1.0
-        for unit, ax in enumerate(row):
-            image = ax.imshow(g[unit].reshape(28, 28).numpy(), cmap="RdBu_r",
-                              vmin=-limit, vmax=limit)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(str(unit) if label == "manual" else "")
+    both = max(manual_g.abs().max().item(), torch_g.abs().max().item())
+    for row, label, g, limit in zip(axes, ("manual", "torch", "manual - torch"),
+                                    (manual_g, torch_g, manual_g - torch_g),
+                                    (both, both, (manual_g - torch_g).abs().max().item()),
+                                    strict=True):
+        images(figure, row, g, limit, titles=label == "manual")
         row[0].set_ylabel(label if g.abs().max() > 0 else f"{label}\n(all 0)")
-        figure.colorbar(image, ax=list(row), fraction=0.015, pad=0.01)
-    what = "each class's" if per_class else f"hidden units 0-{units - 1}:"
+    what = "each class's" if len(manual_g) == NUM_CLASSES else f"hidden units 0-{units - 1}:"
     figure.suptitle(f"First-layer weight gradient dLoss/dW at step {worst['step']}, where "
                     f"manual's and torch's differed most (max rel diff {worst['relative']:.1e})"
-                    f"; {what} 784 entries as an image\nbottom row: the difference, on its own "
-                    "scale (red: positive, blue: negative)")
+                    f"; {what} 784 entries as an image\nred: positive, blue: negative; the "
+                    "bottom row, their difference, on its own scale")
     return figure
+
+
+def shown_units(w: torch.Tensor) -> int:
+    """How many rows of a first-layer weight (or its gradient) to draw: every class of
+    softmax regression, the first 16 hidden units of an MLP."""
+    return len(w) if len(w) == NUM_CLASSES else min(16, len(w))
+
+
+def images(figure: plt.Figure, row, w: torch.Tensor, limit: float, titles: bool = True) -> None:
+    """Each row of w (units, 784) as a 28x28 image on the axes of row, colours from -limit to
+    limit, with one colour bar for the row."""
+    limit = limit or 1.0
+    for unit, ax in enumerate(row):
+        image = ax.imshow(w[unit].reshape(28, 28).numpy(), cmap="RdBu_r", vmin=-limit,
+                          vmax=limit)
+        ax.set(xticks=[], yticks=[], title=str(unit) if titles else "")
+    figure.colorbar(image, ax=list(row), fraction=0.015, pad=0.01)
 
 
 def templates(learner) -> plt.Figure:
@@ -139,19 +157,13 @@ def templates(learner) -> plt.Figure:
     torch's after every step): weights() draws what can differ, the gradients.
     """
     w = learner.parameters()[0].detach().cpu().double()
-    per_class = len(w) == NUM_CLASSES
-    units = len(w) if per_class else min(16, len(w))
+    units = shown_units(w)
     figure, axes = plt.subplots(1, units, figsize=(15, 2), squeeze=False)
-    limit = w[:units].abs().max().item() or 1.0
-    for unit, ax in enumerate(axes[0]):
-        image = ax.imshow(w[unit].reshape(28, 28).numpy(), cmap="RdBu_r", vmin=-limit,
-                          vmax=limit)
-        ax.set(xticks=[], yticks=[], title=str(unit))
-    figure.colorbar(image, ax=list(axes[0]), fraction=0.015, pad=0.01)
+    images(figure, axes[0], w[:units], w[:units].abs().max().item())
     figure.suptitle("Learned weights per class (red: the pixel votes for the class, blue: "
-                    "against)" if per_class else f"First-layer weights of hidden units 0-"
-                    f"{units - 1}, each unit's 784 weights as an image (red: the pixel excites "
-                    "it, blue: inhibits)", y=1.08)
+                    "against)" if len(w) == NUM_CLASSES else f"First-layer weights of hidden "
+                    f"units 0-{units - 1}, each unit's 784 weights as an image (red: the pixel "
+                    "excites it, blue: inhibits)", y=1.08)
     return figure
 
 

@@ -7,7 +7,7 @@ import torch
 
 from lockstep.kinds import agrees, classify, distance, make, shape_sentence, tensor_key
 from lockstep.learner import Learner
-from lockstep.tracebacks import first_line, place
+from lockstep.tracebacks import first_line, lies_in, place
 
 
 class Recorder(torch.Tensor):
@@ -49,7 +49,10 @@ def of_failure(step: int, learners: list[Learner], x: torch.Tensor, y: torch.Ten
              for index, ((name, a), (_, b)) in enumerate(pairs)]
     for tensor, a, b in named:  # what was set, in backward's order, of the wrong shape
         if a is not None and b is not None and a.shape != b.shape:
-            return make(step, tensor, "shape", shape_sentence(a, b, limit))
+            where = place(error)  # where torch refused it: the line that assigned the .grad
+            mine = where and lies_in(where.file, Path(probe.package.__file__).parent.resolve())
+            at = f" At {where}." if mine else ""
+            return make(step, tensor, "shape", shape_sentence(a, b, limit) + at)
     if failed is not None:
         where = place(failed, Path(probe.package.__file__).parent)
         return make(step, unreached(named, where.function if where else ""), "other", (

@@ -61,7 +61,8 @@ def cross_entropy_grad(logits: torch.Tensor, targets: torch.Tensor, reduction: s
         loss         = -sum_c q_c log p_c = -sum_c q_c z_c + log sum_k exp(z_k)
         dloss / dz_j = -q_j + exp(z_j) / sum_k exp(z_k) = p_j - q_j
     The mean over N examples divides each row by N. Each row sums to
-    sum_j p_j - sum_j q_j = 1 - 1 = 0.
+    sum_j p_j - sum_j q_j = 1 - 1 = 0. reduction="none" raises ValueError: a vector of
+    losses has no single gradient.
     """
     check_arguments(reduction, label_smoothing)
     if reduction == "none":

@@ -31,14 +31,14 @@ EXERCISES = [
      "check_arguments, then minus the log-probability of each target (gather), smoothed as "
      "the docstring says, then the reduction"),
     ("functional.py", "cross_entropy_grad",
-     "check_arguments and refuse 'none', then softmax(logits) - target_distribution(...), "
-     "divided by N for 'mean'"),
+     "check_arguments, refuse 'none' (raise ValueError), then softmax(logits) - "
+     "target_distribution(...), divided by N for 'mean'"),
     ("layers.py", "Linear.backward",
      "weight.grad = g^T x (x is self.input), bias.grad = g summed over the batch, "
      "return g W (or None)"),
     ("optim.py", "SGD.step",
      "for param, grad in self.gradients(): weight decay, then the momentum buffer in "
-     "self.state[param], then param.add_(grad, alpha=-self.lr)"),
+     "self.state.setdefault(param, {}), then param.add_(grad, alpha=-self.lr)"),
     ("layers.py", "ReLU.backward",
      "g where the saved output is > 0, 0 elsewhere"),
     ("layers.py", "BatchNorm1d.backward",

@@ -167,7 +167,7 @@ class Grading:
 
     def next_step(self, failures: bool) -> str:
         if failures:
-            return ("Fix the first exercise that fails first: later checks use it too. "
+            return ("Fix the first exercise that fails: the later ones' checks use it too. "
                     "--tb=short shows the tracebacks.")
         left = [name for name in exercises.NAMES if name in self.not_written]
         if left:

@@ -94,6 +94,8 @@ def test_a_seeded_mistake_stops_the_run_at_step_1_with_the_tutors_words(capsys, 
     own = report["on_its_own"]
     if case == "weight-gradient-transposed":  # torch refuses the .grad: no step on its own
         assert own is None and "On its own" not in out
+        assert re.search(r"belongs\?\)\. At .*layers\.py line \d+, in (Linear\.)?backward\.$",
+                         found["message"])
         return
     assert own["steps"] == 20 and re.search(
         r"^On its own, each learner trained afresh on its own gradients \(as --independent\) "

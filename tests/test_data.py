@@ -289,6 +289,9 @@ def test_a_failed_download_keeps_the_folders_that_were_there(tmp_path: Path, mon
     with pytest.raises(DataError, match="download failed"):
         data.download(tmp_path)
     assert tree(tmp_path) == ["MNIST", "MNIST/notes.txt"]
+    with pytest.raises(DataError, match="download failed"):  # two levels above it are new
+        data.download(tmp_path / "a" / "b")
+    assert tree(tmp_path) == ["MNIST", "MNIST/notes.txt"]
 
 
 # 3. The real MNIST ------------------------------------------------------------------------------

@@ -141,6 +141,19 @@ def test_a_one_hot_shifted_in_some_rows_only_or_by_different_amounts_is_not_shif
     assert kinds.classify(mixed, b, LIMIT, 6, targets=y)[0] != "shifted"
 
 
+def test_shifted_needs_three_classes_and_one_constant_and_survives_label_smoothing():
+    """With label smoothing the difference is (1 - eps) times the one-hot's: still shifted.
+    The twins: two classes (any row's difference sums to 0 there), and a difference at the
+    right two columns but of varying size, are not."""
+    a, b, y = one_hot_gradients(1)
+    smoothed = b + 0.9 * (a - b)
+    assert kinds.classify(smoothed, b, LIMIT, 6, targets=y)[0] == "shifted"
+    two = torch.tensor([[0.3, -0.3], [-0.2, 0.2]])
+    assert kinds.classify(-two, two, LIMIT, 2, targets=torch.tensor([0, 1]))[0] != "shifted"
+    varying = b + (a - b) * torch.linspace(1, 2, 6, dtype=torch.float64)[:, None]
+    assert kinds.classify(varying, b, LIMIT, 6, targets=y)[0] != "shifted"
+
+
 def test_minus_inf_on_one_side_says_log_of_0_and_plus_inf_does_not():
     """-inf where the other side is finite: the log of a probability that underflowed to 0.
     The twin: +inf gets no such words."""
@@ -151,6 +164,9 @@ def test_minus_inf_on_one_side_says_log_of_0_and_plus_inf_does_not():
     sentence = kinds.classify(high, B, LIMIT, 6)[2]
     assert sentence == "manual's has 1 inf entry (the first at [1, 2]) where the other side's " \
                        "is finite."
+    loss = kinds.classify(torch.tensor(torch.inf), torch.tensor(2.3), LIMIT, 6)[2]
+    assert loss == "manual's is inf where the other side's is finite: a loss of inf is minus " \
+                   "the log of a probability that underflowed to 0?"
 
 
 def test_the_grader_and_compare_use_the_same_words():

@@ -342,7 +342,7 @@ def test_the_summary_says_what_waits_and_what_no_check_reached():
         "FAILS 1 of its 2 checks, for example:", "       t::own[1]: m"]
     assert grading.row("SGD.step", failing) == [
         "1 checks pass; 1 fail because they use Linear.backward, which fails checks of its own"]
-    assert grading.next_step(True).startswith("Fix the first exercise that fails first")
+    assert grading.next_step(True).startswith("Fix the first exercise that fails:")
 
 
 # -- graded by the gradient checks: python -m pytest --manual DIR ------------------------------

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import manual.optim
-from manual.optim import SGD
+from manual.optim import SGD, Adam
 from tests.helpers import (
     FLOAT64_MAX_REL_DIFF,
     AdamWDecayingThroughTheGradient,
@@ -172,13 +172,18 @@ def test_a_parameter_without_gradient_is_left_alone_as_torch_does():
                                        atol=FLOAT64_MAX_REL_DIFF)
 
 
-@pytest.mark.parametrize("options", [{"lr": 0.1}, VALID[-1]], ids=options_id)
-def test_step_leaves_gradients_alone_and_needs_no_autograd(options):
-    """step() changes only the parameters: same bits under torch.no_grad(), no grad required."""
+@pytest.mark.parametrize(("optimizer_class", "options"), [
+    (SGD, {"lr": 0.1}), (SGD, VALID[-1]),
+    (SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}),  # no maximize: .grad itself
+    (Adam, {"lr": 0.1, "weight_decay": 0.01})],
+    ids=["sgd", f"sgd-{options_id(VALID[-1])}", "sgd-momentum-weight_decay", "adam-weight_decay"])
+def test_step_leaves_gradients_alone_and_needs_no_autograd(optimizer_class, options):
+    """step() changes only the parameters, never .grad (as its docstring says): the same bits
+    under torch.no_grad(), no grad required."""
     results = []
     for context in (torch.enable_grad, torch.no_grad):
         params, _ = twin_parameters()
-        optimizer = SGD(params, **options)
+        optimizer = optimizer_class(params, **options)
         for _ in range(3):
             for param in params:
                 param.grad = torch.ones_like(param)
@@ -188,6 +193,18 @@ def test_step_leaves_gradients_alone_and_needs_no_autograd(options):
         results.append(params)
     for with_grad, no_grad in zip(*results, strict=True):
         assert not with_grad.requires_grad and torch.equal(with_grad, no_grad)
+
+
+@pytest.mark.twin
+def test_an_sgd_that_decays_the_gradient_in_place_fails_the_check_above(monkeypatch):
+    """grad.add_(param, alpha=weight_decay) changes .grad: the check above catches it."""
+    def step(self):
+        for param, grad in self.gradients():
+            param.add_(grad.add_(param, alpha=self.weight_decay), alpha=-self.lr)
+    monkeypatch.setattr(SGD, "step", step)
+    with pytest.raises(AssertionError):
+        test_step_leaves_gradients_alone_and_needs_no_autograd(
+            SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01})
 
 
 @pytest.mark.twin
