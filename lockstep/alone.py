@@ -15,6 +15,7 @@ from types import ModuleType
 import torch
 
 from common.data import Splits, batches
+from lockstep.epoch import Diverged
 from lockstep.learner import make_learners
 
 MOST_STEPS = 1000  # of epoch 1: a few seconds at most
@@ -26,8 +27,7 @@ def after(found, args: argparse.Namespace, data: Splits, device: str, dtype: tor
     diagnosis of a run that went on), unless --independent, where each learner trained on its
     own anyway. None also where there is nothing to learn that way: no mismatch, training
     diverged, or the manual code failed (the lock step said what failed)."""
-    failed = not isinstance(found, dict) and (getattr(found, "__cause__", None) is not None
-                                              or not hasattr(found, "diagnosis"))
+    failed = isinstance(found, Diverged) or getattr(found, "__cause__", None) is not None
     if not found or args.independent or failed:
         return None
     return on_its_own(args, data, device, dtype, steps_per_epoch, package)

@@ -86,9 +86,10 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
             raise Mismatch(replay.of_failure(step, learners, x, y, error, limit),
                            found) from error  # compare.py: an exercise not written yet?
         torch_learner.gradients(x, y)
+        gradients = [learner.named_gradients() for learner in learners]
         try:
-            before = named_stats(*(learner.named_loss() + learner.named_gradients()
-                                   for learner in learners))
+            before = named_stats(*(learner.named_loss() + named
+                                   for learner, named in zip(learners, gradients, strict=True)))
         except ShapeMismatch as error:  # e.g. a .grad never set
             raise Mismatch(replay.of_failure(step, learners, x, y, error, limit),
                            found) from None
@@ -100,7 +101,7 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
                                    independent)
             if stop and found:
                 raise Mismatch(found)
-        worst.update(step, before[1:], *(learner.named_gradients() for learner in learners))
+        worst.update(step, before[1:], *gradients)
         if diagnose and step == 1 and dtype == torch.float32:
             reference = float64_errors(learners, x, y)
         gate_flips.append(relu_flips(learners))
@@ -110,8 +111,8 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
             learner.step()  # the optimizer's, then the learning-rate schedule's
         for which in AFTER:
             stats[which].append(compared(step, *COMPARED[which], learners, found))
-        after = [stats[which][-1] for which in AFTER if stats[which][-1].numel()]
-        if stop and exceeds(torch.cat(after), limit):
+        if stop and exceeds(torch.cat([stats[which][-1] for which in AFTER
+                                       if stats[which][-1].numel()]), limit):
             _, now = first_of(stats, found, learners, limit, first_step, independent)
             raise Mismatch(now or make(step, "update", "other", (
                 "the parameters, running statistics or optimizer state went over the limit "

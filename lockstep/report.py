@@ -207,19 +207,18 @@ def accuracy_lines(summary: dict) -> list[str]:
     """The test accuracies and how often the predictions agree. Where the manual learner was
     re-synchronized to torch after a mismatch, its accuracy is torch's: not shown as its own,
     and what its code reaches on its own (lockstep.alone) is said instead."""
+    header = f"{'':16}{'manual':>10}{'torch':>10}"
     if not summary.get("resynchronized"):
         accuracies = [f"{summary[name]['test_accuracy']:>10.2%}" for name in NAMES]
-        return [f"{'':16}{'manual':>10}{'torch':>10}", f"{'test accuracy':16}{''.join(accuracies)}",
+        return [header, f"{'test accuracy':16}{''.join(accuracies)}",
                 f"predictions agree on {summary['prediction_agreement']:.2%} of "
                 f"{summary['test_images']} test images"]
-    lines = [f"{'':16}{'manual':>10}{'torch':>10}",
-             f"{'test accuracy':16}{'-':>10}{summary['torch']['test_accuracy']:>10.2%}",
-             "manual: not its own result. A mismatch was found, and the lock step "
-             "re-synchronized the manual learner to torch before every step (parameters, "
-             "state, then gradients), so its accuracy is torch's."]
-    if summary.get("on_its_own"):
-        lines.append(alone_sentence(summary["on_its_own"]))
-    return lines
+    own = summary.get("on_its_own")
+    return [header, f"{'test accuracy':16}{'-':>10}{summary['torch']['test_accuracy']:>10.2%}",
+            "manual: not its own result. A mismatch was found, and the lock step "
+            "re-synchronized the manual learner to torch before every step (parameters, "
+            "state, then gradients), so its accuracy is torch's.",
+            *([alone_sentence(own)] if own else [])]
 
 
 def stop_line(diagnosis: dict, independent: bool) -> str:
