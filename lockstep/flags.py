@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 DEFAULT_HIDDEN = 128  # --model mlp without --hidden
+DEFAULT_CHANNELS = (16, 32)  # --model cnn without --channels
 # --optimizer: the class in manual/optim.py and torch_impl/optim.py, the flags that are its
 # options, and the defaults of those not given (Adam's and AdamW's are torch's own).
 OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
@@ -50,18 +51,25 @@ def parse_args(argv: list[str] | None = None,
         parser.error(problem)
     if args.model == "mlp" and args.hidden is None:
         args.hidden = DEFAULT_HIDDEN
+    if args.model == "cnn" and args.channels is None:
+        args.channels = DEFAULT_CHANNELS
+    args.channels = None if args.channels is None else tuple(args.channels)
     return args
 
 
 def make_parser(description: str | None = None) -> ArgumentParser:
     """compare.py's flags, each with its help: what it does, and its default."""
     parser = ArgumentParser(description=description)
-    parser.add_argument("--model", choices=("softmax", "mlp"), default="softmax",
-                        help="softmax regression, or an MLP with one hidden layer and ReLU "
+    parser.add_argument("--model", choices=("softmax", "mlp", "cnn"), default="softmax",
+                        help="softmax regression, an MLP with one hidden layer and ReLU, or a "
+                             "CNN: 5x5 convolutions, ReLU and 2x2 max pooling "
                              "(default %(default)s)")
     parser.add_argument("--hidden", type=int, help="hidden units of --model mlp (default 128)")
     parser.add_argument("--batchnorm", action="store_true",
                         help="--model mlp: BatchNorm1d between the hidden Linear and the ReLU")
+    parser.add_argument("--channels", type=int, nargs="+", metavar="C",
+                        help="--model cnn: the output channels of each convolution, one block "
+                             "(Conv2d, ReLU, MaxPool2d) per number (default 16 32)")
     parser.add_argument("--epochs", type=int, default=5,
                         help="passes over the training set (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=100,
@@ -142,11 +150,18 @@ def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 def usage_problem(args: argparse.Namespace) -> str | None:
     """What is impossible about these flags (their defaults filled in), or None."""
-    if args.model == "softmax" and (args.hidden is not None or args.batchnorm):
+    if args.model != "mlp" and (args.hidden is not None or args.batchnorm):
         flag = "--hidden" if args.hidden is not None else "--batchnorm"
-        return f"{flag} applies to --model mlp only (softmax regression has no hidden layer)"
+        return f"{flag} applies to --model mlp only, not {args.model}"
+    if args.model != "cnn" and args.channels is not None:
+        return f"--channels applies to --model cnn only, not {args.model}"
     if args.hidden is not None and args.hidden < 1:
         return f"--hidden must be positive, got {args.hidden}"
+    if args.channels is not None and not all(c > 0 for c in args.channels):
+        return f"--channels must each be positive, got {' '.join(map(str, args.channels))}"
+    if args.channels is not None and 28 >> len(args.channels) == 0:
+        return (f"--channels: {len(args.channels)} blocks halve a 28 x 28 image to nothing "
+                "(at most 4)")
     if args.batchnorm and args.batch_size == 1:
         return "--batchnorm needs --batch-size 2 or more (a batch of 1 has no variance)"
     for flag in ("epochs", "batch_size", "lr"):

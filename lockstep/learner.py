@@ -3,12 +3,13 @@ uses. Each package supplies only its model (forward / backward), optimizer (upda
 train.forward_backward; the training loop is the same for both.
 
 A package here is `manual` or `torch_impl` (or an exercise folder imported as manual): each
-has model.SoftmaxRegression, model.MLP, optim.SGD, optim.Adam, optim.AdamW,
+has model.SoftmaxRegression, model.MLP, model.CNN, optim.SGD, optim.Adam, optim.AdamW,
 lr_scheduler.CosineAnnealingLR and train.forward_backward with the same signatures. The rest
 of the checker reaches the two packages only through this module.
 """
 
 import argparse
+import math
 from collections.abc import Iterable
 from types import ModuleType
 
@@ -27,22 +28,36 @@ class Learner:
                  optimizer_options: dict, label_smoothing: float = 0.0,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  anneal_steps: int | None = None, hidden: int | None = None,
-                 batchnorm: bool = False, optimizer: str = "SGD"):
+                 batchnorm: bool = False, optimizer: str = "SGD",
+                 channels: tuple[int, ...] | None = None):
         """optimizer: the name of the package's optimizer class ("SGD", "Adam", "AdamW"),
         built with optimizer_options.
         anneal_steps: cosine-anneal the learning rate to 0 over that many optimizer
         steps (lr_scheduler.CosineAnnealingLR); None keeps it constant.
         hidden: None for softmax regression, else the MLP's hidden units (with BatchNorm1d
-        if batchnorm)."""
+        if batchnorm).
+        channels: None, or a CNN with these channels, on square images of in_features
+        pixels, one channel: each flat row of x becomes an image (1, H, W) before the model
+        sees it (as_input)."""
         self.name = package.__name__
         self.package = package
         self.settings = dict(in_features=in_features, num_classes=num_classes,  # for twin()
                              optimizer_options=optimizer_options, label_smoothing=label_smoothing,
-                             device=device, hidden=hidden, batchnorm=batchnorm, optimizer=optimizer)
+                             device=device, hidden=hidden, batchnorm=batchnorm, optimizer=optimizer,
+                             channels=channels)
         kinds = dict(device=device, dtype=dtype)
-        self.model = (package.model.SoftmaxRegression(in_features, num_classes, **kinds)
-                      if hidden is None else
-                      package.model.MLP(in_features, hidden, num_classes, batchnorm, **kinds))
+        self.image_shape = None  # (1, H, W) for the CNN: what a flat row of x becomes
+        if channels is not None:
+            side = math.isqrt(in_features)
+            if side * side != in_features:
+                raise ValueError(f"a CNN needs square images, not {in_features} pixels")
+            self.image_shape = (1, side, side)
+            self.model = package.model.CNN(1, tuple(channels), num_classes, image_size=side,
+                                           **kinds)
+        elif hidden is None:
+            self.model = package.model.SoftmaxRegression(in_features, num_classes, **kinds)
+        else:
+            self.model = package.model.MLP(in_features, hidden, num_classes, batchnorm, **kinds)
         self.optimizer = getattr(package.optim, optimizer)(self.model.parameters(),
                                                            **optimizer_options)
         self.scheduler = (None if anneal_steps is None else
@@ -81,11 +96,14 @@ class Learner:
 
     def named_hidden_outputs(self) -> list[tuple[str, torch.Tensor]]:
         """Each hidden layer's output of the last forward, by its layer: "hidden.linear",
-        "hidden.batchnorm1d", "hidden.relu" (none for softmax regression)."""
+        "hidden.batchnorm1d", "hidden.relu" (none for softmax regression). Where a kind of
+        layer comes more than once, as in the CNN, every name ends in its layer's index
+        (layers.3 -> "hidden.conv2d.3")."""
         outputs = getattr(self.model, "hidden_outputs", [])  # the last layer's is the logits
-        layers = getattr(self.model, "layers", [])[:-1]
-        return [(f"hidden.{type(layer).__name__.lower()}", output)
-                for layer, output in zip(layers, outputs, strict=True)]
+        kinds = [type(layer).__name__.lower() for layer in getattr(self.model, "layers", [])[:-1]]
+        indexed = len(set(kinds)) < len(kinds)
+        return [(f"hidden.{kind}" + (f".{index}" if indexed else ""), output)
+                for index, (kind, output) in enumerate(zip(kinds, outputs, strict=True))]
 
     def named_buffers(self) -> list[tuple[str, torch.Tensor]]:
         """The floating-point buffers (BatchNorm1d's running_mean, running_var), by name."""
@@ -130,9 +148,14 @@ class Learner:
         The loss and the logits (with dLoss/dlogits in .grad) stay in self.loss and
         self.last_logits until the next call."""
         self.optimizer.zero_grad()
-        self.loss, self.last_logits = self.package.train.forward_backward(self.model, x, y,
-                                                                     self.label_smoothing)
+        self.loss, self.last_logits = self.package.train.forward_backward(
+            self.model, self.as_input(x), y, self.label_smoothing)
         return self.loss
+
+    def as_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The flat rows x (N, D) as the model takes them: as they are, or for the CNN as
+        images (N, 1, H, W), a view of the same memory (row by row, as MNIST stores them)."""
+        return x if self.image_shape is None else x.view(len(x), *self.image_shape)
 
     @torch.no_grad()
     def twin(self, dtype: torch.dtype | None = None) -> "Learner":
@@ -184,7 +207,7 @@ class Learner:
         recording nothing for backward; the model returns to training mode after."""
         self.model.eval()
         try:
-            return self.model(x)
+            return self.model(self.as_input(x))
         finally:
             self.model.train()
 
@@ -231,5 +254,6 @@ def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
         torch.manual_seed(args.seed)
         learners.append(Learner(package, NUM_PIXELS, NUM_CLASSES, options,
                                 args.label_smoothing, device, dtype, anneal_steps,
-                                args.hidden, args.batchnorm, OPTIMIZERS[args.optimizer]))
+                                args.hidden, args.batchnorm, OPTIMIZERS[args.optimizer],
+                                args.channels))
     return learners

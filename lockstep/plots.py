@@ -1,6 +1,7 @@
 """The PNG plots compare.py writes: curves, gradient differences per tensor, the first layer's
-weight gradients where the two sides differed most, sample predictions, confusion. The
-notebooks draw them too (notebook_pngs), and the learned weights (templates)."""
+weight gradients where the two sides differed most, sample predictions, confusion, and for
+the CNN one test digit's feature maps. The notebooks draw them too (notebook_pngs), and the
+learned weights (templates)."""
 
 import io
 from pathlib import Path
@@ -18,12 +19,14 @@ STYLE = {"manual": dict(color="tab:blue", marker="o", linestyle="-"),
 
 
 def save_all(out: Path, learners: list, data: Splits, history: History) -> list[Path]:
-    """Write the five plots into `out`; returns their paths."""
+    """Write the five plots into `out`, six for the CNN; returns their paths."""
     plt.switch_backend("agg")  # files only, no window: works on servers and in CI
     figures = {"curves.png": curves(history), "gradients.png": gradients(history),
                "weights.png": weights(history),
                "predictions.png": predictions(learners, data),
                "confusion.png": confusion(learners, data, history)}
+    if learners[1].image_shape is not None:
+        figures["features.png"] = features(learners, data)
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=110, bbox_inches="tight")
         plt.close(figure)
@@ -109,8 +112,8 @@ def weights(history: History) -> plt.Figure:
     """The first layer's weight gradient at the step where manual's and torch's differed most
     (lockstep.worst), one 28x28 image per row of dLoss/dW: manual, torch, difference.
 
-    Softmax regression: each class's 784 weights. MLP: the first 16 hidden units'. The
-    weights themselves would show no difference: the lock step gives the manual learner
+    Softmax regression: each class's 784 weights. MLP: the first 16 hidden units'. CNN: the
+    first 16 kernels, k x k each. The weights themselves would show no difference: the lock step gives the manual learner
     torch's after every step, so the gradients are what it tests.
     """
     worst = history.worst
@@ -124,27 +127,32 @@ def weights(history: History) -> plt.Figure:
                                     strict=True):
         images(figure, row, g, limit, titles=label == "manual")
         row[0].set_ylabel(label if g.abs().max() > 0 else f"{label}\n(all 0)")
-    what = "each class's" if len(manual_g) == NUM_CLASSES else f"hidden units 0-{units - 1}:"
+    if manual_g.dim() == 4:
+        what = f"kernels 0-{units - 1}, {'x'.join(map(str, manual_g.shape[2:]))} each,"
+    else:
+        what = "each class's" if len(manual_g) == NUM_CLASSES else f"hidden units 0-{units - 1}:"
+        what += " 784 entries"
     figure.suptitle(f"First-layer weight gradient dLoss/dW at step {worst['step']}, where "
                     f"manual's and torch's differed most (max rel diff {worst['relative']:.1e})"
-                    f"; {what} 784 entries as an image\nred: positive, blue: negative; the "
+                    f"; {what} as an image\nred: positive, blue: negative; the "
                     "bottom row, their difference, on its own scale")
     return figure
 
 
 def shown_units(w: torch.Tensor) -> int:
     """How many rows of a first-layer weight (or its gradient) to draw: every class of
-    softmax regression, the first 16 hidden units of an MLP."""
+    softmax regression, the first 16 hidden units of an MLP, or kernels of a CNN."""
     return len(w) if len(w) == NUM_CLASSES else min(16, len(w))
 
 
 def images(figure: plt.Figure, row, w: torch.Tensor, limit: float, titles: bool = True) -> None:
-    """Each row of w (units, 784) as a 28x28 image on the axes of row, colours from -limit to
-    limit, with one colour bar for the row."""
+    """Each row of w (units, 784) as a 28x28 image on the axes of row, or each kernel of w
+    (units, 1, k, k) as a k x k one, colours from -limit to limit, with one colour bar for
+    the row."""
     limit = limit or 1.0
     for unit, ax in enumerate(row):
-        image = ax.imshow(w[unit].reshape(28, 28).numpy(), cmap="RdBu_r", vmin=-limit,
-                          vmax=limit)
+        picture = w[unit].reshape(28, 28) if w.dim() == 2 else w[unit, 0]
+        image = ax.imshow(picture.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
         ax.set(xticks=[], yticks=[], title=str(unit) if titles else "")
     figure.colorbar(image, ax=list(row), fraction=0.015, pad=0.01)
 
@@ -160,10 +168,46 @@ def templates(learner) -> plt.Figure:
     units = shown_units(w)
     figure, axes = plt.subplots(1, units, figsize=(15, 2), squeeze=False)
     images(figure, axes[0], w[:units], w[:units].abs().max().item())
-    figure.suptitle("Learned weights per class (red: the pixel votes for the class, blue: "
-                    "against)" if len(w) == NUM_CLASSES else f"First-layer weights of hidden "
-                    f"units 0-{units - 1}, each unit's 784 weights as an image (red: the pixel "
-                    "excites it, blue: inhibits)", y=1.08)
+    figure.suptitle(f"First-layer kernels 0-{units - 1}, as the convolution slides them over "
+                    "the image (red: a pixel there excites the output, blue: inhibits)"
+                    if w.dim() == 4 else "Learned weights per class (red: the pixel votes for "
+                    "the class, blue: against)" if len(w) == NUM_CLASSES else f"First-layer "
+                    f"weights of hidden units 0-{units - 1}, each unit's 784 weights as an "
+                    "image (red: the pixel excites it, blue: inhibits)", y=1.08)
+    return figure
+
+
+def features(learners: list, data: Splits, index: int = 0, most: int = 16) -> plt.Figure:
+    """One test digit through the CNN: the image, then the output of each convolution (the
+    first `most` channels), torch's; each title gives the largest difference from manual's.
+
+    A feature map is one output channel: the kernel's response at every position of the
+    image, bright where the pattern it holds is found."""
+    x = data.test_x[index:index + 1]
+    outputs = []
+    for learner in learners:
+        learner.logits(x)  # eval mode; keeps the hidden outputs
+        outputs.append([(name, output.detach().cpu().double()) for name, output in
+                        learner.named_hidden_outputs() if name.startswith("hidden.conv2d")])
+    figure, axes = plt.subplots(1 + len(outputs[1]), most, figsize=(15, 1.2 + 1.1 * len(
+        outputs[1]) * most / 16), squeeze=False)
+    for ax in axes.flat:
+        ax.set(xticks=[], yticks=[])
+        ax.axis("off")
+    axes[0, 0].axis("on")
+    axes[0, 0].imshow(data.test_x[index].cpu().float().reshape(28, 28).numpy(), cmap="gray_r")
+    axes[0, 0].set_title(f"test image {index}\nlabel {int(data.test_y[index])}", fontsize=9)
+    for row, (name, maps), (_, manual_maps) in zip(axes[1:], outputs[1], outputs[0],
+                                                   strict=True):
+        for channel, ax in enumerate(row[:len(maps[0])]):
+            ax.axis("on")
+            ax.imshow(maps[0, channel].numpy(), cmap="viridis")
+        difference = (maps - manual_maps).abs().max().item()
+        row[0].set_title(f"{name}: {maps.shape[1]} channels of {maps.shape[2]}x{maps.shape[3]}"
+                         f"; max |manual - torch| = {difference:.1e}", fontsize=9, loc="left")
+    figure.suptitle("One test digit after each convolution (torch's output; manual's is drawn "
+                    "alike): one map per output channel, bright where its kernel responds",
+                    y=1.0)
     return figure
 
 

@@ -1,16 +1,17 @@
 """Layers by hand: each forward with its backward written out beside it.
 
-Twin of torch_impl/layers.py (nn.Linear, nn.ReLU, nn.BatchNorm1d). Every layer has
-forward(x), also called as layer(x), which saves what backward needs, as autograd
-saves it; backward(grad_output) -> grad_input, the chain rule through the layer,
-which sets (not accumulates) the .grad of the layer's parameters, and modifies neither
+Twin of torch_impl/layers.py (nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.Conv2d, nn.MaxPool2d,
+nn.Flatten). Every layer has forward(x), also called as layer(x), which saves what backward
+needs, as autograd saves it; backward(grad_output) -> grad_input, the chain rule through the
+layer, which sets (not accumulates) the .grad of the layer's parameters, and modifies neither
 grad_output nor what forward saved; and named_parameters() / parameters() in nn's order.
-Shapes: x (N, in), N examples.
+Shapes: x (N, in), N examples; images x (N, C, H, W): C channels of H rows and W columns.
 """
 
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 class Linear:
@@ -23,17 +24,7 @@ class Linear:
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-        bound = 1 / math.sqrt(in_features)
-        # nn.Linear draws the weight with kaiming_uniform_(a=sqrt(5)), whose bound
-        # gain * sqrt(3 / D) is 1/sqrt(D) mathematically but, rounded step by step,
-        # can be one ulp away in float64 (D = 1, 3, 13, ...). Same steps, same bits:
-        gain = math.sqrt(2.0 / (1 + math.sqrt(5) ** 2))  # init.calculate_gain("leaky_relu", a)
-        weight_bound = math.sqrt(3.0) * (gain / math.sqrt(in_features))
-        self.weight = torch.empty(out_features, in_features, device=device, dtype=dtype)
-        self.weight.uniform_(-weight_bound, weight_bound)
-        self.bias = torch.empty(out_features, device=device, dtype=dtype) if bias else None
-        if bias:
-            self.bias.uniform_(-bound, bound)
+        self.weight, self.bias = initialized((out_features, in_features), bias, device, dtype)
         self.input = None  # saved by forward for backward, as autograd saves it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,8 +60,28 @@ class Linear:
         return [param for _, param in self.named_parameters()]
 
 
+def initialized(shape: tuple[int, ...], bias: bool, device, dtype
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight of `shape`, bias of shape[0] or None), as nn.Linear and nn.Conv2d draw them.
+
+    fan_in = the inputs of one output entry: in_features, or in_channels * k * k. Every
+    entry from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), weight first, then bias.
+    """
+    fan_in = math.prod(shape[1:])
+    # nn draws the weight with kaiming_uniform_(a=sqrt(5)), whose bound gain * sqrt(3 / D)
+    # is 1/sqrt(D) mathematically but, rounded step by step, can be one ulp away in
+    # float64 (D = 1, 3, 13, ...). Same steps, same bits:
+    gain = math.sqrt(2.0 / (1 + math.sqrt(5) ** 2))  # init.calculate_gain("leaky_relu", a)
+    weight_bound = math.sqrt(3.0) * (gain / math.sqrt(fan_in))
+    weight = torch.empty(shape, device=device, dtype=dtype).uniform_(-weight_bound, weight_bound)
+    if not bias:
+        return weight, None
+    bound = 1 / math.sqrt(fan_in)
+    return weight, torch.empty(shape[0], device=device, dtype=dtype).uniform_(-bound, bound)
+
+
 class ReLU:
-    """y = max(x, 0), entry by entry: x (N, H) -> y (N, H). No parameters."""
+    """y = max(x, 0), entry by entry: x (N, H) -> y (N, H), or any shape. No parameters."""
 
     def __init__(self):
         self.output = None  # saved by forward: y > 0 exactly where x > 0
@@ -187,3 +198,168 @@ class BatchNorm1d:
         """The state that is not learned by gradient, nn.BatchNorm1d's names and order."""
         return [("running_mean", self.running_mean), ("running_var", self.running_var),
                 ("num_batches_tracked", self.num_batches_tracked)]
+
+
+class Conv2d:
+    """y = b + W ⋆ x: each output channel o slides its kernel W_o over the image.
+
+    x: (N, C, H, W) -> y (N, O, H_out, W_out), with weight W: (O, C, k, k), bias b: (O,):
+        y[n, o, p, q] = b[o] + sum_{c, i, j} W[o, c, i, j] x_pad[n, c, s p + i, s q + j]
+    x_pad: x with `padding` rows and columns of zeros on each side; s: the stride;
+    H_out = (H + 2 padding - k) // s + 1, and the same for W_out. This is a
+    cross-correlation, as in nn.Conv2d: the kernel is not flipped (a true convolution
+    would flip it, rotating it by 180 degrees). stride and padding: an int, or (rows, columns).
+    Initialized like nn.Conv2d, fan_in = C k k (see initialized).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 bias: bool = True, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        self.kernel_size = (kernel_size, kernel_size)
+        self.stride, self.padding = pair(stride), pair(padding)
+        shape = (out_channels, in_channels, kernel_size, kernel_size)
+        self.weight, self.bias = initialized(shape, bias, device, dtype)
+        self.input = None  # saved by forward for backward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, C, H, W) -> y (N, O, H_out, W_out). F.conv2d is the sum above in one call,
+        as addmm is Linear's product."""
+        self.input = x
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    __call__ = forward
+
+    def backward(self, grad_output: torch.Tensor,
+                 needs_input_grad: bool = True) -> torch.Tensor | None:
+        """Chain rule through y = b + W ⋆ x, given g = dLoss/dy: (N, O, H_out, W_out).
+
+        Each W[o, c, i, j] meets x_pad[n, c, s p + i, s q + j] in output y[n, o, p, q], so
+            weight.grad[o, c, i, j] = sum_{n, p, q} g[n, o, p, q] x_pad[n, c, s p + i, s q + j]
+        the input correlated with g (O, C, k, k): a convolution whose batch is the channels
+        c, whose channels are the examples n, and whose kernel is g, its taps s apart
+        (dilation = stride);
+            bias.grad[o] = sum_{n, p, q} g[n, o, p, q]                 (O,)
+        and dLoss/dx_pad[n, c, h, w] = sum_{o, p, q: s p + i = h, s q + j = w} g[n, o, p, q]
+        W[o, c, i, j]: each output spreads its gradient back over the window it read.
+        That is a transposed convolution (N, C, H, W): g with s - 1 zeros between its
+        entries, padded by k - 1 - padding, correlated with W rotated by 180 degrees and its
+        in and out channels swapped. Rows of x that no window covered (stride 2 and an
+        uneven size) get 0, as does the padding, which is cut off. Returns None when
+        needs_input_grad is False (the images).
+        """
+        x, (k, _), stride = self.input, self.kernel_size, self.stride
+        per_channel = F.conv2d(x.transpose(0, 1), grad_output.transpose(0, 1),
+                               padding=self.padding, dilation=stride)  # (C, O, >= k, >= k)
+        self.weight.grad = per_channel.transpose(0, 1)[..., :k, :k].contiguous()
+        if self.bias is not None:
+            self.bias.grad = grad_output.sum(dim=(0, 2, 3))
+        if not needs_input_grad:
+            return None
+        uncovered = [(size + 2 * pad - k) % step  # the rows (columns) no window reaches
+                     for size, pad, step in zip(x.shape[2:], self.padding, stride, strict=True)]
+        return F.conv_transpose2d(grad_output, self.weight, stride=stride, padding=self.padding,
+                                  output_padding=uncovered)
+
+    def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """[("weight", W), ("bias", b)], nn.Conv2d's names and order; no bias if bias=False."""
+        return [("weight", self.weight)] + ([] if self.bias is None else [("bias", self.bias)])
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [param for _, param in self.named_parameters()]
+
+
+def pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    """3 -> (3, 3): one number for both rows and columns, as nn's layers take it."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+class MaxPool2d:
+    """y = the largest entry of each k x k window, plane by plane.
+
+    x: (N, C, H, W) -> y (N, C, H_out, W_out), H_out = (H - k) // s + 1: windows that do
+    not fit are dropped. The stride s defaults to k (windows side by side); with s < k
+    they overlap. No parameters.
+        y[n, c, p, q] = max_{i, j < k} x[n, c, s p + i, s q + j]
+    """
+
+    def __init__(self, kernel_size: int, stride: int | None = None):
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.input_shape = self.argmax = None  # saved by forward: which entry won each window
+
+    def windows(self, shape: torch.Size) -> list[tuple[slice, slice]]:
+        """Offset (i, j) of a window, for each in row-major order: the (rows, columns) of x
+        that sit at (i, j) in every window, as slices of x (N, C, H, W)."""
+        k, s = self.kernel_size, self.stride
+        rows, columns = ((size - k) // s + 1 for size in shape[2:])
+        return [(slice(i, i + s * (rows - 1) + 1, s), slice(j, j + s * (columns - 1) + 1, s))
+                for i in range(k) for j in range(k)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, C, H, W) -> y (N, C, H_out, W_out). Also keeps the offset in its window,
+        0 to k k - 1, of the entry each output took: the first maximum in row-major order.
+
+        The windows are visited offset by offset, all at once: an entry takes over only if
+        it is larger (>) than the best so far, or NaN, which is torch's own test
+        (val > maxval || isnan(val)), so of tied entries the first one wins.
+        """
+        self.input_shape = x.shape
+        offsets = self.windows(x.shape)
+        best = x[(..., *offsets[0])]
+        self.argmax = torch.zeros(best.shape, dtype=torch.uint8, device=x.device)
+        for offset, (rows, columns) in enumerate(offsets[1:], start=1):
+            entry = x[..., rows, columns]
+            wins = (entry > best) | entry.isnan()
+            best = torch.where(wins, entry, best)
+            self.argmax.masked_fill_(wins, offset)
+        return best.clone() if len(offsets) == 1 else best
+
+    __call__ = forward
+
+    def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
+        """dLoss/dx (N, C, H, W): each window's g goes to the one entry that won it, the
+        first maximum; every other entry gets 0 from that window.
+
+        y = max(...) moves with its winner alone (slope 1) and not at all with the others
+        (slope 0). A tie has no single slope, so a choice has to be made, and torch makes
+        this one on the CPU and in CUDA. The other choices differ from it: sending g to every
+        tied entry multiplies the gradient by the number of ties, and splitting it among them
+        matches no torch kernel. Ties are common on MNIST: ReLU's zeros fill the blank
+        background. Overlapping windows (s < k) add their gradients to an entry they share.
+        """
+        grad_input = grad_output.new_zeros(self.input_shape)
+        for offset, (rows, columns) in enumerate(self.windows(self.input_shape)):
+            grad_input[..., rows, columns] += grad_output * (self.argmax == offset)
+        return grad_input
+
+    def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        return []
+
+    def parameters(self) -> list[torch.Tensor]:
+        return []
+
+
+class Flatten:
+    """x: (N, C, H, W) -> y (N, C H W), each example's entries in torch's order: channel by
+    channel, each channel row by row (y[n, (c H + h) W + w] = x[n, c, h, w]). No parameters."""
+
+    def __init__(self):
+        self.input_shape = None  # saved by forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.input_shape = x.shape
+        return x.flatten(start_dim=1)
+
+    __call__ = forward
+
+    def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
+        """dLoss/dx (N, C, H, W): g (N, C H W) put back in the input's shape, in the same order
+        (the entries only move, so their gradients move with them)."""
+        return grad_output.reshape(self.input_shape)
+
+    def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        return []
+
+    def parameters(self) -> list[torch.Tensor]:
+        return []

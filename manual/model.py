@@ -1,4 +1,5 @@
-"""The models, by hand: softmax regression first, then a multi-layer perceptron.
+"""The models, by hand: softmax regression first, then a multi-layer perceptron, then a
+convolutional network.
 
 Twin of torch_impl/model.py. The softmax itself lives in the loss
 (manual.functional.cross_entropy), exactly as with nn.Linear + nn.CrossEntropyLoss.
@@ -7,7 +8,7 @@ The layers, each with its backward written out, are in manual/layers.py.
 
 import torch
 
-from manual.layers import BatchNorm1d, Linear, ReLU
+from manual.layers import BatchNorm1d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
 
 
 class SoftmaxRegression(Linear):
@@ -30,29 +31,22 @@ class SoftmaxRegression(Linear):
         return self
 
 
-class MLP:
-    """x (N, D) -> Linear -> [BatchNorm1d] -> ReLU -> Linear -> logits (N, C).
+class Chain:
+    """Layers one after another: forward in their order, backward in reverse, the chain rule.
 
-    One hidden layer of `hidden` units: h = relu(bn(x W1^T + b1)), logits = h W2^T + b2,
-    with W1: (hidden, D), W2: (C, hidden). With batchnorm=True, BatchNorm1d normalizes
-    x W1^T and brings its own shift, beta, so the first Linear has no bias b1: BatchNorm
-    would subtract it again (its gradient would be exactly 0, rounding aside).
-    The layers are created in this order, so after the same torch.manual_seed the
-    parameters equal the torch twin's.
+    The MLP and the CNN are chains; each builds self.layers, torch.nn's modules by hand, in
+    nn.Sequential's order, so that after the same torch.manual_seed the parameters equal
+    the torch twin's. The last layer's output is the logits; the others' are hidden outputs.
     """
 
-    def __init__(self, in_features: int, hidden: int, num_classes: int, batchnorm: bool = False,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-        kinds = dict(device=device, dtype=dtype)
-        self.layers = [Linear(in_features, hidden, bias=not batchnorm, **kinds)]
-        if batchnorm:
-            self.layers.append(BatchNorm1d(hidden, **kinds))
-        self.layers += [ReLU(), Linear(hidden, num_classes, **kinds)]
+    def __init__(self, layers: list):
+        self.layers = layers
         self.training = True
-        self.hidden_outputs: list[torch.Tensor] = []  # each hidden layer's output, (N, hidden)
+        self.hidden_outputs: list[torch.Tensor] = []  # each hidden layer's output, in order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, D) -> logits (N, C), layer after layer. Keeps the hidden outputs."""
+        """x (the first layer's input) -> logits (N, C), layer after layer. Keeps the hidden
+        outputs."""
         self.hidden_outputs = []
         for layer in self.layers[:-1]:
             x = layer(x)
@@ -68,7 +62,7 @@ class MLP:
         Each layer turns dLoss/d(its output) into dLoss/d(its input), which is
         dLoss/d(the output of the layer below); that gradient is also kept in the
         .grad of the hidden output, where torch's retain_grad() keeps it. Sets every
-        parameter's .grad; returns dLoss/dx (N, D), or None (see Linear.backward).
+        parameter's .grad; returns dLoss/dx, or None (see Linear.backward).
         """
         grad = grad_logits
         for layer, below in zip(reversed(self.layers[1:]), reversed(self.hidden_outputs),
@@ -90,7 +84,7 @@ class MLP:
         return [(f"layers.{i}.{name}", buffer) for i, layer in enumerate(self.layers)
                 if isinstance(layer, BatchNorm1d) for name, buffer in layer.named_buffers()]
 
-    def train(self, mode: bool = True) -> "MLP":
+    def train(self, mode: bool = True) -> "Chain":
         """Training mode, or eval mode with mode=False: only BatchNorm1d acts differently
         (batch statistics or running ones)."""
         self.training = mode
@@ -99,5 +93,45 @@ class MLP:
                 layer.train(mode)
         return self
 
-    def eval(self) -> "MLP":
+    def eval(self) -> "Chain":
         return self.train(False)
+
+
+class MLP(Chain):
+    """x (N, D) -> Linear -> [BatchNorm1d] -> ReLU -> Linear -> logits (N, C).
+
+    One hidden layer of `hidden` units: h = relu(bn(x W1^T + b1)), logits = h W2^T + b2,
+    with W1: (hidden, D), W2: (C, hidden). With batchnorm=True, BatchNorm1d normalizes
+    x W1^T and brings its own shift, beta, so the first Linear has no bias b1: BatchNorm
+    would subtract it again (its gradient would be exactly 0, rounding aside).
+    """
+
+    def __init__(self, in_features: int, hidden: int, num_classes: int, batchnorm: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        kinds = dict(device=device, dtype=dtype)
+        norm = [BatchNorm1d(hidden, **kinds)] if batchnorm else []
+        super().__init__([Linear(in_features, hidden, bias=not batchnorm, **kinds), *norm,
+                          ReLU(), Linear(hidden, num_classes, **kinds)])
+
+
+class CNN(Chain):
+    """x (N, 1, 28, 28) -> [Conv2d -> ReLU -> MaxPool2d] per entry of channels -> Flatten ->
+    Linear -> logits (N, C).
+
+    Each block: a k x k convolution padded by k // 2 (an odd k keeps the image's size),
+    ReLU, then 2 x 2 max pooling (it halves the size, rounding down). The defaults, channels (16, 32):
+        (N, 1, 28, 28) -> (N, 16, 28, 28) -> (N, 16, 14, 14)
+                       -> (N, 32, 14, 14) -> (N, 32, 7, 7) -> (N, 1568) -> (N, 10)
+    """
+
+    def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (16, 32),
+                 num_classes: int = 10, kernel_size: int = 5, image_size: int = 28,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        kinds = dict(device=device, dtype=dtype)
+        layers, size = [], image_size
+        for inputs, outputs in zip((in_channels, *channels), channels):
+            layers += [Conv2d(inputs, outputs, kernel_size, padding=kernel_size // 2, **kinds),
+                       ReLU(), MaxPool2d(2)]
+            size = (size + 2 * (kernel_size // 2) - kernel_size + 1) // 2
+        super().__init__(layers + [Flatten(), Linear(channels[-1] * size * size, num_classes,
+                                                     **kinds)])

@@ -1,4 +1,5 @@
-"""The models the idiomatic way: softmax regression first, then a multi-layer perceptron.
+"""The models the idiomatic way: softmax regression first, then a multi-layer perceptron, then
+a convolutional network.
 
 Twin of manual/model.py. The softmax itself lives in the loss
 (nn.CrossEntropyLoss / F.cross_entropy), which takes raw logits.
@@ -30,26 +31,21 @@ class SoftmaxRegression(nn.Module):
     # train() / eval(): inherited from nn.Module; nothing here acts differently.
 
 
-class MLP(nn.Module):
-    """x (N, D) -> Linear -> [BatchNorm1d] -> ReLU -> Linear -> logits (N, C), an nn.Sequential.
+class Chain(nn.Module):
+    """Layers one after another, an nn.Sequential in self.layers; autograd writes the backward.
 
-    One hidden layer of `hidden` units: h = relu(bn(x W1^T + b1)), logits = h W2^T + b2,
-    with W1: (hidden, D), W2: (C, hidden). With batchnorm=True, BatchNorm1d normalizes
-    x W1^T and brings its own shift, beta, so the first Linear has no bias b1: BatchNorm
-    would subtract it again (its gradient would be exactly 0, rounding aside).
+    The MLP and the CNN are chains. The last layer's output is the logits; the others' are
+    hidden outputs, kept with their gradients.
     """
 
-    def __init__(self, in_features: int, hidden: int, num_classes: int, batchnorm: bool = False,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+    def __init__(self, layers: list[nn.Module]):
         super().__init__()
-        kinds = dict(device=device, dtype=dtype)
-        norm = [nn.BatchNorm1d(hidden, **kinds)] if batchnorm else []
-        self.layers = nn.Sequential(nn.Linear(in_features, hidden, bias=not batchnorm, **kinds),
-                                    *norm, nn.ReLU(), nn.Linear(hidden, num_classes, **kinds))
-        self.hidden_outputs: list[torch.Tensor] = []  # each hidden layer's output, (N, hidden)
+        self.layers = nn.Sequential(*layers)
+        self.hidden_outputs: list[torch.Tensor] = []  # each hidden layer's output, in order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, D) -> logits (N, C), layer after layer. Keeps the hidden outputs.
+        """x (the first layer's input) -> logits (N, C), layer after layer. Keeps the hidden
+        outputs.
 
         Autograd frees the gradient of an intermediate tensor once it has passed it
         on; retain_grad() asks it to keep dLoss/dh in h.grad, to compare with manual's.
@@ -62,5 +58,46 @@ class MLP(nn.Module):
             self.hidden_outputs.append(x)
         return self.layers[-1](x)
 
-    # backward: written by autograd, through each layer in reverse (manual/model.py, MLP).
+    # backward: written by autograd, through each layer in reverse (manual/model.py, Chain).
     # named_parameters(), named_buffers(), train(), eval(): inherited from nn.Module.
+
+
+class MLP(Chain):
+    """x (N, D) -> Linear -> [BatchNorm1d] -> ReLU -> Linear -> logits (N, C), an nn.Sequential.
+
+    One hidden layer of `hidden` units: h = relu(bn(x W1^T + b1)), logits = h W2^T + b2,
+    with W1: (hidden, D), W2: (C, hidden). With batchnorm=True, BatchNorm1d normalizes
+    x W1^T and brings its own shift, beta, so the first Linear has no bias b1: BatchNorm
+    would subtract it again (its gradient would be exactly 0, rounding aside).
+    """
+
+    def __init__(self, in_features: int, hidden: int, num_classes: int, batchnorm: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        kinds = dict(device=device, dtype=dtype)
+        norm = [nn.BatchNorm1d(hidden, **kinds)] if batchnorm else []
+        super().__init__([nn.Linear(in_features, hidden, bias=not batchnorm, **kinds), *norm,
+                          nn.ReLU(), nn.Linear(hidden, num_classes, **kinds)])
+
+
+class CNN(Chain):
+    """x (N, 1, 28, 28) -> [Conv2d -> ReLU -> MaxPool2d] per entry of channels -> Flatten ->
+    Linear -> logits (N, C), an nn.Sequential.
+
+    Each block: a k x k convolution padded by k // 2 (an odd k keeps the image's size),
+    ReLU, then 2 x 2 max pooling (it halves the size, rounding down). The defaults, channels
+    (16, 32): (N, 1, 28, 28) -> (N, 16, 14, 14) -> (N, 32, 7, 7) -> (N, 1568) -> (N, 10).
+    """
+
+    def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (16, 32),
+                 num_classes: int = 10, kernel_size: int = 5, image_size: int = 28,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        kinds = dict(device=device, dtype=dtype)
+        layers, size = [], image_size
+        for inputs, outputs in zip((in_channels, *channels), channels):
+            layers += [nn.Conv2d(inputs, outputs, kernel_size, padding=kernel_size // 2,
+                                 **kinds), nn.ReLU(), nn.MaxPool2d(2)]
+            size = (size + 2 * (kernel_size // 2) - kernel_size + 1) // 2
+        super().__init__(layers + [nn.Flatten(), nn.Linear(channels[-1] * size * size,
+                                                           num_classes, **kinds)])
+
+    # backward: written by autograd (manual/layers.py: Conv2d, MaxPool2d, Flatten).
