@@ -4,19 +4,23 @@ compare.py checks every step with a few numbers per tensor (lockstep.checks). On
 tensor goes over its limit does the tutor look at the tensors themselves, once: it names the
 first that differs, in the order the computation runs, and says how it differs.
 
-The order: the running statistics (BatchNorm1d updates them in the forward pass), the loss,
+The order: the running statistics (BatchNorm1d updates them in the forward pass), each hidden
+layer's output (the forward pass; only the diagnosis looks at these), the loss,
 dLoss/dlogits, each layer's gradients from the top layer down (its parameters', then
 dLoss/d(its input)), each parameter after the update, the optimizer state.
 
 The kinds, tried in this order, for manual's tensor a against torch's b:
-    shape       the shapes differ (or a is missing); is a.T, or a reshape of a, equal to b?
+    shape       the shapes differ (or a is missing); is a.T, a permutation of a's dimensions,
+                or a reshape of a, equal to b?
     non-finite  NaN or inf on one side only
     rounding    float32 only: both within float32 rounding of a float64 computation of the
                 same step (limits.rounding_only), or a ReLU
                 input within rounding of 0 let the gradient through on one side only
+    permuted    the same entries in another order: a kernel rotated by 180 degrees, in and
+                out channels swapped, a flatten in another order
     scale       a = k b for one constant k (k = N, the batch size; 1/N; -1, the sign)
     shifted     dLoss/dlogits differs at the target's column and at one other in every row
-    partial     only some rows, columns or entries differ
+    partial     only some rows, columns or entries differ (max pooling: only its ties)
     other
 A diagnosis is {"step", "tensor", "kind", "factor", "message"}; factor is k for scale.
 
@@ -34,6 +38,7 @@ from lockstep.kinds import agrees, axes_of, classify, distance, make, tensor_key
 from lockstep.learner import Learner
 from lockstep.reference import float64_references, rounding_sentence
 from lockstep.replay import of_update
+from lockstep.ties import tied_maxima
 
 
 @torch.no_grad()
@@ -42,7 +47,14 @@ def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.T
     """The first of the loss, dLoss/dlogits and the gradients (backward's order) that is over
     `limit` at this step (should none be, at the limit's edge: the furthest apart), and its
     kind. Called right after both backward passes, before the update, so the parameters are
-    still those the step started from."""
+    still those the step started from. A hidden output that differs in the forward pass
+    comes before them all: the loss and every gradient below it follow from it."""
+    forward = zip(*(learner.named_hidden_outputs() for learner in learners), strict=True)
+    for (name, a), (_, b) in forward:
+        if not agrees(a, b, limit):
+            kind, factor, sentence = classify(a, b, limit, len(x), axes_of(name),
+                                              layout=around(learners[1], name).get("layout"))
+            return make(step, name, kind, sentence, factor)
     pairs = list(zip(*(learner.named_loss() + learner.named_gradients()
                        for learner in learners), strict=True))
     over = [not agrees(a, b, limit) for (_, a), (_, b) in pairs]  # NaN never agrees
@@ -57,8 +69,25 @@ def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.T
 
     kind, factor, sentence = classify(a, b, limit, len(x), axes_of(name),
                                       rounding if a.dtype == torch.float32 else None,
-                                      targets=y if name == "logits" else None)
+                                      targets=y if name == "logits" else None,
+                                      ties=around(learners[1], name).get("ties"))
     return make(step, tensor_key("loss" if index == 0 else "grad", name), kind, sentence, factor)
+
+
+def around(learner: Learner, name: str) -> dict:
+    """What the tutor knows of the layers next to hidden output `name`, from torch's side:
+    {"ties": the tied maxima of a max pooling it is the input of}, {"layout": (C, H, W) of the
+    image a Flatten made it from}, or {}."""
+    names = [hidden for hidden, _ in learner.named_hidden_outputs()]
+    if name not in names:
+        return {}
+    index, outputs = names.index(name), learner.model.hidden_outputs
+    above = learner.model.layers[index + 1]
+    if type(above).__name__ == "MaxPool2d":
+        return {"ties": tied_maxima(outputs[index].detach(), above.kernel_size, above.stride)}
+    if type(learner.model.layers[index]).__name__ == "Flatten" and index:
+        return {"layout": tuple(outputs[index - 1].shape[1:])}
+    return {}
 
 
 # Within one step: the running statistics (forward), the loss and gradients, the parameters

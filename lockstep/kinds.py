@@ -1,24 +1,31 @@
 """The kinds of mismatch, told from manual's tensor a and torch's b alone.
 
 Tried in this order (rounding, which needs a float64 twin of the step, is lockstep.reference's):
-    shape       the shapes differ (or a is missing); is a.T, or a reshape of a, equal to b?
+    shape       the shapes differ (or a is missing); is a.T, a permutation of a's dimensions
+                (in and out channels swapped), or a reshape of a, equal to b?
     non-finite  NaN or inf on one side only
     rounding    (lockstep.reference)
+    permuted    the same entries in another order: a kernel rotated by 180 degrees (a true
+                convolution), in and out channels swapped, a flatten in another order
     scale       a = k b for one constant k (k = N, the batch size; 1/N; -1, the sign)
     shifted     dLoss/dlogits differs in every row at the target's column y and at one other,
                 y + k: the target distribution's 1 sits in the wrong column
-    partial     only some rows, columns or entries differ
+    partial     only some rows, columns or entries differ (for the input of max pooling:
+                only its tied maxima)
     other
 A diagnosis is {"step", "tensor", "kind", "factor", "message"}; factor is k for scale.
 """
+
+import itertools
 
 import torch
 
 from lockstep.checks import agreement, shape_of
 
-KINDS = ("shape", "scale", "non-finite", "shifted", "partial", "rounding", "other")
+KINDS = ("shape", "scale", "non-finite", "permuted", "shifted", "partial", "rounding", "other")
 SCALE_FIT = 1e-3  # a = k b: every entry within this fraction of the largest
 WRONG_ORDER = "the product is taken in the wrong order (x^T g where g^T x belongs?)."
+SWAPPED = "the in and out channels are swapped (nn.Conv2d's weight is (out, in, k, k))."
 
 
 def make(step: int, tensor: str, kind: str, sentence: str, factor: float | None = None) -> dict:
@@ -35,10 +42,13 @@ def told(tensor: str, kind: str, sentence: str, differs: str = "differs") -> str
 
 
 def explain(tensor: str, a: torch.Tensor | None, b: torch.Tensor | None, limit: float,
-            batch_size: int = 0, targets: torch.Tensor | None = None) -> str:
+            batch_size: int = 0, targets: torch.Tensor | None = None,
+            ties: torch.Tensor | None = None) -> str:
     """told() for manual's a against torch's b, which differ by more than `limit`: the
-    grader's (python -m pytest --manual) sentence for a check that failed."""
-    kind, _, sentence = classify(a, b, limit, batch_size, axes_of(tensor), targets=targets)
+    grader's (python -m pytest --manual) sentence for a check that failed. ties: see
+    classify."""
+    kind, _, sentence = classify(a, b, limit, batch_size, axes_of(tensor), targets=targets,
+                                 ties=ties)
     return told(tensor, kind, sentence)
 
 
@@ -63,17 +73,23 @@ def label(tensor: str) -> str:
     if tensor.startswith("hidden.") and tensor.endswith(".grad"):
         return (f"dLoss/d({tensor.removesuffix('.grad')}), the hidden layer's output gradient "
                 "(what the backward of the layer above it returns)")
+    if tensor.startswith("hidden."):
+        return f"{tensor}, the hidden layer's output in the forward pass,"
     return tensor
 
 
 @torch.no_grad()
 def classify(a: torch.Tensor | None, b: torch.Tensor | None, limit: float, batch_size: int,
              axes: tuple[str, str] = ("row", "column"), rounding=None,
-             targets: torch.Tensor | None = None) -> tuple[str, float | None, str]:
+             targets: torch.Tensor | None = None, ties: torch.Tensor | None = None,
+             layout: tuple[int, int, int] | None = None) -> tuple[str, float | None, str]:
     """(kind, factor, sentence) for manual's a against torch's b, which differ by more than
     `limit` (max|a - b| / max|b|). rounding: None, or a function of no arguments that returns
     the rounding sentence when the difference is float32 rounding, else None. targets: (N,),
-    the classes, where a and b are dLoss/dlogits (N, C): for the shifted one-hot."""
+    the classes, where a and b are dLoss/dlogits (N, C): for the shifted one-hot. ties: where
+    a and b are the gradient of a max pooling's input, the mask of its tied maxima
+    (lockstep.ties.tied_maxima). layout: (C, H, W), where a and b are the output of a Flatten
+    of (N, C, H, W)."""
     if a is None or b is None or a.shape != b.shape:
         return "shape", None, shape_sentence(a, b, limit)
     a, b = a.double(), b.double()
@@ -91,10 +107,15 @@ def classify(a: torch.Tensor | None, b: torch.Tensor | None, limit: float, batch
         return "shape", None, ("manual's transposed (a.T) equals torch's; the shapes agree only "
                                "because the matrix is square: the product is taken in the "
                                "wrong order.")
+    sentence = permuted_sentence(a, b, limit, layout)
+    if sentence:
+        return "permuted", None, sentence
     factor = constant_factor(a, b, limit)
     if factor is not None:
         return "scale", *scale_sentence(factor, batch_size)
     differ = (a - b).abs() > limit * b.abs().amax()
+    if ties is not None and differ.any() and not (differ & ~ties).any():
+        return "partial", None, ties_sentence(a, b, differ)
     shift = None if targets is None else shifted_by(a, b, differ, targets)
     if shift:
         return "shifted", None, shifted_sentence(shift, a.shape[-1])
@@ -104,6 +125,40 @@ def classify(a: torch.Tensor | None, b: torch.Tensor | None, limit: float, batch
         return "partial", None, sentence
     return "other", None, ("no simple pattern: not a transpose, not a constant factor, not a "
                            f"few entries; max|manual - torch| / max|torch| = {distance(a, b):.1e}.")
+
+
+def permuted_sentence(a: torch.Tensor, b: torch.Tensor, limit: float,
+                      layout: tuple[int, int, int] | None) -> str | None:
+    """What reorders b's entries into a's, of a few the tutor knows, or None: each kernel
+    rotated by 180 degrees, the first two dimensions (out and in channels) swapped, a
+    flattened (C, H, W) in another order."""
+    if a.dim() == 4 and a.shape[-2:].numel() > 1 and agrees(a.flip(-2, -1), b, limit):
+        return ("manual's equals torch's rotated by 180 degrees (a.flip(-2, -1)), each kernel: "
+                "a true convolution, which flips the kernel, where nn.Conv2d takes a "
+                "cross-correlation, which does not.")
+    if a.dim() == 4 and a.shape[0] == a.shape[1] and agrees(a.transpose(0, 1), b, limit):
+        return (f"manual's with its first two dimensions swapped (a.transpose(0, 1)) equals "
+                f"torch's; the shapes agree only because both are {a.shape[0]}: {SWAPPED}")
+    if layout is None or a.dim() != 2 or a.shape[1] != torch.Size(layout).numel():
+        return None
+    images = b.reshape(len(b), *layout)
+    for order in itertools.permutations((1, 2, 3)):
+        if order != (1, 2, 3) and agrees(images.permute(0, *order).flatten(1), a, limit):
+            named = ", ".join("CHW"[dim - 1] for dim in order)
+            return (f"manual's holds torch's entries flattened in ({named}) order, torch's in "
+                    "(C, H, W): channel by channel, each channel row by row, as "
+                    "x.flatten(start_dim=1) of (N, C, H, W) gives them.")
+    return None
+
+
+def ties_sentence(a: torch.Tensor, b: torch.Tensor, differ: torch.Tensor) -> str:
+    """The entries that differ are all tied maxima of max pooling windows."""
+    extra = int((differ & (b == 0) & (a != 0)).sum())
+    where = (f"; at {extra} of them manual's is nonzero where torch's is 0: did you send the "
+             "gradient to every tied maximum?" if extra else ".")
+    return (f"only entries at tied maxima of max pooling differ: {int(differ.sum())}, each one "
+            "of several equal largest values of its window. Torch sends a window's gradient "
+            f"to its first maximum in row-major order only (val > maxval){where}")
 
 
 def shifted_by(a: torch.Tensor, b: torch.Tensor, differ: torch.Tensor,
@@ -174,6 +229,10 @@ def shape_sentence(a: torch.Tensor | None, b: torch.Tensor | None, limit: float)
     start = f"manual's is {shape_of(a)}, torch's {shape_of(b)}"
     if a.dim() == 2 and a.T.shape == b.shape and agrees(a.T, b, limit):
         return f"{start}, and manual's transposed (a.T) equals torch's: {WRONG_ORDER}"
+    for order in itertools.permutations(range(a.dim())) if 3 <= a.dim() <= 4 else []:
+        if a.permute(order).shape == b.shape and agrees(a.permute(order), b, limit):
+            why = SWAPPED if order == (1, 0, 2, 3) else "its dimensions are in another order."
+            return f"{start}, and manual's permuted (a.permute{order}) equals torch's: {why}"
     if a.numel() == b.numel() and agrees(a.reshape(b.shape), b, limit):
         return (f"{start}, and manual's reshaped to {shape_of(b)} equals torch's: a stray "
                 "dimension (keepdim=True?).")
@@ -186,6 +245,9 @@ def shapes_sentence(manual_shape: tuple, torch_shape: tuple) -> str:
     start = f"manual's is {tuple(manual_shape)}, torch's {tuple(torch_shape)}"
     if len(manual_shape) == 2 and tuple(manual_shape[::-1]) == tuple(torch_shape):
         return f"{start}, the shape of its transpose: {WRONG_ORDER}"
+    if len(manual_shape) == 4 and (manual_shape[1], manual_shape[0],
+                                   *manual_shape[2:]) == tuple(torch_shape):
+        return f"{start}, its first two dimensions swapped: {SWAPPED}"
     return f"{start}."
 
 

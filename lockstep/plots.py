@@ -113,8 +113,9 @@ def weights(history: History) -> plt.Figure:
     (lockstep.worst), one 28x28 image per row of dLoss/dW: manual, torch, difference.
 
     Softmax regression: each class's 784 weights. MLP: the first 16 hidden units'. CNN: the
-    first 16 kernels, k x k each. The weights themselves would show no difference: the lock step gives the manual learner
-    torch's after every step, so the gradients are what it tests.
+    first 16 kernels, k x k each. The weights themselves would show no difference: the lock
+    step gives the manual learner torch's after every step, so the gradients are what it
+    tests.
     """
     worst = history.worst
     units = shown_units(worst["manual"])

@@ -44,6 +44,13 @@ EXERCISES = [
     ("layers.py", "BatchNorm1d.backward",
      "set weight.grad and bias.grad, then return gamma / s (g - mean g - x_hat mean(g x_hat)); "
      "eval mode: gamma / s g"),
+    ("layers.py", "Conv2d.backward",
+     "weight.grad: F.conv2d(x.transpose(0, 1), g.transpose(0, 1), padding=..., dilation=stride), "
+     "transposed back and cut to k x k; bias.grad: g summed over (0, 2, 3); then "
+     "F.conv_transpose2d(g, W, ...) with output_padding for the uncovered rows (or None)"),
+    ("layers.py", "MaxPool2d.backward",
+     "zeros of self.input_shape; for each offset, (rows, columns) of self.windows(...), add g "
+     "where self.argmax == offset: the first maximum only, never every tie"),
     ("optim.py", "Adam.step",
      "for param, grad in self.gradients(): state['step'] += 1, self.decay, exp_avg and "
      "exp_avg_sq in place, then bias_corrections and denominator"),
@@ -135,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Each docstring gives the formula and the shapes. Then, after each function:\n"
           f"  python -m pytest {flag}    the gradient checks, exercise by exercise\n"
           f"  python compare.py {flag}   the lock step against torch "
-          "(softmax regression needs 1-6; --model mlp 7, --batchnorm 8, --optimizer adam 9)")
+          "(softmax regression needs 1-6; --model mlp 7, --batchnorm 8, --model cnn 9-10, "
+          "--optimizer adam 11)")
     return 0
 
 
