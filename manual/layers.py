@@ -304,10 +304,15 @@ class MaxPool2d:
         it is larger (>) than the best so far, or NaN, which is torch's own test
         (val > maxval || isnan(val)), so of tied entries the first one wins.
         """
+        if min(x.shape[2:]) < self.kernel_size:
+            raise ValueError(f"Output size is too small: input {tuple(x.shape)}, kernel "
+                             f"{self.kernel_size}")
         self.input_shape = x.shape
         offsets = self.windows(x.shape)
         best = x[(..., *offsets[0])]
-        self.argmax = torch.zeros(best.shape, dtype=torch.uint8, device=x.device)
+        small = len(offsets) <= 256  # offsets 0 to k k - 1 fit in a byte
+        self.argmax = torch.zeros(best.shape, dtype=torch.uint8 if small else torch.int32,
+                                  device=x.device)
         for offset, (rows, columns) in enumerate(offsets[1:], start=1):
             entry = x[..., rows, columns]
             wins = (entry > best) | entry.isnan()
@@ -330,7 +335,7 @@ class MaxPool2d:
         """
         grad_input = grad_output.new_zeros(self.input_shape)
         for offset, (rows, columns) in enumerate(self.windows(self.input_shape)):
-            grad_input[..., rows, columns] += grad_output * (self.argmax == offset)
+            grad_input[..., rows, columns] += torch.where(self.argmax == offset, grad_output, 0)
         return grad_input
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {folder}/: manual/ with these {len(EXERCISES)} functions for you to write, "
           "in this order:")
     for number, (file, name, _) in enumerate(EXERCISES, start=1):
-        print(f"  {number}. {name:22} {folder}/{file}")
+        print(f"  {number:2}. {name:22} {folder}/{file}")
     flag = manual_flag(folder)
     print(f"Each docstring gives the formula and the shapes. Then, after each function:\n"
           f"  python -m pytest {flag}    the gradient checks, exercise by exercise\n"

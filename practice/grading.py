@@ -27,8 +27,8 @@ from lockstep.kinds import shapes_sentence, told
 from lockstep.tracebacks import place
 from practice import exercises, loader
 
-GRADED = ("test_functional.py", "test_model.py", "test_layers.py", "test_optim.py",
-          "test_training_step.py")
+GRADED = ("test_functional.py", "test_model.py", "test_layers.py", "test_conv.py",
+          "test_optim.py", "test_training_step.py")
 SHOWN_FAILURES = 3  # per exercise
 hypothesis.settings.register_profile("grading", database=None, phases=[
     phase for phase in hypothesis.Phase if phase not in (hypothesis.Phase.shrink,

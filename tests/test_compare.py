@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--subset", "2000", "--epochs", "1", "--quiet"]
 PLOTS = ("curves.png", "gradients.png", "weights.png", "predictions.png", "confusion.png")
 MLP = ["--model", "mlp", "--hidden", "32", "--lr", "0.1"]
+CNN = ["--model", "cnn", "--channels", "4", "8", "--lr", "0.05", "--momentum", "0.9"]
 
 
 def run(capsys, mnist_root, tmp_path, *flags):
@@ -126,7 +127,7 @@ def test_float64_gradients_agree_to_1e_10_on_every_step(capsys, mnist_root, tmp_
     (["--batchnorm"], "--batchnorm applies to --model mlp only"),
     (["--model", "mlp", "--hidden", "0"], "--hidden must be positive, got 0"),
     (["--model", "mlp", "--batchnorm", "--batch-size", "1"], "--batchnorm needs --batch-size 2"),
-    (["--model", "cnn"], "argument --model: invalid choice: 'cnn'"),
+    (["--model", "resnet"], "argument --model: invalid choice: 'resnet'"),
     (["--lr", "1e40"], "--lr 1e+40 is too large for float32, whose largest number is 3.4e+38"),
     (["--optimizer", "adam", "--eps", "1e-50"], "--eps 1e-50 rounds to 0 in float32"),
     (["--keep-going"], "--keep-going applies to --manual only"),

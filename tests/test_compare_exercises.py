@@ -14,7 +14,7 @@ import pytest
 import manual
 from practice import exercises
 from practice.exercises import NAMES
-from tests.test_compare import MLP, QUICK, run
+from tests.test_compare import CNN, MLP, QUICK, run
 from tests.test_exercises import SEEDED, seed, solve
 
 
@@ -105,6 +105,72 @@ def test_a_seeded_mistake_stops_the_run_at_step_1_with_the_tutors_words(capsys, 
         assert own["manual"]["val_accuracy"] < 0.05 < 0.5 < own["torch"]["val_accuracy"]
     assert sys.modules["manual"] is manual  # the real manual/ is back, untouched
     assert Path(manual.layers.__file__).parent == exercises.MANUAL
+
+
+# The CNN's broken twins, each a learner's mistake in layers.py (manual/'s lines, then the
+# learner's): the tensor compare.py's tutor names first, the kind, and its words.
+RIGHT_WEIGHT_GRAD = "self.weight.grad = per_channel.transpose(0, 1)[..., :k, :k].contiguous()"
+CNN_SEEDED = {
+    "kernel-flipped": (
+        [(RIGHT_WEIGHT_GRAD, RIGHT_WEIGHT_GRAD.replace(".contiguous()", ".flip(-2, -1)"))],
+        "layers.3.weight.grad", "permuted",
+        r"manual's equals torch's rotated by 180 degrees \(a\.flip\(-2, -1\)\), each kernel: a "
+        r"true convolution, which flips the kernel, where nn\.Conv2d takes a cross-correlation"),
+    "pooling-to-every-tie": (
+        [("        self.input_shape = x.shape\n        offsets",
+          "        self.input_shape, self.x = x.shape, x\n        offsets"),
+         ("        return best.clone() if len(offsets) == 1 else best",
+          "        self.best = best\n        return best.clone() if len(offsets) == 1 else best"),
+         ("torch.where(self.argmax == offset, grad_output, 0)",
+          "torch.where(self.x[..., rows, columns] == self.best, grad_output, 0)")],
+        "dLoss/d(hidden.relu.4), the hidden layer's output gradient (what the backward of the "
+        "layer above it returns)", "partial",
+        r"only entries at tied maxima of max pooling differ: [\d,]+, each one of several equal "
+        r"largest values of its window\. Torch sends a window's gradient to its first maximum "
+        r"in row-major order only \(val > maxval\); at [\d,]+ of them manual's is nonzero where "
+        r"torch's is 0: did you send the gradient to every tied maximum\?"),
+    "kernel-gradient-as-mean": (
+        [(RIGHT_WEIGHT_GRAD, RIGHT_WEIGHT_GRAD.replace(".contiguous()", " / len(x)"))],
+        "layers.3.weight.grad", "scale",
+        r"manual's is 1/100 of torch's, 1/N for the batch size N = 100"),
+    "flatten-hwc": (
+        [("return x.flatten(start_dim=1)",
+          "return x.permute(0, 2, 3, 1).flatten(start_dim=1)"),
+         ("return grad_output.reshape(self.input_shape)",
+          "n, c, h, w = self.input_shape\n        return grad_output.reshape(n, h, w, c)"
+          ".permute(0, 3, 1, 2)")],
+        "hidden.flatten.6, the hidden layer's output in the forward pass,", "permuted",
+        r"manual's holds torch's entries flattened in \(H, W, C\) order, torch's in \(C, H, W\)"),
+}
+
+
+def cnn_seed(case: str):
+    """The function that writes CNN_SEEDED[case] into a folder's layers.py."""
+    def write(folder: Path) -> None:
+        path = folder / "layers.py"
+        text = path.read_text()
+        for right, wrong in CNN_SEEDED[case][0]:
+            assert right in text, (case, right)
+            text = text.replace(right, wrong, 1)
+        path.write_text(text)
+    return write
+
+
+@pytest.mark.parametrize("case", CNN_SEEDED)
+def test_a_cnn_mistake_is_diagnosed_at_its_tensor(capsys, mnist_root, tmp_path, case):
+    """Each broken twin of the CNN's layers: MISMATCH at step 1, at the tensor where it
+    starts, with the tutor's words for it."""
+    path = folder(tmp_path, [], cnn_seed(case))
+    status, out, _, report = run_manual(capsys, mnist_root, tmp_path, path, *CNN)
+    _, tensor, kind, words = CNN_SEEDED[case]
+    assert status == 1 and (report["diagnosis"]["step"], report["diagnosis"]["kind"]) == (1, kind)
+    assert re.search(rf"^MISMATCH \(float32\) in epoch 1, step 1, {re.escape(tensor)} "
+                     rf"differs first \({kind}\): {words}", out, re.MULTILINE), out
+
+
+def test_every_exercise_written_the_cnn_matches(capsys, mnist_root, tmp_path):
+    status, out, _, _ = run_manual(capsys, mnist_root, tmp_path, folder(tmp_path, []), *CNN)
+    assert status == 0 and "\nMATCH (float32)" in out
 
 
 def test_a_stop_on_rounding_says_it_is_not_the_learners_code(capsys, mnist_root, tmp_path):

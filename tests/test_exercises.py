@@ -210,7 +210,7 @@ def test_the_command_writes_the_folder_and_refuses_to_overwrite_work(tmp_path, c
     one line and exit 2 rather than overwrite what the learner wrote."""
     assert exercises.main([str(tmp_path / "ex")]) == 0
     out = capsys.readouterr().out
-    listed = re.findall(r"^  \d\. (\S+)", out, re.MULTILINE)
+    listed = re.findall(r"^ +\d+\. (\S+)", out, re.MULTILINE)
     assert listed == NAMES
     assert f"python -m pytest --manual={tmp_path / 'ex'}" in out  # outside the project
     assert exercises.main([str(tmp_path / "ex")]) == 2
@@ -244,8 +244,8 @@ def test_load_imports_the_folder_as_manual_and_puts_manual_back(tmp_path):
      r"layers.py line 1: SyntaxError: "),
     (lambda folder: (folder / "optim.py").write_text("import torch\n\n  x = 1\n"),
      r"optim.py line 3: IndentationError: unexpected indent"),
-    (lambda folder: (folder / "model.py").write_text("from manual.layers import Conv2d\n"),
-     r"model.py line 1: cannot import it: ImportError: cannot import name 'Conv2d'"),
+    (lambda folder: (folder / "model.py").write_text("from manual.layers import Conv3d\n"),
+     r"model.py line 1: cannot import it: ImportError: cannot import name 'Conv3d'"),
     (rename_relu_backward,
      r"has no ReLU\.backward in layers\.py: put it back"),
 ])
