@@ -154,9 +154,9 @@ def permuted_sentence(a: torch.Tensor, b: torch.Tensor, limit: float,
 def ties_sentence(a: torch.Tensor, b: torch.Tensor, differ: torch.Tensor) -> str:
     """The entries that differ are all tied maxima of max pooling windows."""
     extra = int((differ & (b == 0) & (a != 0)).sum())
-    where = (f"; at {extra} of them manual's is nonzero where torch's is 0: did you send the "
+    where = (f"; at {extra:,} of them manual's is nonzero where torch's is 0: did you send the "
              "gradient to every tied maximum?" if extra else ".")
-    return (f"only entries at tied maxima of max pooling differ: {int(differ.sum())}, each one "
+    return (f"only entries at tied maxima of max pooling differ: {int(differ.sum()):,}, each one "
             "of several equal largest values of its window. Torch sends a window's gradient "
             f"to its first maximum in row-major order only (val > maxval){where}")
 

@@ -498,3 +498,78 @@ def test_the_float64_line_says_rounding_only_when_every_tensor_is_rounding():
     line = report.reference_line(off)
     assert "Manual's bias more than 10 times further off than torch's" in line
     assert "bit-identical" not in line
+
+
+# -- the CNN's kinds ---------------------------------------------------------------------------
+
+K = torch.randn(3, 3, 5, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+
+@pytest.mark.parametrize(("a", "kind", "words"), [
+    (K.flip(-2, -1), "permuted", "manual's equals torch's rotated by 180 degrees"),
+    (K.transpose(0, 1), "permuted",
+     "manual's with its first two dimensions swapped (a.transpose(0, 1)) equals torch's; the "
+     "shapes agree only because both are 3: the in and out channels are swapped"),
+    (K.flip(-1), "other", "no simple pattern"),  # a mirror image is not a rotation
+    (K.rot90(1, (-2, -1)), "other", "no simple pattern"),  # nor a quarter turn
+], ids=["rotated-180", "channels-swapped", "mirrored", "quarter-turn"])
+def test_a_kernel_rotated_or_with_channels_swapped_is_permuted(a, kind, words):
+    """A weight gradient (out, in, k, k) rotated by 180 degrees, the true convolution's, or with
+    in and out channels swapped: permuted. A mirror image or a quarter turn, neither of which
+    a convolution makes, is not."""
+    found, _, sentence = kinds.classify(a, K, LIMIT, batch_size=4)
+    assert (found, words in sentence) == (kind, True), sentence
+
+
+def test_in_and_out_channels_swapped_in_shape_are_named_from_values_and_from_shapes():
+    """(in, out, k, k) where torch's is (out, in, k, k): the permutation that matches, from the
+    values; from the shapes alone (a .grad torch refused), the same advice. A shape that is
+    no permutation of torch's is named as such."""
+    b = K[:2]  # (2, 3, 5, 5)
+    sentence = kinds.shape_sentence(b.transpose(0, 1), b, LIMIT)
+    assert ("manual's permuted (a.permute(1, 0, 2, 3)) equals torch's: the in and out channels "
+            "are swapped") in sentence
+    assert "swapped" not in kinds.shape_sentence(torch.randn(3, 2, 5, 5), b, LIMIT)
+    assert kinds.shapes_sentence((3, 2, 5, 5), (2, 3, 5, 5)).endswith(
+        "its first two dimensions swapped: the in and out channels are swapped (nn.Conv2d's "
+        "weight is (out, in, k, k)).")
+    assert kinds.shapes_sentence((3, 2, 5, 4), (2, 3, 5, 5)) == \
+        "manual's is (3, 2, 5, 4), torch's (2, 3, 5, 5)."
+
+
+def test_a_flatten_in_another_order_is_named_by_its_order():
+    """A Flatten's output in (H, W, C) order against torch's (C, H, W): permuted, naming the
+    order; without the layout it is only a partial or other difference, and a row shuffled at
+    random is no order of (C, H, W)."""
+    images = torch.randn(4, 3, 2, 5, generator=torch.Generator().manual_seed(4),
+                         dtype=torch.float64)
+    b = images.flatten(1)
+    a = images.permute(0, 2, 3, 1).flatten(1)
+    kind, _, sentence = kinds.classify(a, b, LIMIT, batch_size=4, layout=(3, 2, 5))
+    assert kind == "permuted" and "flattened in (H, W, C) order, torch's in (C, H, W)" in sentence
+    assert kinds.classify(a, b, LIMIT, batch_size=4)[0] != "permuted"
+    shuffled = b[:, torch.randperm(30, generator=torch.Generator().manual_seed(5))]
+    assert kinds.classify(shuffled, b, LIMIT, batch_size=4, layout=(3, 2, 5))[0] != "permuted"
+
+
+def test_gradients_that_differ_only_at_tied_maxima_are_named_ties():
+    """The input gradient of MaxPool2d(2) sent to every tied maximum (manual's) against torch's
+    first maximum: partial, the ties named; the same difference anywhere else is not."""
+    from lockstep.ties import tied_maxima
+    x = torch.tensor([[[[0.0, 0.0, 1.0, 2.0], [0.0, 0.0, 2.0, 0.5],
+                        [3.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]])
+    torch_side = torch.zeros_like(x)
+    torch_side[0, 0, 0, 0] = torch_side[0, 0, 0, 3] = torch_side[0, 0, 2, 0] = 1.0
+    torch_side[0, 0, 2, 2] = 1.0
+    every_tie = torch_side.clone()
+    every_tie[0, 0, 0:2, 0:2] = 1.0  # all four zeros of the first window
+    every_tie[0, 0, 2:4, 2:4] = 1.0
+    ties = tied_maxima(x, 2)
+    kind, _, sentence = kinds.classify(every_tie, torch_side, LIMIT, batch_size=1, ties=ties)
+    assert kind == "partial" and sentence.startswith(
+        "only entries at tied maxima of max pooling differ: 6, each one of several equal largest "
+        "values of its window.") and "did you send the gradient to every tied maximum?" in sentence
+    elsewhere = torch_side.clone()
+    elsewhere[0, 0, 1, 3] = 1.0  # 0.5, no maximum of its window
+    assert "tied maxima" not in kinds.classify(elsewhere, torch_side, LIMIT, batch_size=1,
+                                               ties=ties)[2]
