@@ -10,18 +10,19 @@ It only parses files (ast), it imports nothing from the project.
 How the pairs are found. Every file name in manual/ has its twin in torch_impl/
 (functional.py, layers.py, model.py, optim.py, train.py, ...). In each pair of files,
 every function, class and method is paired with the item of the same qualified name
-(`softmax` with `softmax`, `MLP.forward` with `MLP.forward`). Where torch_impl/ has no
+(`softmax` with `softmax`, `Chain.forward` with `Chain.forward`). Where torch_impl/ has no
 such definition, the torch side shows what it has instead, found in this order:
 
 1. an import of that name: torch_impl/optim.py re-exports torch.optim.SGD, Adam, AdamW
    and Optimizer, so the manual class `SGD` faces the line `from torch.optim import SGD,
    Adam, AdamW, Optimizer`, and
-   torch_impl/layers.py re-exports nn.Linear, nn.ReLU and nn.BatchNorm1d;
+   torch_impl/layers.py re-exports nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.Conv2d,
+   nn.MaxPool2d and nn.Flatten;
 2. a comment naming it inside the twin class, `# name:` or `# name():`, or several
    names separated by commas or slashes before the colon; it runs on over the comment
-   lines below it, up to the next such comment: the manual `MLP.backward` faces
-   `# backward: written by autograd ...` in torch_impl/model.py, and `MLP.train` and
-   `MLP.eval` both face `# named_parameters(), named_buffers(), train(), eval(): ...`;
+   lines below it, up to the next such comment: the manual `Chain.backward` faces
+   `# backward: written by autograd ...` in torch_impl/model.py, and `Chain.train` and
+   `Chain.eval` both face `# named_parameters(), named_buffers(), train(), eval(): ...`;
 3. for a method of a class that torch_impl/ imports from torch (`SGD.step`,
    `Linear.forward`), a note naming torch's own method, which is not in this repository;
 4. otherwise a note that there is no counterpart.
@@ -31,15 +32,17 @@ have, gets its own section, just before the pair of the torch item that follows 
 On the left, the method the manual class inherits under that name from a base class
 of manual/ (`class SoftmaxRegression(Linear)` runs Linear.forward and Linear.backward,
 shown from manual/layers.py, beside torch's SoftmaxRegression.forward and its
-`# backward:` comment); else a note that there is no counterpart.
+`# backward:` comment; `class CNN(Chain)` runs Chain.backward, beside the `# backward:`
+comment of torch's CNN); else a note that there is no counterpart.
 
 NOTES, below, adds a sentence by hand where the automatic match says too little:
 the manual helpers target_distribution and check_arguments have no twin because
 F.cross_entropy does that work inside its C++ kernel; torch's own SGD and
 CosineAnnealingLR methods are described; and so are the nn.Module methods of the
 layers, where rule 3 would name a method that does not exist (nn.Linear has no
-backward: autograd runs the backward of the operations its forward recorded) or
-would not say that parameters(), train(), ... are inherited from nn.Module. The
+backward: autograd runs the backward of the operations its forward recorded;
+nn.MaxPool2d has no windows: its C++ kernel walks the windows itself) or would not
+say that parameters(), train(), ... are inherited from nn.Module. The
 pairing "cross_entropy_grad (left) against loss.backward() (right)" needs no
 exception: it holds by name, since torch_impl.functional.cross_entropy_grad is the
 function that calls loss.backward().
@@ -101,6 +104,15 @@ NOTES = {
     "layers.Linear.parameters":
         "nn.Module.parameters(), inherited: the tensors of named_parameters(), without their "
         "names; a generator, not a list.",
+    "layers.initialized":
+        "No twin: nn.Linear and nn.Conv2d draw their own parameters in reset_parameters(), "
+        "called by __init__ (torch/nn/modules/linear.py, conv.py): "
+        "init.kaiming_uniform_(weight, a=math.sqrt(5)), whose bound is 1/sqrt(fan_in) up to "
+        "rounding, then the bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in from "
+        "init._calculate_fan_in_and_fan_out(weight).",
+    "layers.pair":
+        "No twin: nn.Conv2d's __init__ makes the same pairs with _pair "
+        "(torch/nn/modules/utils.py, _ntuple(2)): 3 -> (3, 3), a tuple kept as it is.",
     "layers.ReLU.forward":
         "torch.nn.ReLU.forward() returns F.relu(x), that is torch.relu(x); autograd records it "
         "and saves the output y for backward, as the manual method does.",
@@ -135,7 +147,65 @@ NOTES = {
         "nn.Module.named_buffers(), inherited: running_mean, running_var and "
         "num_batches_tracked, which nn.BatchNorm1d's __init__ registers with register_buffer: "
         "saved by state_dict() and moved by .to(), but not given to the optimizer.",
-    "model.MLP.parameters":
+    "layers.Conv2d.forward":
+        "torch.nn.Conv2d.forward() (torch/nn/modules/conv.py) returns self._conv_forward(x, "
+        "weight, bias), that is F.conv2d(x, weight, bias, stride, padding, dilation, groups) "
+        "with the default padding_mode=\"zeros\": the call the manual method makes. Autograd "
+        "records it, and saves x and W, for backward. On the CPU, float32 usually runs "
+        "oneDNN's kernel (mkldnn_convolution; some small shapes take slow_conv2d instead), "
+        "float64 slow_conv2d: im2col, then a matrix product.",
+    "layers.Conv2d.backward":
+        "nn.Conv2d has no backward method: autograd runs what F.conv2d recorded, "
+        "ConvolutionBackward0 (aten convolution_backward): the weight gradient as the input "
+        "correlated with g, sum_{n, p, q} g for the bias, and dLoss/dx as a transposed "
+        "convolution of g with W, skipped when x needs no gradient. On the CPU, the backend "
+        "of the forward does it: usually oneDNN (mkldnn) for float32, slow_conv2d's backward "
+        "for float64 (g times the im2col columns of x for W, W^T g folded back with col2im "
+        "for x). AccumulateGrad then adds each into .grad.",
+    "layers.Conv2d.named_parameters":
+        "nn.Module.named_parameters(), inherited by nn.Conv2d: (\"weight\", W), then "
+        "(\"bias\", b), in the order _ConvNd's __init__ registered them (with bias=False it "
+        "registers bias as None, which is skipped); a generator, not a list.",
+    "layers.Conv2d.parameters":
+        "nn.Module.parameters(), inherited: W and b, without their names; a generator, not a "
+        "list.",
+    "layers.MaxPool2d.windows":
+        "No method of nn.MaxPool2d: its CPU kernel (cpu_max_pool, "
+        "aten/src/ATen/native/cpu/MaxPoolKernel.cpp) takes one output entry at a time and "
+        "walks its window row by row; manual/ takes one offset at a time, in every window at "
+        "once, and these slices pick it out.",
+    "layers.MaxPool2d.forward":
+        "torch.nn.MaxPool2d.forward() (torch/nn/modules/pooling.py) returns F.max_pool2d(x, "
+        "kernel_size, stride, ...), that is torch.max_pool2d, which on the CPU runs "
+        "max_pool2d_with_indices: its kernel walks each window row by row and takes an entry "
+        "when val > maxval || isnan(val), so of tied entries the first in row-major order "
+        "wins, as here. Autograd saves x and the winners' indices (int64, h W + w in the "
+        "input plane) for backward.",
+    "layers.MaxPool2d.backward":
+        "nn.MaxPool2d has no backward method: autograd runs MaxPool2DWithIndicesBackward0, "
+        "max_pool2d_with_indices_backward: into a zero dLoss/dx, each output's g is added at "
+        "the index its forward saved, the first maximum of its window; where windows overlap "
+        "(stride < kernel_size), an entry that won several gets the sum of their g.",
+    "layers.MaxPool2d.named_parameters":
+        "nn.Module.named_parameters(), inherited: nn.MaxPool2d registers no parameter, so it "
+        "yields nothing.",
+    "layers.MaxPool2d.parameters":
+        "nn.Module.parameters(), inherited: nothing to yield, as here.",
+    "layers.Flatten.forward":
+        "torch.nn.Flatten.forward() (torch/nn/modules/flatten.py) returns "
+        "input.flatten(self.start_dim, self.end_dim), start_dim=1 and end_dim=-1 by default: "
+        "the call the manual method makes, a view of a contiguous x (no copy), a reshaped "
+        "copy of any other.",
+    "layers.Flatten.backward":
+        "nn.Flatten has no backward method: autograd runs the backward of the reshape that "
+        "flatten recorded, ViewBackward0 (UnsafeViewBackward0 when it had to copy): "
+        "g.reshape to x's shape, (N, C, H, W); no number changes.",
+    "layers.Flatten.named_parameters":
+        "nn.Module.named_parameters(), inherited: nn.Flatten registers no parameter, so it "
+        "yields nothing.",
+    "layers.Flatten.parameters":
+        "nn.Module.parameters(), inherited: nothing to yield, as here.",
+    "model.Chain.parameters":
         "parameters(), inherited from nn.Module like named_parameters(): the same tensors in "
         "the same order, without their names.",
     "optim.Optimizer.zero_grad":
@@ -593,10 +663,11 @@ def build_page(root: Path = REPO_ROOT) -> str:
         "<main>",
         '<header class="page">',
         "<h1>What does <code>loss.backward()</code> compute? Read it side by side</h1>",
-        '<p class="lead">The same MNIST classifiers, softmax regression and a small MLP, '
-        "written twice. Left, <code>manual/</code>: plain tensor operations with every "
-        "gradient derived by hand. Right, <code>torch_impl/</code>: <code>nn.Linear</code>, "
-        "<code>nn.BatchNorm1d</code>, <code>F.cross_entropy</code>, autograd, "
+        '<p class="lead">The same MNIST classifiers, softmax regression, a small MLP and a '
+        "small CNN, written twice. Left, <code>manual/</code>: plain tensor operations with "
+        "every gradient derived by hand. Right, <code>torch_impl/</code>: "
+        "<code>nn.Linear</code>, <code>nn.BatchNorm1d</code>, <code>nn.Conv2d</code>, "
+        "<code>nn.MaxPool2d</code>, <code>F.cross_entropy</code>, autograd, "
         "<code>torch.optim.SGD</code>, <code>Adam</code> and <code>AdamW</code>. Each pair "
         "has the same name in the same file, under the formula from its docstring. "
         "Generated from the source by "

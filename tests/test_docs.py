@@ -116,16 +116,28 @@ def test_side_by_side_pairs_follow_the_mirrored_names(builder):
 
 
 def test_side_by_side_layers_come_before_the_models_built_from_them(builder, page: str):
-    """layers.py has its section, between functional.py and model.py, with its pairs."""
+    """layers.py has its section, between functional.py and model.py, with its pairs: the
+    layers of the MLP and of the CNN come before the Chain that runs them and the models
+    that build them."""
     stems = builder.stems(REPO_ROOT)
     assert stems.index("functional") < stems.index("layers") < stems.index("model")
     assert page.index('id="layers"') < page.index('id="model"')
-    for key in ("layers.Linear", "layers.Linear.forward", "layers.Linear.backward",
-                "layers.ReLU.backward", "layers.BatchNorm1d.forward",
-                "layers.BatchNorm1d.backward", "layers.BatchNorm1d.named_buffers",
-                "model.SoftmaxRegression.forward", "model.SoftmaxRegression.backward",
-                "model.MLP", "model.MLP.forward", "model.MLP.backward"):
+
+    def position(key: str) -> int:
         assert f'id="{key}"' in page, f"no section {key}"
+        return page.index(f'id="{key}"')
+
+    for key in ("model.SoftmaxRegression.forward", "model.SoftmaxRegression.backward",
+                "model.Chain.forward", "model.Chain.backward", "model.CNN.backward"):
+        position(key)
+    layers = {"MLP": ("Linear", "BatchNorm1d", "ReLU"),
+              "CNN": ("Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear")}
+    for model, names in layers.items():
+        assert position("model.Chain") < position(f"model.{model}"), model
+        for name in names:
+            for method in ("", ".forward", ".backward"):
+                assert position(f"layers.{name}{method}") < position("model.Chain"), name
+    position("layers.BatchNorm1d.named_buffers")
 
 
 def test_side_by_side_torch_layers_are_described_truly(builder):
@@ -148,22 +160,35 @@ def test_side_by_side_torch_layers_are_described_truly(builder):
     assert "AddmmBackward0" in pairs["layers.Linear.backward"].torch.note
     assert "threshold_backward" in pairs["layers.ReLU.backward"].torch.note
     assert "native_batch_norm_backward" in pairs["layers.BatchNorm1d.backward"].torch.note
+    assert "F.conv2d" in pairs["layers.Conv2d.forward"].torch.note
+    assert "ConvolutionBackward0" in pairs["layers.Conv2d.backward"].torch.note
+    assert "isnan" in pairs["layers.MaxPool2d.forward"].torch.note
+    assert "MaxPool2DWithIndicesBackward0" in pairs["layers.MaxPool2d.backward"].torch.note
+    assert "ViewBackward0" in pairs["layers.Flatten.backward"].torch.note
+
+
+def test_side_by_side_notes_name_sections_of_the_page(builder, page: str):
+    """Every hand-written note is shown: a NOTES key that names no section is stale."""
+    for key in builder.NOTES:
+        assert f'id="{key}"' in page, f"NOTES[{key!r}] names no section of the page"
 
 
 def test_side_by_side_models_face_the_comments_and_the_inherited_layer(builder):
-    """MLP's methods face the comments of the torch class, one comment naming several;
-    SoftmaxRegression, which inherits forward and backward from manual Linear, shows them."""
+    """Chain's methods face the comments of the torch class, one comment naming several;
+    SoftmaxRegression, which inherits forward and backward from manual Linear, shows them,
+    and the CNN, which inherits backward from Chain, shows Chain's."""
     concepts = builder.concepts(REPO_ROOT, "model")[2]
     pairs = {concept.key: concept for concept in concepts}
 
     def lines(side) -> str:
         return "\n".join(side.module.lines[side.item.start - 1:side.item.end])
 
-    backward = pairs["model.MLP.backward"].torch
+    backward = pairs["model.Chain.backward"].torch
     assert backward.item.kind == "comment" and backward.item.start == backward.item.end
     assert lines(backward).lstrip().startswith("# backward: written by autograd")
+    assert "return self.layers[-1](x)" in lines(pairs["model.Chain.forward"].torch)
     for method in ("named_parameters", "named_buffers", "train", "eval"):
-        side = pairs[f"model.MLP.{method}"].torch
+        side = pairs[f"model.Chain.{method}"].torch
         assert side.item is not None and side.item.kind == "comment", method
         assert lines(side).lstrip().startswith("# named_parameters(), named_buffers(),")
     for method in ("train", "eval"):
@@ -180,6 +205,11 @@ def test_side_by_side_models_face_the_comments_and_the_inherited_layer(builder):
     assert "return self.linear(x)" in lines(pairs["model.SoftmaxRegression.forward"].torch)
     assert lines(pairs["model.SoftmaxRegression.backward"].torch).lstrip().startswith(
         "# backward:")
+    cnn = pairs["model.CNN.backward"]
+    assert cnn.manual.module.path == "manual/model.py"
+    assert lines(cnn.manual).lstrip().startswith("def backward(")
+    assert "Inherited from Chain" in cnn.manual.note
+    assert lines(cnn.torch).lstrip().startswith("# backward: written by autograd")
 
 
 def formula_of(page: str, key: str) -> str:
