@@ -205,7 +205,8 @@ class Conv2d:
 
     x: (N, C, H, W) -> y (N, O, H_out, W_out), with weight W: (O, C, k, k), bias b: (O,):
         y[n, o, p, q] = b[o] + sum_{c, i, j} W[o, c, i, j] x_pad[n, c, s p + i, s q + j]
-    x_pad: x with `padding` rows and columns of zeros on each side; s: the stride;
+    where x_pad is x with `padding` rows and columns of zeros on each side, and s is the stride.
+
     H_out = (H + 2 padding - k) // s + 1, and the same for W_out. This is a
     cross-correlation, as in nn.Conv2d: the kernel is not flipped (a true convolution
     would flip it, rotating it by 180 degrees). stride and padding: an int, or (rows, columns).
@@ -236,16 +237,17 @@ class Conv2d:
 
         Each W[o, c, i, j] meets x_pad[n, c, s p + i, s q + j] in output y[n, o, p, q], so
             weight.grad[o, c, i, j] = sum_{n, p, q} g[n, o, p, q] x_pad[n, c, s p + i, s q + j]
-        the input correlated with g (O, C, k, k): a convolution whose batch is the channels
-        c, whose channels are the examples n, and whose kernel is g, its taps s apart
-        (dilation = stride);
-            bias.grad[o] = sum_{n, p, q} g[n, o, p, q]                 (O,)
-        and dLoss/dx_pad[n, c, h, w] = sum_{o, p, q: s p + i = h, s q + j = w} g[n, o, p, q]
-        W[o, c, i, j]: each output spreads its gradient back over the window it read.
-        That is a transposed convolution (N, C, H, W): g with s - 1 zeros between its
-        entries, padded by k - 1 - padding, correlated with W rotated by 180 degrees and its
-        in and out channels swapped. Rows of x that no window covered (stride 2 and an
-        uneven size) get 0, as does the padding, which is cut off. Returns None when
+            bias.grad[o]            = sum_{n, p, q} g[n, o, p, q]
+            dLoss/dx_pad[n, c, h, w] = sum_{o, p, q} g[n, o, p, q] W[o, c, h - s p, w - s q]
+        with W taken as 0 outside its k x k; these are set (O, C, k, k), (O,), and returned.
+
+        weight.grad is the input correlated with g: a convolution whose batch is the
+        channels c, whose channels are the examples n, and whose kernel is g, its taps s
+        apart (dilation = stride). dLoss/dx spreads each output's gradient back over the
+        window it read: a transposed convolution (N, C, H, W), which is g with s - 1 zeros
+        between its entries, padded by k - 1 - padding, correlated with W rotated by 180
+        degrees and its in and out channels swapped. Rows of x that no window covered
+        (stride 2 and an uneven size) get 0, and the padding is cut off. Returns None when
         needs_input_grad is False (the images).
         """
         x, (k, _), stride = self.input, self.kernel_size, self.stride

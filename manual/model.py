@@ -119,7 +119,9 @@ class CNN(Chain):
     Linear -> logits (N, C).
 
     Each block: a k x k convolution padded by k // 2 (an odd k keeps the image's size),
-    ReLU, then 2 x 2 max pooling (it halves the size, rounding down). The defaults, channels (16, 32):
+    ReLU, then 2 x 2 max pooling (it halves the size, rounding down).
+
+    With the defaults, channels (16, 32) and k = 5, the shapes are:
         (N, 1, 28, 28) -> (N, 16, 28, 28) -> (N, 16, 14, 14)
                        -> (N, 32, 14, 14) -> (N, 32, 7, 7) -> (N, 1568) -> (N, 10)
     """
@@ -129,9 +131,9 @@ class CNN(Chain):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         kinds = dict(device=device, dtype=dtype)
         layers, size = [], image_size
-        for inputs, outputs in zip((in_channels, *channels), channels):
+        for inputs, outputs in zip((in_channels, *channels[:-1]), channels, strict=True):
             layers += [Conv2d(inputs, outputs, kernel_size, padding=kernel_size // 2, **kinds),
                        ReLU(), MaxPool2d(2)]
             size = (size + 2 * (kernel_size // 2) - kernel_size + 1) // 2
-        super().__init__(layers + [Flatten(), Linear(channels[-1] * size * size, num_classes,
-                                                     **kinds)])
+        super().__init__([*layers, Flatten(),
+                          Linear(channels[-1] * size * size, num_classes, **kinds)])

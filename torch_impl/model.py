@@ -93,11 +93,11 @@ class CNN(Chain):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         kinds = dict(device=device, dtype=dtype)
         layers, size = [], image_size
-        for inputs, outputs in zip((in_channels, *channels), channels):
+        for inputs, outputs in zip((in_channels, *channels[:-1]), channels, strict=True):
             layers += [nn.Conv2d(inputs, outputs, kernel_size, padding=kernel_size // 2,
                                  **kinds), nn.ReLU(), nn.MaxPool2d(2)]
             size = (size + 2 * (kernel_size // 2) - kernel_size + 1) // 2
-        super().__init__(layers + [nn.Flatten(), nn.Linear(channels[-1] * size * size,
-                                                           num_classes, **kinds)])
+        super().__init__([*layers, nn.Flatten(),
+                          nn.Linear(channels[-1] * size * size, num_classes, **kinds)])
 
     # backward: written by autograd (manual/layers.py: Conv2d, MaxPool2d, Flatten).
