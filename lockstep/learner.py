@@ -20,6 +20,8 @@ import torch_impl
 from common.data import NUM_CLASSES, NUM_PIXELS
 from lockstep.flags import OPTIMIZERS, OPTIONS
 
+IMAGES_AT_ONCE = 1000  # Learner.logits of the CNN: 180 MB of hidden outputs a side, not 1.8 GB
+
 
 class Learner:
     """One implementation's model and optimizer, trained by the shared loop."""
@@ -204,10 +206,14 @@ class Learner:
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, D) -> logits (N, C) in eval mode (BatchNorm: the running statistics),
-        recording nothing for backward; the model returns to training mode after."""
+        recording nothing for backward; the model returns to training mode after. The CNN
+        takes IMAGES_AT_ONCE images at a time: it keeps every hidden output of its forward,
+        about 180 KB an image a side."""
         self.model.eval()
+        step = len(x) if self.image_shape is None else IMAGES_AT_ONCE
+        chunks = [x[start:start + step] for start in range(0, len(x), step)] or [x]
         try:
-            return self.model(self.as_input(x))
+            return torch.cat([self.model(self.as_input(chunk)) for chunk in chunks])
         finally:
             self.model.train()
 
