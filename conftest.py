@@ -66,8 +66,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 # test shares the files out between processes (pytest-xdist, --dist loadfile) in the order of
 # the items.
 LONGEST = ("test_exercises.py", "hidden_layer_and_batchnorm.ipynb",
-           "Digit_Classification_with_Softmax.ipynb", "test_data_rule.py", "adam_and_adamw.ipynb",
-           "tutor.ipynb")
+           "Digit_Classification_with_Softmax.ipynb", "test_data_rule.py", "convolutions.ipynb",
+           "adam_and_adamw.ipynb", "tutor.ipynb")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
