@@ -95,9 +95,11 @@ class ReLU:
     def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
         """dLoss/dx = g where x > 0, else 0: (N, H). The slope is 1 or 0.
 
-        At x = 0 exactly, where the slope is undefined, torch takes 0; so does this.
+        At x = 0 exactly, where the slope is undefined, torch takes 0; so does this. The
+        slope is the sign of the saved output y = max(x, 0): 1 where y > 0, 0 where y = 0
+        (as a float, which multiplies g faster than the mask y > 0 does).
         """
-        return grad_output * (self.output > 0)  # the gate [y > 0]: 1 or 0
+        return grad_output * self.output.sign()  # the gate [y > 0]: 1.0 or 0.0
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
         return []
@@ -288,7 +290,7 @@ class MaxPool2d:
     def __init__(self, kernel_size: int, stride: int | None = None):
         self.kernel_size = kernel_size
         self.stride = kernel_size if stride is None else stride
-        self.input_shape = self.argmax = None  # saved by forward: which entry won each window
+        self.input_shape = self.indices = None  # saved by forward: where each window's winner is
 
     def windows(self, shape: torch.Size) -> list[tuple[slice, slice]]:
         """Offset (i, j) of a window, for each in row-major order: the (rows, columns) of x
@@ -299,28 +301,27 @@ class MaxPool2d:
                 for i in range(k) for j in range(k)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, C, H, W) -> y (N, C, H_out, W_out). Also keeps the offset in its window,
-        0 to k k - 1, of the entry each output took: the first maximum in row-major order.
+        """x: (N, C, H, W) -> y (N, C, H_out, W_out). Also keeps, in self.indices, where in
+        its plane (h W + w) the entry each output took sits: the first maximum of its window
+        in row-major order, the numbers F.max_pool2d(x, k, return_indices=True) gives.
 
-        The windows are visited offset by offset, all at once: an entry takes over only if
-        it is larger (>) than the best so far, or NaN, which is torch's own test
-        (val > maxval || isnan(val)), so of tied entries the first one wins.
+        The entries at each offset of every window, one strided view per offset, are stacked
+        in row-major order of the offsets: (k k, N, C, H_out, W_out). Their max over the
+        offsets is y, and its index the offset of the winner: of equal maxima, max returns
+        the first, which is torch's own choice (its kernel lets an entry take over only if
+        val > maxval || isnan(val), so of tied entries the first one wins).
         """
         if min(x.shape[2:]) < self.kernel_size:
             raise ValueError(f"Output size is too small: input {tuple(x.shape)}, kernel "
                              f"{self.kernel_size}")
         self.input_shape = x.shape
-        offsets = self.windows(x.shape)
-        best = x[(..., *offsets[0])]
-        small = len(offsets) <= 256  # offsets 0 to k k - 1 fit in a byte
-        self.argmax = torch.zeros(best.shape, dtype=torch.uint8 if small else torch.int32,
-                                  device=x.device)
-        for offset, (rows, columns) in enumerate(offsets[1:], start=1):
-            entry = x[..., rows, columns]
-            wins = (entry > best) | entry.isnan()
-            best = torch.where(wins, entry, best)
-            self.argmax.masked_fill_(wins, offset)
-        return best.clone() if len(offsets) == 1 else best
+        windows = self.windows(x.shape)
+        best, winner = torch.stack([x[..., rows, columns] for rows, columns in windows]).max(0)
+        plane = torch.arange(x.shape[2] * x.shape[3], device=x.device).view(x.shape[2:])
+        where = torch.stack([plane[rows, columns] for rows, columns in windows])  # by offset
+        self.indices = where.expand(*x.shape[:2], *where.shape).gather(
+            2, winner.unsqueeze(2)).squeeze(2)  # (N, C, H_out, W_out): where[winner]
+        return best
 
     __call__ = forward
 
@@ -333,12 +334,13 @@ class MaxPool2d:
         this one on the CPU and in CUDA. The other choices differ from it: sending g to every
         tied entry multiplies the gradient by the number of ties, and splitting it among them
         matches no torch kernel. Ties are common on MNIST: ReLU's zeros fill the blank
-        background. Overlapping windows (s < k) add their gradients to an entry they share.
+        background. g is added into a plane of zeros at self.indices (scatter_add_): where
+        windows overlap (s < k), an entry that wins several gets the sum of their gradients.
         """
-        grad_input = grad_output.new_zeros(self.input_shape)
-        for offset, (rows, columns) in enumerate(self.windows(self.input_shape)):
-            grad_input[..., rows, columns] += torch.where(self.argmax == offset, grad_output, 0)
-        return grad_input
+        n, c, height, width = self.input_shape
+        grad_input = grad_output.new_zeros(n, c, height * width)
+        grad_input.scatter_add_(2, self.indices.flatten(2), grad_output.flatten(2))
+        return grad_input.view(self.input_shape)
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
         return []
