@@ -96,10 +96,10 @@ class ReLU:
         """dLoss/dx = g where x > 0, else 0: (N, H). The slope is 1 or 0.
 
         At x = 0 exactly, where the slope is undefined, torch takes 0; so does this. The
-        slope is the sign of the saved output y = max(x, 0): 1 where y > 0, 0 where y = 0
-        (as a float, which multiplies g faster than the mask y > 0 does).
+        slope is the sign of the saved output y = max(x, 0): 1 where y > 0, 0 where y = 0.
         """
-        return grad_output * self.output.sign()  # the gate [y > 0]: 1.0 or 0.0
+        slope = self.output.sign()  # the gate [y > 0] as 1.0 or 0.0: a new tensor
+        return slope.mul_(grad_output)  # times g, in place: one new tensor, not two
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
         return []

@@ -49,8 +49,8 @@ EXERCISES = [
      "transposed back and cut to k x k; bias.grad: g summed over (0, 2, 3); then "
      "F.conv_transpose2d(g, W, ...) with output_padding for the uncovered rows (or None)"),
     ("layers.py", "MaxPool2d.backward",
-     "zeros of self.input_shape; for each offset, (rows, columns) of self.windows(...), add g "
-     "where self.argmax == offset: the first maximum only, never every tie"),
+     "zeros (N, C, H W), then scatter_add_ g into them at self.indices (each window's first "
+     "maximum, at h W + w: never every tie), viewed as (N, C, H, W)"),
     ("optim.py", "Adam.step",
      "for param, grad in self.gradients(): state['step'] += 1, self.decay, exp_avg and "
      "exp_avg_sq in place, then bias_corrections and denominator"),

@@ -117,12 +117,18 @@ CNN_SEEDED = {
         r"manual's equals torch's rotated by 180 degrees \(a\.flip\(-2, -1\)\), each kernel: a "
         r"true convolution, which flips the kernel, where nn\.Conv2d takes a cross-correlation"),
     "pooling-to-every-tie": (
-        [("        self.input_shape = x.shape\n        offsets",
-          "        self.input_shape, self.x = x.shape, x\n        offsets"),
-         ("        return best.clone() if len(offsets) == 1 else best",
-          "        self.best = best\n        return best.clone() if len(offsets) == 1 else best"),
-         ("torch.where(self.argmax == offset, grad_output, 0)",
-          "torch.where(self.x[..., rows, columns] == self.best, grad_output, 0)")],
+        [("        self.input_shape = x.shape\n        windows",
+          "        self.input_shape, self.x = x.shape, x\n        windows"),
+         ("        return best\n\n    __call__", "        self.y = best\n        return best\n\n"
+          "    __call__"),
+         ("""        n, c, height, width = self.input_shape
+        grad_input = grad_output.new_zeros(n, c, height * width)
+        grad_input.scatter_add_(2, self.indices.flatten(2), grad_output.flatten(2))
+        return grad_input.view(self.input_shape)""",
+          """        grad_input = grad_output.new_zeros(self.input_shape)
+        for rows, columns in self.windows(self.input_shape):  # to every entry equal to y
+            grad_input[..., rows, columns] += grad_output * (self.x[..., rows, columns] == self.y)
+        return grad_input""")],
         "dLoss/d(hidden.relu.4), the hidden layer's output gradient (what the backward of the "
         "layer above it returns)", "partial",
         r"only entries at tied maxima of max pooling differ: [\d,]+, each one of several equal "
