@@ -179,8 +179,9 @@ def templates(learner) -> plt.Figure:
 
 
 def features(learners: list, data: Splits, index: int = 0, most: int = 16) -> plt.Figure:
-    """One test digit through the CNN: the image, then the output of each convolution (the
-    first `most` channels), torch's; each title gives the largest difference from manual's.
+    """One test digit through the CNN: the image and the first layer's kernels, then the output
+    of each convolution (the first `most` channels), torch's; each row's title gives the
+    largest difference from manual's.
 
     A feature map is one output channel: the kernel's response at every position of the
     image, bright where the pattern it holds is found."""
@@ -190,25 +191,35 @@ def features(learners: list, data: Splits, index: int = 0, most: int = 16) -> pl
         learner.logits(x)  # eval mode; keeps the hidden outputs
         outputs.append([(name, output.detach().cpu().double()) for name, output in
                         learner.named_hidden_outputs() if name.startswith("hidden.conv2d")])
-    figure, axes = plt.subplots(1 + len(outputs[1]), most, figsize=(15, 1.2 + 1.1 * len(
-        outputs[1]) * most / 16), squeeze=False)
+    kernels = learners[1].parameters()[0].detach().cpu().double()[:most, 0]
+    figure, axes = plt.subplots(1 + len(outputs[1]), 1 + most, squeeze=False,
+                                figsize=(15, 1.3 * (1 + len(outputs[1]))),
+                                gridspec_kw={"hspace": 0.45})
     for ax in axes.flat:
         ax.set(xticks=[], yticks=[])
-        ax.axis("off")
-    axes[0, 0].axis("on")
     axes[0, 0].imshow(data.test_x[index].cpu().float().reshape(28, 28).numpy(), cmap="gray_r")
-    axes[0, 0].set_title(f"test image {index}\nlabel {int(data.test_y[index])}", fontsize=9)
+    axes[0, 0].set_xlabel(f"test image {index}, label {int(data.test_y[index])}", fontsize=8)
+    limit = kernels.abs().max().item() or 1.0
+    for kernel, ax in zip(kernels, axes[0, 1:], strict=False):
+        ax.imshow(kernel.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
+    axes[0, 1].set_title(f"the first layer's {len(kernels)} kernels, "
+                         f"{'x'.join(map(str, kernels.shape[1:]))} (red +, blue -)",
+                         fontsize=9, loc="left")
     for row, (name, maps), (_, manual_maps) in zip(axes[1:], outputs[1], outputs[0],
                                                    strict=True):
-        for channel, ax in enumerate(row[:len(maps[0])]):
-            ax.axis("on")
-            ax.imshow(maps[0, channel].numpy(), cmap="viridis")
+        row[0].axis("off")
+        for channel, ax in enumerate(row[1:]):
+            if channel < maps.shape[1]:
+                ax.imshow(maps[0, channel].numpy(), cmap="viridis")
+            else:
+                ax.axis("off")
         difference = (maps - manual_maps).abs().max().item()
-        row[0].set_title(f"{name}: {maps.shape[1]} channels of {maps.shape[2]}x{maps.shape[3]}"
-                         f"; max |manual - torch| = {difference:.1e}", fontsize=9, loc="left")
-    figure.suptitle("One test digit after each convolution (torch's output; manual's is drawn "
-                    "alike): one map per output channel, bright where its kernel responds",
-                    y=1.0)
+        shown = min(most, maps.shape[1])
+        row[1].set_title(f"{name}: channels 0-{shown - 1} of {maps.shape[1]}, "
+                         f"{maps.shape[2]}x{maps.shape[3]} each; max |manual - torch| = "
+                         f"{difference:.1e}", fontsize=9, loc="left")
+    figure.suptitle("One test digit after each convolution, torch's output (manual's is drawn "
+                    "alike): one map per output channel, bright where its kernel responds")
     return figure
 
 
