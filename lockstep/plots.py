@@ -197,7 +197,8 @@ def features(learners: list, data: Splits, index: int = 0, most: int = 16) -> pl
                                 gridspec_kw={"hspace": 0.45})
     for ax in axes.flat:
         ax.set(xticks=[], yticks=[])
-    axes[0, 0].imshow(data.test_x[index].cpu().float().reshape(28, 28).numpy(), cmap="gray_r")
+    image = learners[1].as_input(x)[0, 0]  # (H, W)
+    axes[0, 0].imshow(image.cpu().float().numpy(), cmap="gray_r")
     axes[0, 0].set_xlabel(f"test image {index}, label {int(data.test_y[index])}", fontsize=8)
     limit = kernels.abs().max().item() or 1.0
     for kernel, ax in zip(kernels, axes[0, 1:], strict=False):
