@@ -145,20 +145,26 @@ def assert_no_ties(x: torch.Tensor, kernel_size: int, stride: int | None) -> Non
 
 # Each layer against its torch.nn twin -----------------------------------------------------
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("shape", IMAGES, ids=IMAGE_IDS)
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-@pytest.mark.parametrize("kernel_size", [1, 3, 5], ids=lambda k: f"k{k}")
-@pytest.mark.parametrize("padding", [0, 1, 2], ids=lambda p: f"p{p}")
-@pytest.mark.parametrize("stride", [1, 2], ids=lambda s: f"s{s}")
-def test_conv2d_matches_autograd(stride, padding, kernel_size, bias, shape, dtype):
+# (stride, padding, kernel, dtype): every stride, padding and kernel in float64; in float32,
+# where each new shape costs oneDNN a kernel compiled on its first call, those of the CNN and a
+# few around them.
+CONVS = ([(s, p, k, torch.float64) for s in (1, 2) for p in (0, 1, 2) for k in (1, 3, 5)]
+         + [(s, p, k, torch.float32) for s in (1, 2) for p, k in ((0, 1), (1, 3), (2, 5))])
+
+
+@pytest.mark.parametrize(("stride", "padding", "kernel_size", "dtype"), CONVS,
+                         ids=[f"s{s}-p{p}-k{k}-{str(d).removeprefix('torch.')}"
+                              for s, p, k, d in CONVS])
+def test_conv2d_matches_autograd(stride, padding, kernel_size, dtype):
     """Output, dLoss/dx, weight.grad and bias.grad equal nn.Conv2d's (1e-12 in float64), set
-    not added, over strides, paddings and kernels."""
-    layer, reference = twin_convs(shape[1], kernel_size, stride, padding, bias, dtype)
-    assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"][:1 + bias]
-    x = random_images(shape, dtype)
-    check_layer_against_autograd(layer, reference, x,
-                                 random_upstream(output_shape(reference, x), dtype))
+    not added, over strides, paddings and kernels: on both images of IMAGES, the first with a
+    bias, the second without."""
+    for shape, bias in zip(IMAGES, (True, False), strict=True):
+        layer, reference = twin_convs(shape[1], kernel_size, stride, padding, bias, dtype)
+        assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"][:1 + bias]
+        x = random_images(shape, dtype)
+        check_layer_against_autograd(layer, reference, x,
+                                     random_upstream(output_shape(reference, x), dtype))
 
 
 # (kernel, stride, padding, (H, W)): the rows and columns at the bottom and right of x that no
@@ -208,16 +214,18 @@ def test_conv2d_without_input_gradient_returns_none_and_sets_the_grads(bias):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("shape", IMAGES, ids=IMAGE_IDS)
 @pytest.mark.parametrize(("kernel_size", "stride"), POOLS, ids=POOL_IDS)
-def test_maxpool2d_matches_autograd(kernel_size, stride, shape, dtype):
-    """Output and dLoss/dx equal nn.MaxPool2d's, windows overlapping or dropped at the edge."""
-    layer, reference = MaxPool2d(kernel_size, stride), nn_layers.MaxPool2d(kernel_size, stride)
-    x = random_images(shape, dtype)
-    out = output_shape(reference, x)
-    step = stride or kernel_size
-    assert out[-2:] == tuple((size - kernel_size) // step + 1 for size in shape[-2:])
-    check_layer_against_autograd(layer, reference, x, random_upstream(out, dtype))
+def test_maxpool2d_matches_autograd(kernel_size, stride, dtype):
+    """Output and dLoss/dx equal nn.MaxPool2d's, windows overlapping or dropped at the edge,
+    on both images of IMAGES."""
+    for shape in IMAGES:
+        layer = MaxPool2d(kernel_size, stride)
+        reference = nn_layers.MaxPool2d(kernel_size, stride)
+        x = random_images(shape, dtype)
+        out = output_shape(reference, x)
+        step = stride or kernel_size
+        assert out[-2:] == tuple((size - kernel_size) // step + 1 for size in shape[-2:])
+        check_layer_against_autograd(layer, reference, x, random_upstream(out, dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -348,20 +356,21 @@ OVERLAPPING = [(3, 1), (2, 1), (3, 2)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("kind", TIE_KINDS)
 @pytest.mark.parametrize(("kernel_size", "stride"), SIDE_BY_SIDE + OVERLAPPING,
                          ids=[f"k{k}-s{s}" for k, s in SIDE_BY_SIDE + OVERLAPPING])
-def test_maxpool2d_ties_are_bit_identical_to_torch(kernel_size, stride, kind, dtype):
+def test_maxpool2d_ties_are_bit_identical_to_torch(kernel_size, stride, dtype):
     """Ties go to the first maximum in row-major order, as in torch: torch.equal for the
-    output and dLoss/dx. Side by side windows: a random gradient (each entry gets at most one
-    window's); overlapping ones: an integer-valued one, exact whatever the order of the sum."""
-    x = tied_input(kind, (2, 3, 7, 9), dtype)
-    assert tied_windows(x, kernel_size, stride).any(), "the input must hold ties"
-    layer = MaxPool2d(kernel_size, stride)
-    shape = output_shape(nn_layers.MaxPool2d(kernel_size, stride), x)
-    overlapping = (kernel_size, stride) in OVERLAPPING
-    grad_output = (integer_upstream if overlapping else random_upstream)(shape, dtype)
-    check_pool_ties(layer, x, grad_output)
+    output and dLoss/dx, on each kind of TIE_KINDS. Side by side windows: a random gradient
+    (each entry gets at most one window's); overlapping ones: an integer-valued one, exact
+    whatever the order of the sum."""
+    for kind in TIE_KINDS:
+        x = tied_input(kind, (2, 3, 7, 9), dtype)
+        assert tied_windows(x, kernel_size, stride).any(), f"{kind}: the input must hold ties"
+        layer = MaxPool2d(kernel_size, stride)
+        shape = output_shape(nn_layers.MaxPool2d(kernel_size, stride), x)
+        overlapping = (kernel_size, stride) in OVERLAPPING
+        grad_output = (integer_upstream if overlapping else random_upstream)(shape, dtype)
+        check_pool_ties(layer, x, grad_output)
 
 
 # The whole CNN -----------------------------------------------------------------------------
