@@ -48,10 +48,11 @@ def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.T
     `limit` at this step (should none be, at the limit's edge: the furthest apart), and its
     kind. Called right after both backward passes, before the update, so the parameters are
     still those the step started from. A hidden output that differs in the forward pass
-    comes before them all: the loss and every gradient below it follow from it."""
+    comes before them all: the loss and every gradient below it follow from it (not with
+    independent, where each learner's own parameters make its own forward pass)."""
     forward = zip(*(learner.named_hidden_outputs() for learner in learners), strict=True)
-    for (name, a), (_, b) in forward:
-        if not agrees(a, b, limit):
+    for (_, a), (name, b) in [] if independent else forward:  # --independent: they drift
+        if a.shape != b.shape or not agrees(a, b, limit):
             kind, factor, sentence = classify(a, b, limit, len(x), axes_of(name),
                                               layout=around(learners[1], name).get("layout"))
             return make(step, name, kind, sentence, factor)

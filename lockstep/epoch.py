@@ -11,7 +11,7 @@ import torch
 from lockstep import diagnosis, limits, replay
 from lockstep.checks import ShapeMismatch, exceeds, levels, named_stats, relu_gate_flips
 from lockstep.kinds import make
-from lockstep.learner import Learner
+from lockstep.learner import Learner, hidden_kind
 from lockstep.reference import float64_errors
 from lockstep.worst import WorstStep
 
@@ -171,7 +171,7 @@ def relu_flips(learners: list[Learner]) -> torch.Tensor:
     """(2,): checks.relu_gate_flips of the two models' ReLU outputs (the worst, should there
     be several ReLU layers); zeros for a model without ReLU."""
     pairs = zip(*(learner.named_hidden_outputs() for learner in learners), strict=True)
-    flips = [relu_gate_flips(m, t) for (name, m), (_, t) in pairs if name == "hidden.relu"]
+    flips = [relu_gate_flips(m, t) for (name, m), (_, t) in pairs if hidden_kind(name) == "relu"]
     return torch.stack(flips).amax(dim=0) if flips else torch.zeros(2)
 
 

@@ -210,7 +210,7 @@ class Learner:
         takes IMAGES_AT_ONCE images at a time: it keeps every hidden output of its forward,
         about 180 KB an image a side."""
         self.model.eval()
-        step = len(x) if self.image_shape is None else IMAGES_AT_ONCE
+        step = max(len(x), 1) if self.image_shape is None else IMAGES_AT_ONCE
         chunks = [x[start:start + step] for start in range(0, len(x), step)] or [x]
         try:
             return torch.cat([self.model(self.as_input(chunk)) for chunk in chunks])
@@ -224,6 +224,13 @@ class Learner:
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Share of the N examples classified correctly, in [0, 1]."""
         return (self.predict(x) == y).double().mean().item()
+
+
+def hidden_kind(name: str) -> str | None:
+    """The kind of layer a hidden output's name says it comes from: "hidden.relu" and
+    "hidden.relu.4" -> "relu"; None for a name that is no hidden output's ("logits")."""
+    parts = name.split(".")
+    return parts[1] if parts[0] == "hidden" and len(parts) > 1 else None
 
 
 def layer_index(name: str) -> int:

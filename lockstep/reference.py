@@ -6,7 +6,7 @@ import torch
 
 from lockstep.checks import relu_gate_flips
 from lockstep.kinds import distance
-from lockstep.learner import Learner
+from lockstep.learner import Learner, hidden_kind
 from lockstep.limits import ROUNDING_DISTANCE, rounding_only
 
 
@@ -63,17 +63,24 @@ def rounding_sentence(learners: list[Learner], name: str, index: int, a: torch.T
 def relu_tie(learners: list[Learner], index: int) -> float | None:
     """The largest flipped ReLU input, relative to the layer's largest output, if a ReLU gate
     was open on one side only at this step, within rounding of 0, and the compared tensor
-    number `index` (loss first, then the gradients) comes after the ReLU in backward; else
-    None."""
+    number `index` (loss first, then the gradients) comes after that ReLU in backward; else
+    None. With several ReLU layers (the CNN's), each one above the tensor is asked."""
     names = ["loss"] + [name for name, _ in learners[0].named_gradients()]
-    if "hidden.relu" not in names or index <= names.index("hidden.relu"):
-        return None
-    outputs = [dict(learner.named_hidden_outputs())["hidden.relu"] for learner in learners]
+    for relu in [name for name in names[:index] if hidden_kind(name) == "relu"]:
+        tie = one_relu_tie(learners, names, relu)
+        if tie is not None:
+            return tie
+    return None
+
+
+def one_relu_tie(learners: list[Learner], names: list[str], relu: str) -> float | None:
+    """relu_tie for the ReLU layer whose output is `relu` ("hidden.relu", "hidden.relu.4")."""
+    outputs = [dict(learner.named_hidden_outputs())[relu] for learner in learners]
     count, relative = relu_gate_flips(*outputs).tolist()
     if not count or relative > ROUNDING_DISTANCE["float32"]:
         return None
     # the gradient the ReLU passes on must differ nowhere else than at the flipped gates
-    passed = names[names.index("hidden.relu") + 1]
+    passed = names[names.index(relu) + 1]
     below = [dict(learner.named_gradients())[passed] for learner in learners]
     flipped = (outputs[0] > 0) != (outputs[1] > 0)
     elsewhere = (below[0] - below[1]).abs().masked_fill(flipped, 0).amax()

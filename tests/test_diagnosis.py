@@ -573,3 +573,39 @@ def test_gradients_that_differ_only_at_tied_maxima_are_named_ties():
     elsewhere[0, 0, 1, 3] = 1.0  # 0.5, no maximum of its window
     assert "tied maxima" not in kinds.classify(elsewhere, torch_side, LIMIT, batch_size=1,
                                                ties=ties)[2]
+
+
+@pytest.mark.parametrize(("broken", "index", "tensor", "kind", "words"), [
+    ("HWCFlatten", 6, "hidden.flatten.6", "permuted", "flattened in (H, W, C) order"),
+    ("EveryTieMaxPool2d", 2, "hidden.relu.1.grad", "partial",
+     "did you send the gradient to every tied maximum?"),
+    ("FlippedKernelConv2d", 3, "layers.3.weight.grad", "permuted", "rotated by 180 degrees"),
+], ids=["flatten-hwc", "every-tie", "flipped-kernel"])
+def test_a_cnn_twin_is_diagnosed_at_its_tensor_without_mnist(broken, index, tensor, kind,
+                                                              words):
+    """The CNN's broken twins (tests/test_conv.py) in place of one layer of the manual CNN, on
+    8 x 8 images blank but for a corner (ties: the first convolution's bias over the blank):
+    the diagnosis names the tensor where the mistake starts, a forward output for the Flatten;
+    with the right layers, nothing differs."""
+    import tests.test_conv as conv
+    pair = conv.twin_learners()
+    x = torch.zeros(6, 64, dtype=torch.float64)
+    x.view(6, 8, 8)[:, :3, :3] = torch.rand(6, 3, 3, generator=torch.Generator().manual_seed(0),
+                                            dtype=torch.float64)
+    y = torch.arange(6) % 3
+    both_gradients(pair, x, y)
+    named = [learner.named_hidden_outputs() + learner.named_loss() + learner.named_gradients()
+             for learner in pair]
+    assert all(kinds.agrees(a, b, 1e-10) for (_, a), (_, b) in zip(*named, strict=True))
+    layer = pair[0].model.layers[index]
+    twin = getattr(conv, broken)(*([layer.weight.shape[1], layer.weight.shape[0],
+                                    layer.kernel_size[0]] if broken.endswith("Conv2d") else
+                                   [layer.kernel_size] if broken.endswith("Pool2d") else []),
+                                 **({"padding": layer.padding} if broken.endswith("Conv2d")
+                                    else {}))
+    if broken.endswith("Conv2d"):
+        twin.weight, twin.bias = layer.weight, layer.bias
+    pair[0].model.layers[index] = twin
+    both_gradients(pair, x, y)
+    found = diagnosis.of_gradients(1, pair, x, y, 1e-10, False)
+    assert (found["tensor"], found["kind"]) == (tensor, kind) and words in found["message"]
