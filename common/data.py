@@ -76,7 +76,7 @@ def load_mnist(root: str | Path, train: bool = True) -> tuple[torch.Tensor, torc
     if labels.min() < 0 or labels.max() >= NUM_CLASSES:
         raise DataError(f"corrupt MNIST labels in {raw.resolve()}: "
                         f"values {labels.min()}..{labels.max()}, expected 0..9")
-    return images.reshape(-1, NUM_PIXELS).float() / 255, labels.long()
+    return images.reshape(-1, NUM_PIXELS).float().div_(255), labels.long()  # in place: one copy
 
 
 def download(root: str | Path) -> None:

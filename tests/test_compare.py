@@ -29,7 +29,7 @@ QUICK = ["--subset", "2000", "--epochs", "1", "--quiet"]
 PLOTS = ("curves.png", "gradients.png", "weights.png", "predictions.png", "confusion.png")
 MLP = ["--model", "mlp", "--hidden", "32", "--lr", "0.1"]
 CNN = ["--model", "cnn", "--channels", "4", "8", "--lr", "0.05", "--momentum", "0.9",
-       "--subset", "500"]  # 5 steps
+       "--subset", "200"]  # 2 steps
 
 
 def run(capsys, mnist_root, tmp_path, *flags):
