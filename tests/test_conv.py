@@ -586,3 +586,32 @@ def test_hwc_flatten_fails_the_cnn_comparison():
     with pytest.raises(AssertionError, match=r"^logits: DIFFERENT"):
         check_mlp_against_autograd(by_hand, reference, x,
                                    random_upstream((len(x), CNN_SIZES["num_classes"])))
+
+
+class LastMaximumMaxPool2d(MaxPool2d):
+    """Broken: the window's offsets visited in reverse, so of tied maxima the last one wins."""
+
+    def windows(self, shape):
+        return list(reversed(super().windows(shape)))
+
+
+@pytest.mark.parametrize("kind", TIE_KINDS)
+def test_maxpool2d_keeps_torchs_own_indices(kind):
+    """MaxPool2d.indices are the positions h W + w that F.max_pool2d(return_indices=True)
+    gives, ties included (the first maximum in row-major order)."""
+    x = tied_input(kind, (2, 3, 7, 9), torch.float32)
+    for kernel_size, stride in SIDE_BY_SIDE + OVERLAPPING:
+        layer = MaxPool2d(kernel_size, stride)
+        layer(x)
+        _, indices = torch.nn.functional.max_pool2d(x, kernel_size, stride, return_indices=True)
+        assert torch.equal(layer.indices, indices), (kernel_size, stride)
+
+
+@pytest.mark.twin
+def test_a_pooling_that_takes_the_last_maximum_keeps_other_indices():
+    """The twin: the last of the tied maxima, the same values, other indices."""
+    x = tied_input("zeros", (2, 3, 7, 9), torch.float32)
+    layer = LastMaximumMaxPool2d(2)
+    output = layer(x)
+    values, indices = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
+    assert torch.equal(output, values) and not torch.equal(layer.indices, indices)
