@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from common.data import NUM_PIXELS
+
 DEFAULT_HIDDEN = 128  # --model mlp without --hidden
 DEFAULT_CHANNELS = (16, 32)  # --model cnn without --channels
 # --optimizer: the class in manual/optim.py and torch_impl/optim.py, the flags that are its
@@ -159,8 +161,9 @@ def usage_problem(args: argparse.Namespace) -> str | None:
         return f"--hidden must be positive, got {args.hidden}"
     if args.channels is not None and not all(c > 0 for c in args.channels):
         return f"--channels must each be positive, got {' '.join(map(str, args.channels))}"
-    if args.channels is not None and 28 >> len(args.channels) == 0:
-        return (f"--channels: {len(args.channels)} blocks halve a 28 x 28 image to nothing "
+    side = math.isqrt(NUM_PIXELS)  # MNIST's 28 x 28
+    if args.channels is not None and side >> len(args.channels) == 0:
+        return (f"--channels: {len(args.channels)} blocks halve a {side} x {side} image to nothing "
                 "(at most 4)")
     if args.batchnorm and args.batch_size == 1:
         return "--batchnorm needs --batch-size 2 or more (a batch of 1 has no variance)"

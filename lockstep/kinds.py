@@ -230,7 +230,8 @@ def shape_sentence(a: torch.Tensor | None, b: torch.Tensor | None, limit: float)
     if a.dim() == 2 and a.T.shape == b.shape and agrees(a.T, b, limit):
         return f"{start}, and manual's transposed (a.T) equals torch's: {WRONG_ORDER}"
     for order in itertools.permutations(range(a.dim())) if 3 <= a.dim() <= 4 else []:
-        if a.permute(order).shape == b.shape and agrees(a.permute(order), b, limit):
+        permuted = a.permute(order)
+        if permuted.shape == b.shape and agrees(permuted, b, limit):
             why = SWAPPED if order == (1, 0, 2, 3) else "its dimensions are in another order."
             return f"{start}, and manual's permuted (a.permute{order}) equals torch's: {why}"
     if a.numel() == b.numel() and agrees(a.reshape(b.shape), b, limit):

@@ -8,13 +8,11 @@ import matplotlib
 import pytest
 import torch
 
-import manual
-import torch_impl
 from lockstep import plots
 from lockstep.checks import named_stats
-from lockstep.learner import Learner
 from lockstep.report import History
 from lockstep.worst import WorstStep
+from tests.test_conv import twin_learners
 from tests.test_diagnosis import batch, learners
 
 matplotlib.use("agg")
@@ -92,24 +90,14 @@ def test_the_first_layer_is_found_by_the_names_the_lock_step_compares(hidden):
     assert other.found() is None
 
 
-def cnn_learners():
-    """A manual and a torch CNN learner from the same seed, on 8 x 8 images, one step taken."""
-    pair = []
-    for package in (manual, torch_impl):
-        torch.manual_seed(0)
-        pair.append(Learner(package, 64, 3, {"lr": 0.1}, channels=(2, 3)))
-    x = torch.rand(6, 64)
-    for learner in pair:
-        learner.gradients(x, torch.arange(6) % 3)
-    return pair
-
-
 def test_the_cnn_kernels_are_drawn_as_kernels_and_its_feature_maps_per_convolution():
     """weights.png for a CNN: each first-layer kernel's gradient as a 5 x 5 image (not 28 x 28);
     features.png: the digit and the kernels, then one row per convolution with a map per
     channel, titled with manual's difference. The twin: manual's kernels doubled, and the
     title no longer says 0."""
-    pair = cnn_learners()
+    pair = list(twin_learners())  # tests/test_conv.py's CNN learners, on 8 x 8 images
+    for learner in pair:
+        learner.gradients(torch.rand(6, 64, dtype=torch.float64), torch.arange(6) % 3)
     named = [learner.named_gradients() for learner in pair]
     worst = WorstStep()
     worst.update(1, named_stats(*named), *named)
@@ -117,7 +105,8 @@ def test_the_cnn_kernels_are_drawn_as_kernels_and_its_feature_maps_per_convoluti
     figure = plots.weights(history)
     shapes = {ax.get_images()[0].get_array().shape for ax in figure.axes if ax.get_images()}
     assert shapes == {(5, 5)} and "kernels 0-1, 5x5 each," in texts(figure)
-    data = SimpleNamespace(test_x=torch.rand(2, 64), test_y=torch.tensor([1, 2]))
+    data = SimpleNamespace(test_x=torch.rand(2, 64, dtype=torch.float64),
+                           test_y=torch.tensor([1, 2]))
     maps = plots.features(pair, data)
     titles = [ax.get_title(loc="left") for ax in maps.axes if ax.get_title(loc="left")]
     assert titles == ["the first layer's 2 kernels, 5x5 (red +, blue -)",
