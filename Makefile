@@ -8,10 +8,9 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test docs bench exercises
 
-# make test shares the test files out between the cores (pytest-xdist), the longest first
-# (conftest.py). OpenMP threads that wait must sleep, not spin: each process has a thread per
-# core, and spinning ones would slow the others down several times over.
-TESTS := OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
+# make test shares the test files out between the cores (pytest-xdist), the longest first, and
+# runs torch on one thread in each process (conftest.py).
+TESTS := $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)

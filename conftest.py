@@ -5,32 +5,42 @@ notebook and the benchmark), downloaded there by torchvision when missing. When 
 can't be had, the real-data tests and the notebooks skip with one line that says what to
 set, except under CI (CI set), where they fail: CI must never pass by skipping them.
 
-This file sits at the project root so that its hook reaches the notebooks too.
+This file sits at the project root so that its hook reaches the notebooks too. It imports
+torch (through common.data) only in the functions that need the data: the first process of
+make test, which shares the tests out (pytest-xdist) and runs none, then starts in under a
+second instead of three, and so does `pytest --help`.
 """
+
+from __future__ import annotations
 
 import functools
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
-from common import data
-from common.data import DataError, Splits, load_mnist, load_splits, resolve_root
+if TYPE_CHECKING:
+    import torch
+
+    from common.data import Splits
 
 pytest_plugins = ["practice.grading"]  # python -m pytest --manual DIR grades an exercise folder
 WHAT_TO_SET = "set MNIST_ROOT to a folder holding MNIST/raw/"  # how a missing data skip starts
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # make test: a process per core (pytest-xdist), each with torch's threads, as usual. The
-    # processes they start (the notebooks' kernels, the gradings) take one thread each: a thread
-    # of its own never waits for another that the other processes keep off the cores.
+    # make test: a process per core (pytest-xdist). Each runs torch on one thread, as do the
+    # processes it starts (the notebooks' kernels, the gradings): with every core busy, a
+    # second thread would only wait for a core. Set before torch is imported (nothing above
+    # imports it), since torch reads it once, at its import.
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @functools.cache
 def find_real_mnist() -> tuple[Path | None, str | None]:
     """(the data root, None), or (None, why the real MNIST can't be had)."""
+    from common.data import DataError, load_mnist, resolve_root
+
     root = resolve_root().absolute()
     try:
         load_mnist(root, train=False)  # checks the files there; downloads all four if missing
@@ -96,11 +106,13 @@ def mnist_root() -> Path:
 @pytest.fixture(scope="session")
 def mnist_splits(mnist_root: Path) -> Splits:
     """load_splits(mnist_root) with its defaults: 55,000 train, 5,000 val, 10,000 test."""
+    from common.data import load_splits
+
     return load_splits(mnist_root)
 
 
 @functools.cache
-def read_once(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def read_once(root: Path, train: bool, load_mnist) -> tuple[torch.Tensor, torch.Tensor]:
     return load_mnist(root, train)
 
 
@@ -112,11 +124,13 @@ def real_mnist_read_once(request: pytest.FixtureRequest, monkeypatch: pytest.Mon
     real root. The tests of load_mnist itself call it as it is, and read the files."""
     if "mnist_root" not in request.fixturenames:
         return
-    real = request.getfixturevalue("mnist_root").resolve()
+    from common import data
+
+    real, load_mnist = request.getfixturevalue("mnist_root").resolve(), data.load_mnist
 
     def load(root: str | Path, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         if Path(root).resolve() == real:
-            return read_once(real, train)
+            return read_once(real, train, load_mnist)
         return load_mnist(root, train)
 
     monkeypatch.setattr(data, "load_mnist", load)

@@ -32,26 +32,29 @@ def float64_references(learners: list[Learner], x: torch.Tensor, y: torch.Tensor
 def rounding_sentence(learners: list[Learner], name: str, index: int, a: torch.Tensor,
                       b: torch.Tensor, references: dict, limit: float,
                       independent: bool) -> str | None:
-    """Why a and b differ by rounding only, or None if they do not."""
+    """Why a and b differ by rounding only, or None if they do not. Drift comes first: where
+    each side is within rounding of the exact math from its own parameters, and the exact math
+    from the two differs, the parameters have drifted apart, and a ReLU gate open on one side
+    only is open there in float64 too, one more consequence of it."""
+    reference_a, reference_b = references[name]
+    off_a, off_b = distance(a, reference_a), distance(b, reference_b)
+    numbers = (f"against a float64 computation of the same step, manual is off by {off_a:.1e} "
+               f"and torch by {off_b:.1e} (relative to the largest entry)")
+    exact = distance(reference_a, reference_b)  # the exact math from each side's parameters
+    if independent and exact > limit and rounding_only(off_a, off_b):
+        return (f"not an error in either: {numbers}, each from its own parameters. But from "
+                f"the two sides' parameters the exact math itself differs by {exact:.1e}: the "
+                f"parameters have drifted apart (max rel diff {parameter_drift(learners):.1e}) "
+                "since step 1, which agreed. Unstable training (too large --lr for this "
+                "--batch-size) amplifies rounding differences: try a smaller --lr.")
     tie = relu_tie(learners, index)
     if tie is not None:
         return (f"not an error: a ReLU input within float32 rounding of 0 (at most "
                 f"{tie:.0e} of the layer's largest output) was positive on one side only, so "
                 "one side let its gradient through and the other did not. Each is right for "
                 "its own rounding; in float64 such a tie is far rarer.")
-    reference_a, reference_b = references[name]
-    off_a, off_b = distance(a, reference_a), distance(b, reference_b)
     if not rounding_only(off_a, off_b):
         return None
-    numbers = (f"against a float64 computation of the same step, manual is off by {off_a:.1e} "
-               f"and torch by {off_b:.1e} (relative to the largest entry)")
-    exact = distance(reference_a, reference_b)  # the exact math from each side's parameters
-    if independent and exact > limit:
-        return (f"not an error in either: {numbers}, each from its own parameters. But from "
-                f"the two sides' parameters the exact math itself differs by {exact:.1e}: the "
-                f"parameters have drifted apart (max rel diff {parameter_drift(learners):.1e}) "
-                "since step 1, which agreed. Unstable training (too large --lr for this "
-                "--batch-size) amplifies rounding differences: try a smaller --lr.")
     size = reference_b.abs().amax().item()
     return (f"not an error: {numbers}, so both are float32 rounding of the same math. The "
             f"difference is large only next to the tensor itself, nearly 0 here (largest "

@@ -23,7 +23,6 @@ from pathlib import Path
 import hypothesis
 import pytest
 
-from lockstep.kinds import shapes_sentence, told
 from lockstep.tracebacks import place
 from practice import exercises, loader
 
@@ -34,6 +33,10 @@ hypothesis.settings.register_profile("grading", database=None, phases=[
     phase for phase in hypothesis.Phase if phase not in (hypothesis.Phase.shrink,
                                                          hypothesis.Phase.explain)])
 TESTS = Path(__file__).resolve().parent.parent / "tests"  # where GRADED are
+# Plugins a grading has no use for, and what each would cost it: nbmake (no notebook here, and
+# no advert for it); logging, which hooks a handler into each of torch's many loggers around
+# every phase of every check; unraisableexception, a full garbage collection at the end.
+UNUSED_PLUGINS = ("nbmake", "logging", "unraisableexception")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -62,8 +65,9 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
         config.option.tbstyle = "no"
     if config.option.reportchars == "fE":  # the default: the summary below says it instead
         config.option.reportchars = ""
-    if config.pluginmanager.has_plugin("nbmake"):  # no notebook here, and no advert for it
-        config.pluginmanager.unregister(name="nbmake")
+    for plugin in UNUSED_PLUGINS:  # before they are configured, so that none starts
+        if config.pluginmanager.has_plugin(plugin):
+            config.pluginmanager.unregister(name=plugin)
     config.pluginmanager.register(grading, "grading")
     return None
 
@@ -202,6 +206,8 @@ def refused_gradient(error: BaseException | None, folder: Path) -> str | None:
     """The tutor's sentence for a .grad of the wrong shape, which torch refused to take
     (RuntimeError: attempting to assign a gradient of size ...), named from the learner's
     line that assigned it ("self.weight.grad = ..."); None for any other error."""
+    from lockstep.kinds import shapes_sentence, told  # torch: not before a grading needs it
+
     found = ASSIGNED.search(str(error)) if isinstance(error, RuntimeError) else None
     where = found and place(error, folder)
     if not where:

@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import torch
-
 from lockstep.tracebacks import one_line, place, shown
 from practice.exercises import EXERCISES, HINTS, NOT_WRITTEN, ExerciseError
 
@@ -89,6 +87,8 @@ class ReturnedNothing(TypeError):
 def checked(function, name: str, calls: set[str] | None = None):
     """function, which adds name to calls when called, and raises ReturnedNothing where it
     returns None though its signature says it returns a tensor (a forgotten return)."""
+    import torch  # here, not above: `pytest --help` and make test's first process need none
+
     returns_tensor = inspect.signature(function).return_annotation is torch.Tensor
     code = inspect.unwrap(function).__code__
 

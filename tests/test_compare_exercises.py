@@ -5,13 +5,16 @@ tutor's diagnosis names the tensor. A learner's error: one line saying where. A 
 one line, exit 2, before the data or the output folder is touched.
 """
 
+import dataclasses
 import re
 import sys
 from pathlib import Path
 
 import pytest
 
+import compare
 import manual
+from common.data import Splits, load_splits
 from practice import exercises
 from practice.exercises import NAMES
 from tests.test_compare import CNN, MLP, QUICK, run
@@ -150,6 +153,17 @@ CNN_SEEDED = {
 }
 
 
+@pytest.fixture
+def few_images(monkeypatch):
+    """compare.py's data with 1,000 validation and 1,000 test images instead of 5,000 and
+    10,000: a CNN's forward over all of them would take most of each run below, which
+    checks what happens at the steps, not the accuracies."""
+    def fewer(*args, **kwargs) -> Splits:
+        data = load_splits(*args, **kwargs, val_size=1000)
+        return dataclasses.replace(data, test_x=data.test_x[:1000], test_y=data.test_y[:1000])
+    monkeypatch.setattr(compare, "load_splits", fewer)
+
+
 def cnn_seed(case: str):
     """The function that writes CNN_SEEDED[case] into a folder's layers.py."""
     def write(folder: Path) -> None:
@@ -163,7 +177,8 @@ def cnn_seed(case: str):
 
 
 @pytest.mark.parametrize("case", CNN_SEEDED)
-def test_a_cnn_mistake_is_diagnosed_at_its_tensor(capsys, mnist_root, tmp_path, case):
+def test_a_cnn_mistake_is_diagnosed_at_its_tensor(capsys, mnist_root, tmp_path, few_images,
+                                                 case):
     """Each broken twin of the CNN's layers: MISMATCH at step 1, at the tensor where it
     starts, with the tutor's words for it."""
     path = folder(tmp_path, [], cnn_seed(case))
@@ -174,7 +189,7 @@ def test_a_cnn_mistake_is_diagnosed_at_its_tensor(capsys, mnist_root, tmp_path, 
                      rf"differs first \({kind}\): {words}", out, re.MULTILINE), out
 
 
-def test_every_exercise_written_the_cnn_matches(capsys, mnist_root, tmp_path):
+def test_every_exercise_written_the_cnn_matches(capsys, mnist_root, tmp_path, few_images):
     status, out, _, _ = run_manual(capsys, mnist_root, tmp_path, folder(tmp_path, []), *CNN)
     assert status == 0 and "\nMATCH (float32)" in out
 

@@ -30,14 +30,18 @@ def junit_case(notebook: Path) -> str:
 NOTEBOOK_CASES = [junit_case(notebook) for notebook in NOTEBOOKS]
 
 
+# Plugins these runs have no use for: no cache left behind, and neither logging's handler hooked
+# into each of torch's loggers around every phase nor a garbage collection at the end.
+QUIET_PLUGINS = ["-p", "no:cacheprovider", "-p", "no:logging", "-p", "no:unraisableexception"]
+
+
 def setup_only(cwd: Path, *paths: Path, **env: str) -> tuple[Path, dict, list[str]]:
     """A run of pytest --setup-only on `paths` in `cwd` (tests.processes): its environment is
     this process's without MNIST_ROOT and CI, kept off the network (offline), with `env`; its
     junit report goes to cwd/junit.xml."""
     clean = {k: v for k, v in os.environ.items() if k not in ("MNIST_ROOT", "CI")}
     return (cwd, offline(clean) | env,
-            ["--setup-only", "-p", "no:cacheprovider", f"--junitxml={cwd / 'junit.xml'}",
-             *map(str, paths)])
+            ["--setup-only", *QUIET_PLUGINS, f"--junitxml={cwd / 'junit.xml'}", *map(str, paths)])
 
 
 def outcomes(cwd: Path) -> dict[str, str]:
