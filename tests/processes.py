@@ -19,6 +19,7 @@ IN_TURN = """
 import contextlib, io, json, os, sys
 import pytest
 root, runs = sys.argv[1], json.loads(sys.argv[2])
+sys.dont_write_bytecode = False  # each module compiled (asserts rewritten) once, not per run
 project, venv = os.path.join(root, ""), os.path.join(root, ".venv", "")
 def ours(name, module):  # manual, tests, test_layers (a test module), lockstep.epoch, ...
     file = getattr(module, "__file__", None) or ""
