@@ -113,6 +113,8 @@ def mnist_splits(mnist_root: Path) -> Splits:
 
 @functools.cache
 def read_once(root: Path, train: bool, load_mnist) -> tuple[torch.Tensor, torch.Tensor]:
+    """load_mnist(root, train), once per process. load_mnist is common.data's own, handed in:
+    while a test runs, common.data.load_mnist is the fixture below, which calls this."""
     return load_mnist(root, train)
 
 

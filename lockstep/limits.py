@@ -9,6 +9,8 @@ ROUNDING_DISTANCE = {"float32": 1e-5, "float64": 1e-13}
 # float32 rounding: manual may be this many times further from float64 than torch is
 ROUNDING_SLACK = 10
 FLOAT32_EPS = torch.finfo(torch.float32).eps  # 1.2e-07: the gap between 1 and the next float
+# --independent: parameters further apart than this (relative) have drifted, past rounding
+DRIFTED = ROUNDING_SLACK * FLOAT32_EPS  # 1.2e-06
 MAX_ACCURACY_GAP = 0.001  # 0.1 percentage point
 MIN_PREDICTION_AGREEMENT = 0.999
 # verdict checks held to the gradients' limit, and the report.json key of their agreement

@@ -7,7 +7,7 @@ import torch
 from lockstep.checks import relu_gate_flips
 from lockstep.kinds import distance
 from lockstep.learner import Learner, hidden_kind
-from lockstep.limits import ROUNDING_DISTANCE, rounding_only
+from lockstep.limits import DRIFTED, ROUNDING_DISTANCE, rounding_only
 
 
 def float64_references(learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
@@ -32,35 +32,48 @@ def float64_references(learners: list[Learner], x: torch.Tensor, y: torch.Tensor
 def rounding_sentence(learners: list[Learner], name: str, index: int, a: torch.Tensor,
                       b: torch.Tensor, references: dict, limit: float,
                       independent: bool) -> str | None:
-    """Why a and b differ by rounding only, or None if they do not. Drift comes first: where
-    each side is within rounding of the exact math from its own parameters, and the exact math
-    from the two differs, the parameters have drifted apart, and a ReLU gate open on one side
-    only is open there in float64 too, one more consequence of it."""
+    """Why a and b differ by rounding only, or None if they do not.
+
+    Drift is asked first where the parameters differ by more than rounding (more than
+    DRIFTED, relative): a ReLU gate open on one side only is then open in float64 too, from
+    each side's own parameters, one more consequence of the drift. Parameters a step's
+    rounding apart make a tie a tie."""
     reference_a, reference_b = references[name]
     off_a, off_b = distance(a, reference_a), distance(b, reference_b)
-    numbers = (f"against a float64 computation of the same step, manual is off by {off_a:.1e} "
-               f"and torch by {off_b:.1e} (relative to the largest entry)")
     exact = distance(reference_a, reference_b)  # the exact math from each side's parameters
-    if independent and exact > limit and rounding_only(off_a, off_b):
-        return (f"not an error in either: {numbers}, each from its own parameters. But from "
-                f"the two sides' parameters the exact math itself differs by {exact:.1e}: the "
-                f"parameters have drifted apart (max rel diff {parameter_drift(learners):.1e}) "
-                "since step 1, which agreed. Unstable training (too large --lr for this "
-                "--batch-size) amplifies rounding differences: try a smaller --lr.")
+    drift = independent and exact > limit and rounding_only(off_a, off_b)
+    if drift and parameter_drift(learners) > DRIFTED:
+        return drift_sentence(learners, off_a, off_b, exact)
     tie = relu_tie(learners, index)
     if tie is not None:
         return (f"not an error: a ReLU input within float32 rounding of 0 (at most "
                 f"{tie:.0e} of the layer's largest output) was positive on one side only, so "
                 "one side let its gradient through and the other did not. Each is right for "
                 "its own rounding; in float64 such a tie is far rarer.")
+    if drift:
+        return drift_sentence(learners, off_a, off_b, exact)
     if not rounding_only(off_a, off_b):
         return None
     size = reference_b.abs().amax().item()
-    return (f"not an error: {numbers}, so both are float32 rounding of the same math. The "
-            f"difference is large only next to the tensor itself, nearly 0 here (largest "
-            f"entry {size:.1e}), as when a small batch is already classified well: a tiny "
-            "result of much larger terms, whose rounding remains. --dtype float64 rounds "
-            "about 5e8 times finer.")
+    return (f"not an error: {float64_numbers(off_a, off_b)}, so both are float32 rounding of "
+            f"the same math. The difference is large only next to the tensor itself, nearly 0 "
+            f"here (largest entry {size:.1e}), as when a small batch is already classified "
+            "well: a tiny result of much larger terms, whose rounding remains. --dtype "
+            "float64 rounds about 5e8 times finer.")
+
+
+def drift_sentence(learners: list[Learner], off_a: float, off_b: float, exact: float) -> str:
+    return (f"not an error in either: {float64_numbers(off_a, off_b)}, each from its own "
+            f"parameters. But from the two sides' parameters the exact math itself differs by "
+            f"{exact:.1e}: the parameters have drifted apart (max rel diff "
+            f"{parameter_drift(learners):.1e}) since step 1, which agreed. Unstable training "
+            "(too large --lr for this --batch-size) amplifies rounding differences: try a "
+            "smaller --lr.")
+
+
+def float64_numbers(off_a: float, off_b: float) -> str:
+    return (f"against a float64 computation of the same step, manual is off by {off_a:.1e} "
+            f"and torch by {off_b:.1e} (relative to the largest entry)")
 
 
 def relu_tie(learners: list[Learner], index: int) -> float | None:

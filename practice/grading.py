@@ -34,8 +34,9 @@ hypothesis.settings.register_profile("grading", database=None, phases=[
                                                          hypothesis.Phase.explain)])
 TESTS = Path(__file__).resolve().parent.parent / "tests"  # where GRADED are
 # Plugins a grading has no use for, and what each would cost it: nbmake (no notebook here, and
-# no advert for it); logging, which hooks a handler into each of torch's many loggers around
-# every phase of every check; unraisableexception, a full garbage collection at the end.
+# no advert for it); logging, which around every phase of every check walks every logger (torch
+# makes nearly 200) and hooks its handler into each that keeps its records from the root;
+# unraisableexception, a full garbage collection at the end.
 UNUSED_PLUGINS = ("nbmake", "logging", "unraisableexception")
 
 

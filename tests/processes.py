@@ -19,7 +19,9 @@ IN_TURN = """
 import contextlib, io, json, os, sys
 import pytest
 root, runs = sys.argv[1], json.loads(sys.argv[2])
-sys.dont_write_bytecode = False  # each module compiled (asserts rewritten) once, not per run
+# each module compiled (a test module's asserts rewritten) once, not once per run, even where
+# PYTHONDONTWRITEBYTECODE is set (as on the machines here): into __pycache__, as git ignores
+sys.dont_write_bytecode = False
 project, venv = os.path.join(root, ""), os.path.join(root, ".venv", "")
 def ours(name, module):  # manual, tests, test_layers (a test module), lockstep.epoch, ...
     file = getattr(module, "__file__", None) or ""

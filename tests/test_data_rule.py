@@ -30,8 +30,8 @@ def junit_case(notebook: Path) -> str:
 NOTEBOOK_CASES = [junit_case(notebook) for notebook in NOTEBOOKS]
 
 
-# Plugins these runs have no use for: no cache left behind, and neither logging's handler hooked
-# into each of torch's loggers around every phase nor a garbage collection at the end.
+# Plugins these runs have no use for: no cache left behind, no logging (which walks torch's
+# nearly 200 loggers around every phase), no garbage collection at the end.
 QUIET_PLUGINS = ["-p", "no:cacheprovider", "-p", "no:logging", "-p", "no:unraisableexception"]
 
 

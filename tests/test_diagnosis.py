@@ -351,22 +351,31 @@ def test_a_relu_tie_within_rounding_is_rounding_and_a_far_one_is_not():
 
 def test_drifted_parameters_are_named_before_a_relu_tie_they_brought(monkeypatch):
     """--independent: each side within float32 rounding of the exact math from its own
-    parameters, and the exact math from the two sides' parameters 1e-3 apart. A ReLU gate open
-    on one side only (a tie, here by monkeypatch) is then open in float64 too, one more
-    consequence of the drift: the sentence says drift, with its advice. From one and the same
-    state (not independent, both references torch's), the same tie is the sentence."""
-    pair = learners(hidden=HIDDEN)
+    parameters, the exact math from the two 1e-3 apart, and a ReLU gate open on one side only
+    (a tie, here by monkeypatch). Parameters 1e-3 apart have drifted: the gate is open in
+    float64 too, one more consequence, and the sentence says drift, with its advice. The
+    twins: parameters no further apart than rounding, and one and the same state (not
+    independent, both references torch's), where the same tie is the sentence."""
     monkeypatch.setattr(reference, "relu_tie", lambda learners, index: 2e-6)
     exact = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     drifted = exact * (1 + 1e-3)
     a, b = drifted.float(), exact.float()
+    tie = ("not an error: a ReLU input within float32 rounding of 0 (at most 2e-06 of the "
+           "layer's largest output)")
+    pair = learners(hidden=HIDDEN)
+    assert reference.parameter_drift(pair) == 0
     said = reference.rounding_sentence(pair, "w", 1, a, b, {"w": [drifted, exact]}, LIMIT,
                                        independent=True)
-    assert "the parameters have drifted apart" in said and "try a smaller --lr" in said
+    assert said.startswith(tie)  # a step's rounding apart (here none): a tie is a tie
+    with torch.no_grad():
+        pair[0].params[0].mul_(1 + 1e-3)
+    said = reference.rounding_sentence(pair, "w", 1, a, b, {"w": [drifted, exact]}, LIMIT,
+                                       independent=True)
+    assert "the parameters have drifted apart (max rel diff 1.0e-03)" in said
+    assert "try a smaller --lr" in said
     said = reference.rounding_sentence(pair, "w", 1, b, b, {"w": [exact, exact]}, LIMIT,
                                        independent=False)
-    assert said.startswith("not an error: a ReLU input within float32 rounding of 0 (at most "
-                           "2e-06 of the layer's largest output)")
+    assert said.startswith(tie)
 
 
 def test_float64_reference_of_a_right_step_is_rounding_on_both_sides():
