@@ -241,9 +241,7 @@ def tree(folder: Path) -> list[str]:
 
 def test_cli_reports_missing_data_offline_and_leaves_no_folder(tmp_path: Path):
     """With no data and no network the CLI exits 2 with one line naming the folder searched,
-    and the failed download leaves no folder behind (torchvision makes MNIST/raw/ first). The
-    same for a root given inside an MNIST folder, data/MNIST: it is read as data, so the
-    download goes to data/MNIST/raw, not data/MNIST/MNIST/raw."""
+    and the failed download leaves no folder behind (torchvision makes MNIST/raw/ first)."""
     root = tmp_path / "no-mnist-here"
     result = run_cli(root)
     line = one_error_line(result.returncode, result.stderr)
@@ -251,9 +249,24 @@ def test_cli_reports_missing_data_offline_and_leaves_no_folder(tmp_path: Path):
     assert "download failed" in line
     assert "Connection refused" in line  # the closed proxy answered, not a lucky offline machine
     assert tree(tmp_path) == []
+
+
+def test_cli_reads_a_root_inside_an_mnist_folder_as_the_folder_that_holds_it(
+        tmp_path: Path, monkeypatch, capsys):
+    """A root given inside an MNIST folder, data/MNIST, is read as data: the CLI (its main,
+    in this process, with a download that fails at once: the test above runs the real
+    command) searches data/MNIST/raw, not data/MNIST/MNIST/raw, and leaves data/MNIST as it
+    was."""
+    def failing(root, train, download):
+        (Path(root) / "MNIST" / "raw").mkdir(parents=True)
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    import torchvision.datasets
+    monkeypatch.setattr(torchvision.datasets, "MNIST", failing)
     (tmp_path / "data" / "MNIST").mkdir(parents=True)
-    result = run_cli(tmp_path / "data" / "MNIST")
-    line = one_error_line(result.returncode, result.stderr)
+    with pytest.raises(SystemExit) as exit_:
+        data.main(["--data-root", str(tmp_path / "data" / "MNIST")])
+    line = one_error_line(exit_.value.code, capsys.readouterr().err)
     assert f"MNIST not found in {(tmp_path / 'data' / 'MNIST' / 'raw').resolve()} " in line
     assert tree(tmp_path) == ["data", "data/MNIST"]
 
