@@ -40,19 +40,20 @@ def rounding_sentence(learners: list[Learner], name: str, index: int, a: torch.T
     rounding apart make a tie a tie."""
     reference_a, reference_b = references[name]
     off_a, off_b = distance(a, reference_a), distance(b, reference_b)
+    rounding = rounding_only(off_a, off_b)
     exact = distance(reference_a, reference_b)  # the exact math from each side's parameters
-    drift = independent and exact > limit and rounding_only(off_a, off_b)
-    if drift and parameter_drift(learners) > DRIFTED:
-        return drift_sentence(learners, off_a, off_b, exact)
+    drift = parameter_drift(learners) if independent and exact > limit and rounding else None
+    if drift is not None and drift > DRIFTED:
+        return drift_sentence(off_a, off_b, exact, drift)
     tie = relu_tie(learners, index)
     if tie is not None:
         return (f"not an error: a ReLU input within float32 rounding of 0 (at most "
                 f"{tie:.0e} of the layer's largest output) was positive on one side only, so "
                 "one side let its gradient through and the other did not. Each is right for "
                 "its own rounding; in float64 such a tie is far rarer.")
-    if drift:
-        return drift_sentence(learners, off_a, off_b, exact)
-    if not rounding_only(off_a, off_b):
+    if drift is not None:
+        return drift_sentence(off_a, off_b, exact, drift)
+    if not rounding:
         return None
     size = reference_b.abs().amax().item()
     return (f"not an error: {float64_numbers(off_a, off_b)}, so both are float32 rounding of "
@@ -62,13 +63,12 @@ def rounding_sentence(learners: list[Learner], name: str, index: int, a: torch.T
             "float64 rounds about 5e8 times finer.")
 
 
-def drift_sentence(learners: list[Learner], off_a: float, off_b: float, exact: float) -> str:
+def drift_sentence(off_a: float, off_b: float, exact: float, drift: float) -> str:
     return (f"not an error in either: {float64_numbers(off_a, off_b)}, each from its own "
             f"parameters. But from the two sides' parameters the exact math itself differs by "
-            f"{exact:.1e}: the parameters have drifted apart (max rel diff "
-            f"{parameter_drift(learners):.1e}) since step 1, which agreed. Unstable training "
-            "(too large --lr for this --batch-size) amplifies rounding differences: try a "
-            "smaller --lr.")
+            f"{exact:.1e}: the parameters have drifted apart (max rel diff {drift:.1e}) since "
+            "step 1, which agreed. Unstable training (too large --lr for this --batch-size) "
+            "amplifies rounding differences: try a smaller --lr.")
 
 
 def float64_numbers(off_a: float, off_b: float) -> str:
