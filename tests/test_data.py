@@ -251,18 +251,24 @@ def test_cli_reports_missing_data_offline_and_leaves_no_folder(tmp_path: Path):
     assert tree(tmp_path) == []
 
 
-def test_cli_reads_a_root_inside_an_mnist_folder_as_the_folder_that_holds_it(
-        tmp_path: Path, monkeypatch, capsys):
-    """A root given inside an MNIST folder, data/MNIST, is read as data: the CLI (its main,
-    in this process, with a download that fails at once: the test above runs the real
-    command) searches data/MNIST/raw, not data/MNIST/MNIST/raw, and leaves data/MNIST as it
-    was."""
+@pytest.fixture
+def failing_download(monkeypatch):
+    """torchvision's MNIST replaced by one that makes root/MNIST/raw/, as the real one does
+    first, then fails at once, as it does offline."""
     def failing(root, train, download):
         (Path(root) / "MNIST" / "raw").mkdir(parents=True)
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
 
     import torchvision.datasets
     monkeypatch.setattr(torchvision.datasets, "MNIST", failing)
+
+
+def test_cli_reads_a_root_inside_an_mnist_folder_as_the_folder_that_holds_it(
+        tmp_path: Path, failing_download, capsys):
+    """A root given inside an MNIST folder, data/MNIST, is read as data: the CLI (its main,
+    in this process, with a download that fails at once: the test above runs the real
+    command) searches data/MNIST/raw, not data/MNIST/MNIST/raw, and leaves data/MNIST as it
+    was."""
     (tmp_path / "data" / "MNIST").mkdir(parents=True)
     with pytest.raises(SystemExit) as exit_:
         data.main(["--data-root", str(tmp_path / "data" / "MNIST")])
@@ -286,19 +292,13 @@ def test_a_root_inside_an_mnist_folder_means_the_folder_that_holds_it(fake_mnist
     assert resolve_root(str(tmp_path / "elsewhere")) == tmp_path / "elsewhere"
 
 
-def test_a_failed_download_keeps_the_folders_that_were_there(tmp_path: Path, monkeypatch):
+def test_a_failed_download_keeps_the_folders_that_were_there(tmp_path: Path, failing_download):
     """Only what the download made goes: a root/MNIST/ that existed before stays, with the
-    learner's file in it (the twin of the test above), and raw/ goes."""
+    learner's file in it (the twin of ..._leaves_no_folder, where nothing stays), and raw/
+    goes."""
     kept = tmp_path / "MNIST" / "notes.txt"
     kept.parent.mkdir()
     kept.write_text("mine")
-
-    def failing(root, train, download):
-        (Path(root) / "MNIST" / "raw").mkdir(parents=True)
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
-
-    import torchvision.datasets
-    monkeypatch.setattr(torchvision.datasets, "MNIST", failing)
     with pytest.raises(DataError, match="download failed"):
         data.download(tmp_path)
     assert tree(tmp_path) == ["MNIST", "MNIST/notes.txt"]
