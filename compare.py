@@ -7,9 +7,10 @@ before the next step the manual learner takes over torch's state, so that every
 step is checked from the same starting point (--independent: never, and see
 float32 trajectories drift apart). At the end, their test accuracies and
 predictions are compared. Prints a verdict, writes report.json and plots, and
-exits 0 on MATCH, 1 on MISMATCH or a diverging run, 2 on bad usage or bad data.
+exits 0 on MATCH, 1 on MISMATCH or a diverging run, 2 on bad usage or bad data, 130 on Ctrl-C.
 
     python compare.py                      # defaults: softmax regression, 5 epochs, lr 0.5
+    python compare.py --model cnn          # each model has its own defaults (--help)
     python compare.py --dtype float64      # gradients must agree to 1e-10
     python compare.py --model mlp --batchnorm --lr 0.1    # a hidden layer, normalized
     python compare.py --model mlp --optimizer adam --lr 1e-3   # Adam, its state compared too
@@ -41,11 +42,22 @@ from practice.exercises import ExerciseError
 def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # piped too, each line as it comes
     args = flags.parse_args(argv, description=__doc__.splitlines()[0])
+    made: list[Path] = []  # the folders this run made, for report.discard
+    try:
+        return run(args, made)
+    except KeyboardInterrupt:  # what was printed and written stays; an empty folder goes
+        report.discard(made)
+        print("stopped by Ctrl-C", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace, made: list[Path]) -> int:
+    """main's work: the data, the learners, the lock step; made gets the folders it makes."""
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, args.dtype)
-    out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or report.new_folder(Path("runs"))
     try:
         package = loader.load(args.manual) if args.manual else None  # None: manual/
         data = load_splits(resolve_root(args.data_root), seed=args.seed, subset=args.subset,
@@ -53,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = flags.data_problem(args, len(data.train_x))
         if problem:
             raise DataError(problem)
-        made = report.prepare_folder(out)  # last: a run that cannot start leaves no folder
+        made += report.prepare_folder(out, args.overwrite)  # last: no folder if it cannot start
     except (ExerciseError, DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -83,7 +95,10 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
           f"(an untrained {NUM_CLASSES}-class classifier should give about ln {NUM_CLASSES} = "
           f"{math.log(NUM_CLASSES):.4f})")
 
-    history = report.History(args.independent)
+    def on_its_own(found) -> dict | None:  # after a mismatch: each learner alone (lockstep.alone)
+        return alone.after(found, args, data, device, dtype, steps_per_epoch, package)
+
+    history = report.History(args.independent, [float(loss) for loss in initial])
     for epoch in range(1, args.epochs + 1):
         epoch_batches = batches(data.train_x, data.train_y, args.batch_size, args.seed, epoch)
         with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
@@ -99,28 +114,31 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
                 result = error
         if isinstance(result, Exception):
             seconds = time.perf_counter() - start
-            own = alone.after(result, args, data, device, dtype, steps_per_epoch, package)
-            return stopped(args, device, history, seconds, epoch, result, out, own)
-        history.add_epoch(result, [learner.accuracy(data.val_x, data.val_y)
-                                   for learner in learners])
+            return stopped(args, device, history, seconds, epoch, result, out, on_its_own)
+        losses, accuracies = zip(*(learner.evaluate(data.val_x, data.val_y)
+                                   for learner in learners), strict=True)
+        history.add_epoch(result, accuracies, losses)
         print(history.epoch_line(epoch))
 
     seconds = time.perf_counter() - start
-    own = alone.after(history.diagnosis, args, data, device, dtype, steps_per_epoch, package)
-    summary = report.summarize(args, device, learners, data, history, seconds, own)
+    summary = report.summarize(args, device, learners, data, history, seconds,
+                               on_its_own(history.diagnosis))
     print(report.final_table(summary))
+    if summary["not_learning"]:
+        print(summary["not_learning"])
     report.write(out, summary)
-    if not args.no_plots:
+    if args.plots:
         from lockstep import plots  # matplotlib takes 0.4 s to import: only a run that draws pays
         plots.save_all(out, learners, data, history)
-    print(f"wrote {out}/report.json" + ("" if args.no_plots else " and plots"))
+    print(f"wrote {out}/report.json" + (" and plots" if args.plots else ""))
     return 0 if summary["match"] else 1
 
 
 def stopped(args: argparse.Namespace, device: str, history: report.History, seconds: float,
-            epoch: int, error: Diverged | Mismatch, out: Path, own: dict | None) -> int:
+            epoch: int, error: Diverged | Mismatch, out: Path, on_its_own) -> int:
     """A run that cannot go on: say why, write report.json, exit status 1. An exercise not
-    written yet is not a mismatch: its error goes on to main, which names it."""
+    written yet is not a mismatch: its error goes on to main, which names it. The mismatch
+    and its diagnosis come first; then on_its_own(error), what each learner reaches alone."""
     if isinstance(error, Diverged):
         print(f"error: training diverged in epoch {epoch}, {error}: "
               f"lower --lr (now {args.lr:g})", file=sys.stderr)
@@ -132,6 +150,7 @@ def stopped(args: argparse.Namespace, device: str, history: report.History, seco
     print(f"MISMATCH ({args.dtype}) in epoch {epoch}, {error}")
     if first["message"] != str(error):
         print(f"diagnosis: {first['message']}")
+    own = on_its_own(error)
     if own:
         print(report.alone_sentence(own))
     if args.manual and not args.keep_going:

@@ -10,9 +10,11 @@ held side by side: a one-hot in the wrong column trains to 1 %, not to torch's 9
 
 import argparse
 import itertools
+import sys
 from types import ModuleType
 
 import torch
+from tqdm import tqdm
 
 from common.data import Splits, batches
 from lockstep.epoch import Diverged
@@ -37,30 +39,49 @@ def on_its_own(args: argparse.Namespace, data: Splits, device: str, dtype: torch
                steps_per_epoch: int, package: ModuleType | None) -> dict | None:
     """{"steps": S, "manual": {...}, "torch": {...}} after S = min(steps_per_epoch,
     MOST_STEPS) steps of each learner on its own: {"val_accuracy": a}, or {"diverged_at":
-    step} where the loss became NaN or infinite. None when the manual code cannot even take
-    a step on its own (its error was reported already)."""
+    step} where the loss became NaN or infinite; {"steps": S, "cut_short": True} after a
+    Ctrl-C. None when the manual code cannot even take a step on its own (its error was
+    reported already). Says what it is doing first, and shows its progress on a terminal."""
     learners = make_learners(args, device, dtype, steps_per_epoch, package)
     steps = min(steps_per_epoch, MOST_STEPS)
     result = {"steps": steps}
-    for name, learner in zip(("manual", "torch"), learners, strict=True):
-        epoch = itertools.islice(batches(data.train_x, data.train_y, args.batch_size,
-                                         args.seed, 1), steps)
+    print(f"Now training each learner afresh on its own gradients for {steps} steps, to see "
+          "what the manual code reaches by itself (Ctrl-C cuts this short) ...")
+    with tqdm(total=2 * steps, desc="on its own", leave=False, file=sys.stderr,
+              disable=args.quiet or not sys.stderr.isatty()) as progress:
         try:
-            losses = torch.stack([train_step(learner, x, y) for x, y in epoch])
-            accuracy = learner.accuracy(data.val_x, data.val_y)
-        except Exception:
-            if name == "torch":
-                raise  # the checker's or torch's: not the learner's to be told
-            return None  # the learner's code failed on its own path: nothing to compare
-        finite = torch.isfinite(losses)
-        result[name] = ({"val_accuracy": accuracy} if finite.all() else
-                        {"diverged_at": int((~finite).nonzero()[0]) + 1})
+            for name, learner in zip(("manual", "torch"), learners, strict=True):
+                outcome = alone(learner, name, args, data, steps, progress)
+                if outcome is None:
+                    return None
+                result[name] = outcome
+        except KeyboardInterrupt:
+            return {"steps": steps, "cut_short": True}
     return result
 
 
-def train_step(learner, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def alone(learner, name: str, args: argparse.Namespace, data: Splits, steps: int,
+          progress) -> dict | None:
+    """One learner's first `steps` steps of epoch 1 on its own gradients: {"val_accuracy":
+    a} or {"diverged_at": step}; None where the manual code failed on its own path."""
+    epoch = itertools.islice(batches(data.train_x, data.train_y, args.batch_size,
+                                     args.seed, 1), steps)
+    try:
+        losses = torch.stack([train_step(learner, x, y, progress) for x, y in epoch])
+        accuracy = learner.accuracy(data.val_x, data.val_y)
+    except Exception:
+        if name == "torch":
+            raise  # the checker's or torch's: not the learner's to be told
+        return None  # the learner's code failed on its own path: nothing to compare
+    finite = torch.isfinite(losses)
+    return ({"val_accuracy": accuracy} if finite.all() else
+            {"diverged_at": int((~finite).nonzero()[0]) + 1})
+
+
+def train_step(learner, x: torch.Tensor, y: torch.Tensor, progress=None) -> torch.Tensor:
     """One step of one learner on its own gradients; its loss (on the device, no sync)."""
     loss = learner.gradients(x, y).detach()
     learner.step()
+    if progress is not None:
+        progress.update()
     return loss
-

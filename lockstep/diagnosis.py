@@ -34,6 +34,7 @@ epoch. The rest of the tutor, by what it does:
 import torch
 
 from lockstep.checks import REL
+from lockstep.culprit import responsible
 from lockstep.kinds import agrees, axes_of, classify, distance, make, tensor_key
 from lockstep.learner import Learner
 from lockstep.reference import float64_references, rounding_sentence
@@ -72,6 +73,10 @@ def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.T
                                       rounding if a.dtype == torch.float32 else None,
                                       targets=y if name == "logits" else None,
                                       ties=around(learners[1], name).get("ties"))
+    culprit = kind == "other" and responsible(learners[0], name, {
+        named: went for ((named, _), _), went in zip(pairs, over, strict=True)})
+    if culprit:  # no simpler pattern: the function to look at, at least
+        sentence = f"{culprit}; {sentence[0].lower()}{sentence[1:]}"
     return make(step, tensor_key("loss" if index == 0 else "grad", name), kind, sentence, factor)
 
 

@@ -24,6 +24,17 @@ OPTIONS["adamw"] = OPTIONS["adam"]
 DEFAULTS = {"sgd": {"lr": 0.5, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0},
             "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
             "adamw": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}}
+# Each model's own defaults for the flags not given, chosen by validation accuracy (README,
+# "Each model's defaults"): "sgd" holds SGD's options, which apply with --optimizer sgd only
+# (with adam or adamw, torch's own defaults above); the others apply with any optimizer.
+MODEL_DEFAULTS = {
+    "softmax": {"epochs": 5, "lr_schedule": "constant", "label_smoothing": 0.0,
+                "sgd": {"lr": 0.5, "momentum": 0.0}},
+    "mlp": {"epochs": 5, "lr_schedule": "cosine", "label_smoothing": 0.0,
+            "sgd": {"lr": 0.1, "momentum": 0.9}},
+    "cnn": {"epochs": 3, "lr_schedule": "cosine", "label_smoothing": 0.1,
+            "sgd": {"lr": 0.1, "momentum": 0.9}},
+}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -56,12 +67,15 @@ def parse_args(argv: list[str] | None = None,
     if args.model == "cnn" and args.channels is None:
         args.channels = DEFAULT_CHANNELS
     args.channels = None if args.channels is None else tuple(args.channels)
+    if args.plots is None:  # an exercise run is for its verdict: plots only when asked
+        args.plots = args.manual is None
     return args
 
 
 def make_parser(description: str | None = None) -> ArgumentParser:
     """compare.py's flags, each with its help: what it does, and its default."""
-    parser = ArgumentParser(description=description)
+    parser = ArgumentParser(description=description, epilog=defaults_table(),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("softmax", "mlp", "cnn"), default="softmax",
                         help="softmax regression, an MLP with one hidden layer and ReLU, or a "
                              "CNN: 5x5 convolutions, ReLU and 2x2 max pooling "
@@ -72,16 +86,18 @@ def make_parser(description: str | None = None) -> ArgumentParser:
     parser.add_argument("--channels", type=int, nargs="+", metavar="C",
                         help="--model cnn: the output channels of each convolution, one block "
                              "(Conv2d, ReLU, MaxPool2d) per number (default 16 32)")
-    parser.add_argument("--epochs", type=int, default=5,
-                        help="passes over the training set (default %(default)s)")
+    parser.add_argument("--epochs", type=int,
+                        help="passes over the training set (default: the model's, below)")
     parser.add_argument("--batch-size", type=int, default=100,
                         help="examples per step (default %(default)s)")
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd",
                         help="torch.optim's SGD, Adam or AdamW, each also written by hand "
                              "(default %(default)s)")
     parser.add_argument("--lr", type=finite,
-                        help="learning rate (default 0.5 for sgd; 1e-3 for adam and adamw)")
-    parser.add_argument("--momentum", type=finite, help="sgd: momentum (default 0)")
+                        help="learning rate (default: sgd, the model's, below; adam and "
+                             "adamw, 1e-3)")
+    parser.add_argument("--momentum", type=finite,
+                        help="sgd: momentum (default: the model's, below)")
     parser.add_argument("--dampening", type=finite, help="sgd: momentum dampening (default 0)")
     parser.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
     parser.add_argument("--betas", type=finite, nargs=2, metavar=("B1", "B2"),
@@ -94,11 +110,11 @@ def make_parser(description: str | None = None) -> ArgumentParser:
     parser.add_argument("--weight-decay", type=finite,
                         help="sgd, adam: L2 penalty added to the gradient (default 0); adamw: "
                              "decoupled weight decay (default 1e-2)")
-    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"),
                         help="cosine: anneal the lr to 0 over the whole run, step by step "
-                             "(default %(default)s)")
-    parser.add_argument("--label-smoothing", type=finite, default=0.0,
-                        help="in [0, 1) (default %(default)s)")
+                             "(default: the model's, below)")
+    parser.add_argument("--label-smoothing", type=finite,
+                        help="in [0, 1) (default: the model's, below)")
     parser.add_argument("--independent", action="store_true",
                         help="never copy torch's state or gradients into the manual learner: "
                              "each follows its own trajectory (an MLP's drift apart in float32)")
@@ -119,8 +135,13 @@ def make_parser(description: str | None = None) -> ArgumentParser:
                         help="train DIR, an exercise folder written by python -m practice, as "
                              "the manual implementation, and stop at the first step it "
                              "differs (default: manual/)")
-    parser.add_argument("--out", type=Path, help="output folder (default: runs/<timestamp>)")
-    parser.add_argument("--no-plots", action="store_true", help="write report.json only")
+    parser.add_argument("--out", type=Path, help="output folder (default: runs/<timestamp>); "
+                        "one that holds a run is refused, unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --out name a folder that holds an earlier run, and replace it")
+    parser.add_argument("--plots", action=argparse.BooleanOptionalAction,
+                        help="--no-plots: write report.json only (default: plots, except "
+                             "with --manual)")
     parser.add_argument("--keep-going", action="store_true",
                         help="--manual: train every epoch after a mismatch too, as manual/ does")
     parser.add_argument("--quiet", action="store_true",
@@ -140,9 +161,29 @@ def misplaced_flag(args: argparse.Namespace) -> str | None:
     return None
 
 
+def defaults_table() -> str:
+    """--help's last lines: each model's defaults (MODEL_DEFAULTS), a line a model."""
+    lines = ["each model's defaults, for the flags not given (with --optimizer adam or",
+             "adamw: torch's own, lr 1e-3, in place of sgd's options):"]
+    for model, recipe in MODEL_DEFAULTS.items():
+        options = ", ".join(f"{option.replace('_', ' ')} {value:g}"
+                            for option, value in recipe["sgd"].items())
+        smoothing = (f", label smoothing {recipe['label_smoothing']:g}"
+                     if recipe["label_smoothing"] else "")
+        lines.append(f"  --model {model:8} sgd: {options}; {recipe['epochs']} epochs, "
+                     f"{recipe['lr_schedule']} lr{smoothing}")
+    return "\n".join(lines)
+
+
 def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """args, with each option of --optimizer that was not given set to its default."""
-    for option, value in DEFAULTS[args.optimizer].items():
+    """args, with each flag that was not given set to its default: the model's
+    (MODEL_DEFAULTS), and each option of --optimizer (sgd's from the model's too)."""
+    recipe = MODEL_DEFAULTS[args.model]
+    for flag in ("epochs", "lr_schedule", "label_smoothing"):
+        if getattr(args, flag) is None:
+            setattr(args, flag, recipe[flag])
+    own = recipe["sgd"] if args.optimizer == "sgd" else {}
+    for option, value in (DEFAULTS[args.optimizer] | own).items():
         if getattr(args, option) is None:
             setattr(args, option, value)
     if args.betas is not None:

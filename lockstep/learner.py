@@ -221,6 +221,13 @@ class Learner:
         """x: (N, D) -> predicted classes (N,), the largest logit of each row."""
         return self.logits(x).argmax(dim=-1)
 
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(the mean cross-entropy loss, the share classified correctly) of the N examples,
+        from one forward pass in eval mode; the loss by the package's own cross_entropy."""
+        logits = self.logits(x)
+        loss = self.package.functional.cross_entropy(logits, y)
+        return float(loss), (logits.argmax(dim=-1) == y).double().mean().item()
+
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Share of the N examples classified correctly, in [0, 1]."""
         return (self.predict(x) == y).double().mean().item()

@@ -10,12 +10,14 @@ statistics; the optimizer's state is named by parameter and torch's key
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
 
 from common.data import Splits
 from lockstep.checks import ABS, CLOSE, IDENTICAL, REL
+from lockstep.learning import alone_did_not_learn, not_learning
 from lockstep.limits import (
     FLOAT32_EPS,
     MAX_ACCURACY_GAP,
@@ -32,10 +34,12 @@ NAMES = ("manual", "torch")  # the report's names for the manual and torch_impl 
 class History:
     """Per-epoch losses and accuracies of both learners, and every step's difference stats."""
 
-    def __init__(self, independent: bool = False):
+    def __init__(self, independent: bool = False, initial_loss: list[float] | None = None):
         self.independent = independent  # else the manual learner takes torch's state each step
+        self.initial_loss = initial_loss  # both validation losses before training, if measured
         self.train_loss = {name: [] for name in NAMES}
         self.val_accuracy = {name: [] for name in NAMES}
+        self.val_loss = {name: [] for name in NAMES}
         self.stats = {"loss": [], "grad": [], "param": [], "buffer": [], "state": [], "gate": []}
         self.names = {which: [] for which in self.stats}  # of the tensors compared
         self.diagnosis = None  # where the first mismatch starts (lockstep.diagnosis), if any
@@ -46,11 +50,15 @@ class History:
     def grad_names(self) -> list[str]:
         return self.names["grad"]
 
-    def add_epoch(self, result: dict, val_accuracies: list[float]) -> None:
-        """result: what lockstep.epoch.train_epoch_lockstep returns for one epoch."""
+    def add_epoch(self, result: dict, val_accuracies: list[float],
+                  val_losses: list[float] | None = None) -> None:
+        """result: what lockstep.epoch.train_epoch_lockstep returns for one epoch; then both
+        learners' validation accuracies and, if measured, losses."""
         for name, loss, accuracy in zip(NAMES, result["loss"], val_accuracies, strict=True):
             self.train_loss[name].append(loss)
             self.val_accuracy[name].append(accuracy)
+        for name, loss in zip(NAMES, val_losses or [], strict=False):
+            self.val_loss[name].append(loss)
         for which, stats in result["stats"].items():
             self.stats[which].append(stats)
             self.names[which] = result["names"][which]
@@ -95,6 +103,7 @@ def summarize(args: argparse.Namespace, device: str, learners: list, data: Split
     for name, prediction in zip(NAMES, predictions, strict=True):
         summary[name] = {"test_accuracy": (prediction == data.test_y).double().mean().item(),
                          "val_accuracy": history.val_accuracy[name],
+                         "val_loss": history.val_loss[name],
                          "train_loss": history.train_loss[name]}
     summary |= {
         "max_grad_abs_diff": grads[..., ABS].max().item(),
@@ -119,6 +128,10 @@ def summarize(args: argparse.Namespace, device: str, learners: list, data: Split
     summary["float64_reference"] = history.reference
     summary["resynchronized"] = history.resynchronized
     summary["on_its_own"] = own
+    measured = history.initial_loss and all(history.val_loss.values())
+    summary["not_learning"] = not_learning(
+        history.train_loss, history.val_loss, history.val_accuracy, history.initial_loss,
+        args.lr) if measured else None
     return summary
 
 
@@ -235,15 +248,22 @@ def stop_line(diagnosis: dict, independent: bool) -> str:
 
 def alone_sentence(own: dict) -> str:
     """What lockstep.alone.on_its_own found, for a learner to read."""
+    start = ("On its own, each learner trained afresh on its own gradients (as --independent) "
+             f"for the first {own['steps']} steps of epoch 1")
+    if own.get("cut_short"):
+        return f"{start}: cut short by Ctrl-C."
     found = []
     for name in NAMES:
         side = own[name]
         found.append(f"{name} {side['val_accuracy']:.2%}" if "val_accuracy" in side else
                      f"{name} diverged (its loss became NaN or infinite at step "
                      f"{side['diverged_at']})")
-    return (f"On its own, each learner trained afresh on its own gradients (as --independent) "
-            f"for the first {own['steps']} steps of epoch 1: validation accuracy "
-            f"{', '.join(found)}.")
+    line = f"{start}: validation accuracy {', '.join(found)}."
+    if alone_did_not_learn(own["torch"].get("val_accuracy")):
+        line += (" Torch's own run did not learn either, so this comparison says nothing "
+                 "about your code: lower --lr, or leave the training flags to the model's "
+                 "defaults (--help).")
+    return line
 
 
 def reference_line(reference: dict) -> str:
@@ -298,10 +318,32 @@ def config(args: argparse.Namespace, device: str) -> dict:
             for key, value in vars(args).items()} | {"device_used": device}
 
 
-def prepare_folder(out: Path) -> list[Path]:
+# What a run writes into its folder: report.json, then the plots (lockstep.plots)
+WRITTEN = ("report.json", "curves.png", "gradients.png", "weights.png", "predictions.png",
+           "confusion.png", "features.png")
+
+
+def new_folder(runs: Path) -> Path:
+    """runs/<date>-<time>, with -2, -3, ... where a run of the same second has it already."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder, number = runs / stamp, 1
+    while folder.exists():
+        number += 1
+        folder = runs / f"{stamp}-{number}"
+    return folder
+
+
+def prepare_folder(out: Path, overwrite: bool = False) -> list[Path]:
     """Create `out` and prove it is writable, before any training time is spent. Returns the
-    folders it made, `out` last (for discard)."""
+    folders it made, `out` last (for discard). A folder that holds a run (its report.json) is
+    refused, unless overwrite: then that run's files are removed first."""
     made = [folder for folder in (out, *out.parents) if not folder.exists()][::-1]
+    if (out / "report.json").exists():
+        if not overwrite:
+            raise OSError(f"--out {out} holds an earlier run (its report.json): choose another "
+                          "folder, or add --overwrite to replace it")
+        for name in WRITTEN:
+            (out / name).unlink(missing_ok=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"

@@ -33,9 +33,11 @@ CNN = ["--model", "cnn", "--channels", "4", "8", "--lr", "0.05", "--momentum", "
 
 
 def run(capsys, mnist_root, tmp_path, *flags):
-    """compare.main with the real data; returns (exit status, stdout, stderr, report or None)."""
+    """compare.main with the real data; returns (exit status, stdout, stderr, report or None).
+    Each run of a test replaces the one before it in tmp_path/run (--overwrite)."""
     out = tmp_path / "run"
-    status = compare.main(["--data-root", str(mnist_root), "--out", str(out), *flags])
+    status = compare.main(["--data-root", str(mnist_root), "--out", str(out), "--overwrite",
+                           *flags])
     captured = capsys.readouterr()
     report_file = out / "report.json"
     report = json.loads(report_file.read_text()) if report_file.exists() else None
@@ -192,7 +194,30 @@ def test_help_shows_every_default():
     assert undocumented_defaults(parser) == []
     parser.add_argument("--width", type=int, default=3, help="how wide")
     assert undocumented_defaults(parser) == ["--width"]
-    assert "(default 5)" in " ".join(flags.make_parser().format_help().split())
+    shown = flags.make_parser().format_help()
+    for model, recipe in flags.MODEL_DEFAULTS.items():  # the flags a model decides, its line
+        line = next(line for line in shown.splitlines() if line.startswith(f"  --model {model} "))
+        assert f"lr {recipe['sgd']['lr']:g}, " in line and f"{recipe['epochs']} epochs" in line
+    assert "lr 0.1, " not in shown.split("--model softmax")[1].splitlines()[0]  # its twin
+
+
+def test_each_model_trains_with_its_own_defaults():
+    """The flags not given come from the model (flags.MODEL_DEFAULTS): softmax regression's
+    lr 0.5 without momentum, the CNN's lr 0.1 with momentum 0.9, a cosine schedule and label
+    smoothing; SGD's options only with --optimizer sgd; what is given wins."""
+    softmax, cnn = flags.parse_args([]), flags.parse_args(["--model", "cnn"])
+    assert (softmax.lr, softmax.momentum, softmax.lr_schedule, softmax.epochs) == (
+        0.5, 0.0, "constant", 5)
+    recipe = flags.MODEL_DEFAULTS["cnn"]
+    assert (cnn.lr, cnn.momentum, cnn.lr_schedule, cnn.label_smoothing, cnn.epochs) == (
+        recipe["sgd"]["lr"], recipe["sgd"]["momentum"], recipe["lr_schedule"],
+        recipe["label_smoothing"], recipe["epochs"]) != (0.5, 0.0, "constant", 0.0, 5)
+    adam = flags.parse_args(["--model", "cnn", "--optimizer", "adam"])
+    assert (adam.lr, adam.momentum, adam.epochs) == (1e-3, None, recipe["epochs"])
+    given = flags.parse_args(["--model", "cnn", "--lr", "0.02", "--epochs", "1",
+                              "--lr-schedule", "constant"])
+    assert (given.lr, given.epochs, given.lr_schedule, given.momentum) == (
+        0.02, 1, "constant", recipe["sgd"]["momentum"])
 
 
 def test_a_run_that_cannot_read_its_data_leaves_no_output_folder(capsys, tmp_path):

@@ -114,6 +114,7 @@ def test_drift_in_independent_runs_gets_the_learning_rate_advice(capsys, mnist_r
     side is within rounding of float64 from its own parameters, but the exact math from the
     two differs: rounding, with the advice to lower --lr."""
     status, out, _, report = run(capsys, mnist_root, tmp_path, *QUICK, *MLP, "--lr", "0.5",
+                                 "--momentum", "0", "--lr-schedule", "constant",
                                  "--batch-size", "10", "--independent", "--no-plots",
                                  "--epochs", "2")
     found = report["diagnosis"]
