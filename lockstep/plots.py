@@ -224,77 +224,126 @@ def features(learners: list, data: Splits, index: int = 0, most: int = 16) -> pl
     return figure
 
 
-def predictions(learners: list, data: Splits, count: int = 24) -> plt.Figure:
-    """Test images with both predictions and probabilities; misclassified ones in red.
-
-    Shows the first test images, with the first misclassified ones mixed in.
-    """
+def outputs(learners: list, x: torch.Tensor) -> tuple[list, list]:
+    """Each learner's predicted classes (N,), its largest logit, and its probabilities (N, C),
+    its own package's functional.softmax of its own logits; both on the CPU."""
     with torch.no_grad():
-        probabilities = [learner.package.functional.softmax(learner.logits(data.test_x)).cpu()
-                         for learner in learners]
+        logits = [learner.logits(x) for learner in learners]
+        return ([z.argmax(dim=-1).cpu() for z in logits],
+                [learner.package.functional.softmax(z).cpu()
+                 for learner, z in zip(learners, logits, strict=True)])
+
+
+def digit(ax, data: Splits, index: int, title: str, red: bool = False,
+          fontsize: float = 9) -> None:
+    """Test image `index` as a 28x28 picture on ax, titled; red title and frame if red."""
+    ax.imshow(data.test_x[index].cpu().float().reshape(28, 28).numpy(), cmap="gray_r")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=fontsize, color="red" if red else "black")
+    if red:
+        for spine in ax.spines.values():
+            spine.set(color="red", linewidth=2)
+
+
+def predictions(learners: list, data: Splits, count: int = 24) -> plt.Figure:
+    """Test images with both predictions and probabilities; those manual misclassifies in red.
+
+    Not a sample: the first test images manual classifies right, with the first it
+    misclassifies (up to count // 3) mixed in to show what mistakes look like; the title says
+    so, with the real share of misclassified test images.
+    """
+    predicted, probabilities = outputs(learners, data.test_x)
     labels = data.test_y.cpu()
-    predicted = probabilities[0].argmax(dim=-1)
-    wrong = (predicted != labels).nonzero().flatten()[: count // 3].tolist()
-    right = (predicted == labels).nonzero().flatten()[: count - len(wrong)].tolist()
+    all_wrong = (predicted[0] != labels).nonzero().flatten().tolist()
+    all_right = (predicted[0] == labels).nonzero().flatten().tolist()
+    wrong = all_wrong[:max(count // 3, count - len(all_right))]
+    shown = sorted(all_right[:count - len(wrong)] + wrong)
     figure, axes = plt.subplots(4, count // 4, figsize=(15, 12))
     figure.subplots_adjust(hspace=0.55)
-    for ax, index in zip(axes.flat, sorted(right + wrong), strict=True):
-        ax.imshow(data.test_x[index].cpu().float().reshape(28, 28).numpy(), cmap="gray_r")
-        ax.set_xticks([])
-        ax.set_yticks([])
+    for ax, index in zip(axes.flat, shown + [None] * (count - len(shown)), strict=True):
+        if index is None:  # fewer test images than panels
+            ax.axis("off")
+            continue
         text = [f"{name}: {p.argmax()} ({p.max():.0%})"
                 for name, p in zip(NAMES, (p[index] for p in probabilities), strict=True)]
-        mistaken = predicted[index] != labels[index]
-        ax.set_title("\n".join([f"label {labels[index]}", *text]), fontsize=9,
-                     color="red" if mistaken else "black")
-        if mistaken:
-            for spine in ax.spines.values():
-                spine.set(color="red", linewidth=2)
-    figure.suptitle("Test images: both predictions with their probability (red: misclassified)")
+        digit(ax, data, index, "\n".join([f"label {labels[index]}", *text]),
+              red=bool(predicted[0][index] != labels[index]))
+    figure.suptitle("Test images with both learners' predictions and probabilities (red: "
+                    "manual misclassifies it)\n" + chosen_sentence(len(wrong), len(shown),
+                                                                   len(all_wrong), len(labels)))
     return figure
+
+
+def chosen_sentence(wrong: int, shown: int, all_wrong: int, total: int) -> str:
+    """How predictions() chose its images, and manual's real error on the test set."""
+    accuracy = f"{all_wrong:,} of the {total:,} test images ({1 - all_wrong / total:.2%} correct)"
+    if not wrong:
+        return (f"The first {shown} test images: manual misclassifies none of them, and "
+                f"{accuracy.replace(' (', ' in all (')}")
+    return (f"Chosen to show mistakes, not at random: the first test images manual gets right, "
+            f"with the first {wrong} it gets wrong mixed in on purpose.\nSo the share of red "
+            f"is not the error rate: manual misclassifies {accuracy}")
 
 
 def confusion(learners: list, data: Splits, history: History, most: int = 24) -> plt.Figure:
-    """Torch's confusion matrix (true label x predicted) on the test set, and the test images
-    the two learners classify differently (the first `most` of them), or a line saying there
-    are none."""
+    """Torch's confusion matrix (true label x predicted) on the test set, and `most` test images
+    where the two learners differ most: first those they classify differently, then those
+    whose probabilities differ most, |dp| = max over the classes of |p_manual - p_torch|."""
     labels = data.test_y.cpu()
-    predicted = [learner.predict(data.test_x).cpu() for learner in learners]
-    figure = plt.figure(figsize=(15, 6))
-    grid = figure.add_gridspec(1, 2, width_ratios=[1, 1.3])
-    matrix_ax = figure.add_subplot(grid[0])
-    matrix = torch.bincount(labels * NUM_CLASSES + predicted[1], minlength=NUM_CLASSES ** 2)
+    predicted, probabilities = outputs(learners, data.test_x)
+    figure = plt.figure(figsize=(15, 7.5))
+    grid = figure.add_gridspec(1, 2, width_ratios=[1, 1.5], wspace=0.1, top=0.8)  # title
+    matrix_of(figure.add_subplot(grid[0]), labels, predicted[1])
+    gap = (probabilities[0].double() - probabilities[1].double()).abs().amax(dim=-1)
+    differ = predicted[0] != predicted[1]
+    shown = most_different(gap, differ)[:most].tolist()
+    cells = grid[1].subgridspec(4, most // 4, hspace=0.75, wspace=0.3)
+    for cell, index in zip(cells, shown + [None] * (most - len(shown)), strict=True):
+        ax = figure.add_subplot(cell)
+        if index is None:  # fewer test images than panels
+            ax.axis("off")
+            continue
+        digit(ax, data, index, f"image {index}, label {labels[index]}\nmanual {predicted[0][index]}"
+              f", torch {predicted[1][index]}\n|dp| {gap[index]:.1e}", red=bool(differ[index]),
+              fontsize=8)
+    figure.suptitle(differ_sentence(len(labels), int(differ.sum()), len(shown),
+                                    gap.max().item() if len(gap) else 0.0)
+                    + ("\n(after a mismatch the manual learner was re-synchronized to torch "
+                       "every step: what it shows is not its own training's result)"
+                       if history.resynchronized else ""), fontsize=11)
+    return figure
+
+
+def matrix_of(ax, labels: torch.Tensor, predicted: torch.Tensor) -> None:
+    """The confusion matrix (true label x predicted class) on ax, with each count written in."""
+    matrix = torch.bincount(labels * NUM_CLASSES + predicted, minlength=NUM_CLASSES ** 2)
     matrix = matrix.reshape(NUM_CLASSES, NUM_CLASSES)
-    matrix_ax.imshow(matrix.clamp_min(1).log().numpy(), cmap="Blues")
+    ax.imshow(matrix.clamp_min(1).log().numpy(), cmap="Blues")
     for true in range(NUM_CLASSES):
         for guess in range(NUM_CLASSES):
-            matrix_ax.text(guess, true, str(matrix[true, guess].item()), ha="center",
-                           va="center", fontsize=8, color="white" if true == guess else "black")
-    matrix_ax.set(title=f"torch: {matrix.trace() / matrix.sum():.2%} correct (log color scale)",
-                  xlabel="predicted", ylabel="true label", xticks=range(NUM_CLASSES),
-                  yticks=range(NUM_CLASSES))
-    differ = (predicted[0] != predicted[1]).nonzero().flatten()
-    shown = differ[:most].tolist()
-    if not shown:
-        ax = figure.add_subplot(grid[1])
-        ax.axis("off")
-        why = ("\n(the manual learner was re-synchronized to torch every step,\nso its "
-               "predictions are torch's)" if history.resynchronized else "")
-        ax.text(0.5, 0.5, f"The two learners classify all {len(labels):,} test images\nalike: "
-                f"no image to show.{why}", ha="center", va="center", fontsize=13)
-    else:
-        cells = grid[1].subgridspec(4, most // 4, hspace=0.6)
-        for cell, index in zip(cells, shown + [None] * (most - len(shown)), strict=True):
-            ax = figure.add_subplot(cell)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if index is None:
-                ax.axis("off")
-                continue
-            ax.imshow(data.test_x[index].cpu().float().reshape(28, 28).numpy(), cmap="gray_r")
-            ax.set_title(f"label {labels[index]}\nmanual {predicted[0][index]}\n"
-                         f"torch {predicted[1][index]}", fontsize=8)
-    figure.suptitle(f"Confusion matrix on the {len(labels):,} test images" + (
-        f", and the {len(differ)} the two learners classify differently" if shown else "")
-        + (f" (the first {len(shown)})" if len(differ) > len(shown) else ""))
-    return figure
+            ax.text(guess, true, str(matrix[true, guess].item()), ha="center", va="center",
+                    fontsize=8, color="white" if true == guess else "black")
+    ax.set(title=f"torch: {matrix.trace() / matrix.sum():.2%} correct (log color scale)",
+           xlabel="predicted", ylabel="true label", xticks=range(NUM_CLASSES),
+           yticks=range(NUM_CLASSES))
+
+
+def most_different(gap: torch.Tensor, differ: torch.Tensor) -> torch.Tensor:
+    """The test images' indices, those the two learners classify differently first, each
+    group by gap (N,) from the largest down; equal gaps keep the test set's order."""
+    order = torch.argsort(gap, descending=True, stable=True)
+    return torch.cat([order[differ[order]], order[~differ[order]]])
+
+
+def differ_sentence(total: int, differ: int, shown: int, largest: float) -> str:
+    """confusion()'s title: the matrix, and which test images its right half shows."""
+    which = (f"They classify all {total:,} alike (0 differently), so these are the {shown}"
+             if not differ else f"They classify {differ:,} of the {total:,} differently: "
+             f"the {shown} of those (red)" if differ >= shown else f"They classify {differ} of "
+             f"the {total:,} differently (red, first), then the {shown - differ}")
+    return (f"Left: torch's confusion matrix on the {total:,} test images. Right: the test "
+            f"images where manual and torch differ most.\n{which} whose probabilities differ "
+            "most,\n|dp| = max over the classes of |p_manual - p_torch|, each from its own "
+            "package's softmax" + (": 0 on every test image, the probabilities are "
+                                    "bit-identical" if not largest else ""))

@@ -1,6 +1,7 @@
 """The two plots that show what can differ in a lock step: weights.png, the first layer's weight
 gradients at the step where the two sides differed most (lockstep.worst), and confusion.png's
-list of the test images the two learners classify differently. No MNIST needed."""
+right half, the test images where the two learners differ most; predictions.png's title. No
+MNIST needed."""
 
 from types import SimpleNamespace
 
@@ -43,8 +44,20 @@ def test_a_nan_gradient_counts_as_the_worst():
     assert worst.found()["step"] == 2
 
 
-def learner(predictions: torch.Tensor) -> SimpleNamespace:
-    return SimpleNamespace(predict=lambda x: predictions)
+def learner(logits: torch.Tensor) -> SimpleNamespace:
+    """A learner of fixed logits (N, C), whatever the images, with a package's softmax."""
+    functional = SimpleNamespace(softmax=lambda z: z.softmax(dim=-1))
+    return SimpleNamespace(logits=lambda x: logits, package=SimpleNamespace(functional=functional))
+
+
+def one_hot(classes: torch.Tensor) -> torch.Tensor:
+    """Logits (N, 10) that predict classes (N,), sure of it: 5 for the class, 0 elsewhere."""
+    return torch.nn.functional.one_hot(classes, 10).double() * 5
+
+
+def images(n: int) -> SimpleNamespace:
+    """n random test images of 784 pixels, labelled 0-9 in turn."""
+    return SimpleNamespace(test_x=torch.rand(n, 784), test_y=torch.arange(n) % 10)
 
 
 def texts(figure) -> str:
@@ -52,22 +65,77 @@ def texts(figure) -> str:
         figure._suptitle.get_text()
 
 
-def test_confusion_says_there_is_no_image_to_show_or_shows_those_that_differ():
-    """Predictions alike: one matrix and a line saying so (for a re-synchronized run, why).
-    The twin: two that differ get an image each, with both predictions."""
-    labels = torch.arange(12) % 10
-    data = SimpleNamespace(test_x=torch.rand(12, 784), test_y=labels)
+def shown(figure) -> list[int]:
+    """The test images confusion's right half shows, in order: "image 17, ..." -> 17."""
+    return [int(ax.get_title().split(",")[0].removeprefix("image "))
+            for ax in figure.axes if ax.get_title().startswith("image ")]
+
+
+def test_predictions_says_how_its_images_were_chosen_and_the_real_error():
+    """30 test images, 3 misclassified: all 3 shown among 24, and the title says they were
+    mixed in on purpose and gives the true share, 3 of 30 (90.00 % correct). The twin: 6
+    misclassified, and the title's counts follow."""
+    data = images(30)
+    for wrong, correct in ((3, "90.00%"), (6, "80.00%")):
+        predicted = data.test_y.clone()
+        predicted[:wrong] = (predicted[:wrong] + 1) % 10
+        figure = plots.predictions([learner(one_hot(predicted))] * 2, data)
+        title = figure._suptitle.get_text()
+        assert f"the first {wrong} it gets wrong mixed in on purpose" in title
+        assert f"not the error rate: manual misclassifies {wrong} of the 30 test images " \
+               f"({correct} correct)" in title
+        assert sum(ax.title.get_color() == "red" for ax in figure.axes) == wrong
+
+
+def test_predictions_without_a_mistake_says_so():
+    data = images(30)
+    title = plots.predictions([learner(one_hot(data.test_y))] * 2, data)._suptitle.get_text()
+    assert "The first 24 test images: manual misclassifies none of them, and 0 of the 30 " \
+           "test images in all (100.00% correct)" in title and "mistakes" not in title
+
+
+def test_confusion_shows_the_images_whose_probabilities_differ_most_when_all_agree():
+    """Predictions alike: the right half still shows 24 images (no "no image" line), by |dp|
+    from the largest down: manual's logit of the label nudged by 1e-3 * i on image i, so 29
+    first. The
+    twin: the nudge only on image 5, and image 5 comes first, the others (|dp| 0) in order."""
+    data = images(30)
+    logits = one_hot(data.test_y)
+    nudge = one_hot(data.test_y) * 2e-4 * torch.arange(30)[:, None]  # 1e-3 * i on the label
+    alike = plots.confusion([learner(logits + nudge), learner(logits)], data, History())
+    assert shown(alike) == list(range(29, 5, -1)) and "no image" not in texts(alike)
+    assert "They classify all 30 alike (0 differently), so these are the 24 whose " \
+           "probabilities differ most" in texts(alike)
+    only = torch.zeros_like(logits)
+    only[5, 5] = 1e-3
+    once = plots.confusion([learner(logits + only), learner(logits)], data, History())
+    assert shown(once) == [5, *range(5), *range(6, 24)]
+    assert "|dp| 0.0e+00" in [ax.get_title().split("\n")[-1] for ax in once.axes]
+
+
+def test_confusion_shows_those_classified_differently_first():
+    """Images 3 and 7 classified differently (a near tie: manual says 0, torch the label),
+    with a |dp| smaller than image 21's, whose prediction agrees: 3 and 7 come first, in red,
+    and the title counts them; a re-synchronized run says so. The twin: all alike, and image
+    21 comes first."""
+    data = images(30)
+    logits = one_hot(data.test_y)
+    logits[[3, 7], 0] = 4.999  # just under the label's 5
+    manual = logits.clone()
+    manual[[3, 7], 0] = 5.001  # just over it: manual's prediction is 0
+    manual[21, 2] += 3  # a larger |dp|, but torch's prediction still
     history = History()
     history.diagnosis = {"message": "step 1, ..."}  # a mismatch: the manual learner re-synced
-    alike = plots.confusion([learner(labels), learner(labels)], data, history)
-    assert "classify all 12 test images\nalike" in texts(alike) and len(alike.axes) == 2
-    assert "re-synchronized to torch every step" in texts(alike)
-    other = labels.clone()
-    other[[3, 7]] = 0
-    differ = plots.confusion([learner(other), learner(labels)], data, History())
-    assert "the 2 the two learners classify differently" in texts(differ)
+    differ = plots.confusion([learner(manual), learner(logits)], data, history)
+    assert shown(differ)[:3] == [3, 7, 21]
+    assert "They classify 2 of the 30 differently (red, first), then the 22 whose" \
+        in texts(differ) and "re-synchronized to torch every step" in texts(differ)
     titles = [ax.get_title() for ax in differ.axes]
-    assert "label 3\nmanual 0\ntorch 3" in titles and "label 7\nmanual 0\ntorch 7" in titles
+    assert any(title.startswith("image 3, label 3\nmanual 0, torch 3\n|dp| ") for title in titles)
+    assert sum(ax.title.get_color() == "red" for ax in differ.axes) == 2
+    manual[[3, 7], 0] = 4.999  # the twin
+    alike = plots.confusion([learner(manual), learner(logits)], data, History())
+    assert shown(alike)[0] == 21 and "re-synchronized" not in texts(alike)
 
 
 @pytest.mark.parametrize("hidden", [None, 8], ids=["softmax", "mlp"])
