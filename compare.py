@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from common.data import NUM_CLASSES, DataError, Splits, batches, load_splits, resolve_root
-from lockstep import alone, flags, report
+from lockstep import alone, flags, overflow, report
 from lockstep.epoch import Diverged, Mismatch, train_epoch_lockstep
 from lockstep.learner import make_learners
 from practice import loader
@@ -123,9 +123,12 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
     seconds = time.perf_counter() - start
     summary = report.summarize(args, device, learners, data, history, seconds,
                                on_its_own(history.diagnosis))
+    summary["unseen"] = overflow.unseen(learners[0].package.functional, dtype, device,
+                                        args.manual or "DIR")
     print(report.final_table(summary))
-    if summary["not_learning"]:
-        print(summary["not_learning"])
+    for warning in (summary["not_learning"], summary["unseen"]):
+        if warning:
+            print(warning)
     report.write(out, summary)
     if args.plots:
         from lockstep import plots  # matplotlib takes 0.4 s to import: only a run that draws pays

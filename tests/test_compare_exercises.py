@@ -104,6 +104,8 @@ def test_a_seeded_mistake_stops_the_run_at_step_1_with_the_tutors_words(capsys, 
         r"^On its own, each learner trained afresh on its own gradients \(as --independent\) "
         r"for the first 20 steps of epoch 1: validation accuracy manual .+, torch \d+\.\d+%\.$",
         out, re.MULTILINE)
+    lines = out.splitlines()  # the diagnosis first, then what runs after it, announced
+    assert lines[-4].startswith("MISMATCH") and lines[-3].startswith("Now training each")
     if case == "one-hot-shifted":  # it learns to predict y + 1
         assert own["manual"]["val_accuracy"] < 0.05 < 0.5 < own["torch"]["val_accuracy"]
     assert sys.modules["manual"] is manual  # the real manual/ is back, untouched
@@ -138,6 +140,13 @@ CNN_SEEDED = {
         r"largest values of its window\. Torch sends a window's gradient to its first maximum "
         r"in row-major order only \(val > maxval\); at [\d,]+ of them manual's is nonzero where "
         r"torch's is 0: did you send the gradient to every tied maximum\?"),
+    "kernel-flipped-in-dx": (
+        [("return F.conv_transpose2d(grad_output, self.weight, stride",
+          "return F.conv_transpose2d(grad_output, self.weight.flip(-2, -1), stride")],
+        "dLoss/d(hidden.maxpool2d.2), the hidden layer's output gradient (what the backward of "
+        "the layer above it returns)", "other",
+        r"layers\.3 \(Conv2d\)\.backward returned it \(\S*layers\.py line \d+\): its "
+        r"dLoss/dx is wrong where its weight\.grad and bias\.grad agree; no simple pattern"),
     "kernel-gradient-as-mean": (
         [(RIGHT_WEIGHT_GRAD, RIGHT_WEIGHT_GRAD.replace(".contiguous()", " / len(x)"))],
         "layers.3.weight.grad", "scale",
@@ -188,6 +197,61 @@ def test_a_cnn_mistake_is_diagnosed_at_its_tensor(capsys, mnist_root, tmp_path, 
     assert status == 1 and (report["diagnosis"]["step"], report["diagnosis"]["kind"]) == (1, kind)
     assert re.search(rf"^MISMATCH \(float32\) in epoch 1, step 1, {re.escape(tensor)} "
                      rf"differs first \({kind}\): {words}", out, re.MULTILINE), out
+
+
+def test_the_function_to_fix_is_named_with_its_file_and_line(capsys, mnist_root, tmp_path):
+    """BatchNorm1d.backward without its variance term: dLoss/d(hidden.linear) is the first to
+    differ, with no simpler pattern; the tutor names the layer that returned it, the def's
+    line in the learner's file, and that its parameter gradients agree. The twin: a weight
+    gradient off by a random factor per entry, named as set by Linear.backward, whose
+    dLoss/dx agrees (layers.3: the MLP's last)."""
+    def no_variance_term(path: Path) -> None:
+        text = (path / "layers.py").read_text()
+        right = "mean_terms = (self.bias.grad + self.x_hat * self.weight.grad) / len(grad_output)"
+        assert right in text
+        (path / "layers.py").write_text(text.replace(
+            right, "mean_terms = self.bias.grad / len(grad_output)"))
+    path = folder(tmp_path, [], no_variance_term)
+    _, out, _, report = run_manual(capsys, mnist_root, tmp_path, path, *MLP, "--batchnorm")
+    lines = (path / "layers.py").read_text().splitlines()
+    line = next(number for number, text in enumerate(lines, start=1)
+                if text.startswith("class BatchNorm1d"))
+    line += next(i for i, text in enumerate(lines[line:]) if "def backward(" in text) + 1
+    assert report["diagnosis"]["tensor"] == "hidden.linear.grad"
+    assert (f"differs first (other): layers.1 (BatchNorm1d).backward returned it "
+            f"({path}/layers.py line {line}): its dLoss/dx is wrong where its weight.grad and "
+            "bias.grad agree; no simple pattern") in report["diagnosis"]["message"]
+
+    def scrambled(path: Path) -> None:
+        text = (path / "layers.py").read_text()
+        right = "self.weight.grad = grad_output.T @ self.input"
+        (path / "layers.py").write_text(text.replace(
+            right, f"{right} * (1 + torch.rand_like(self.weight))", 1))
+    path = folder(tmp_path / "twin", [], scrambled)
+    _, _, _, report = run_manual(capsys, mnist_root, tmp_path, path, *MLP)
+    assert report["diagnosis"]["tensor"] == "layers.2.weight.grad"
+    assert re.search(r"differs first \(other\): layers\.2 \(Linear\)\.backward set it \(\S+ "
+                     r"line \d+\): its dLoss/dx agrees; no simple pattern",
+                     report["diagnosis"]["message"])
+
+
+def test_manual_runs_draw_plots_only_when_asked_and_name_what_they_cannot_see(
+        capsys, mnist_root, tmp_path):
+    """compare.py --manual: report.json only, unless --plots. A softmax without its max
+    matches on MNIST, and the line after the verdict names the check that catches it; the
+    twin: manual/'s solutions get no such line."""
+    def unshifted(path: Path) -> None:
+        text = (path / "functional.py").read_text()
+        right = "exp = (logits - logits.amax(dim=-1, keepdim=True)).exp()"
+        assert right in text
+        (path / "functional.py").write_text(text.replace(right, "exp = logits.exp()"))
+    path = folder(tmp_path, [], unshifted)
+    status, out, _, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--manual", str(path))
+    assert status == 0 and "\nUNSEEN: your softmax gives NaN or inf" in out
+    assert not list((tmp_path / "run").glob("*.png"))
+    status, out, _, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--plots", "--manual",
+                            str(folder(tmp_path / "right", [])))
+    assert status == 0 and "UNSEEN" not in out and list((tmp_path / "run").glob("*.png"))
 
 
 def test_every_exercise_written_the_cnn_matches(capsys, mnist_root, tmp_path, few_images):
@@ -242,7 +306,9 @@ def test_keep_going_trains_on_and_says_the_accuracy_is_torchs(capsys, mnist_root
     assert lines[table + 2].startswith("manual: not its own result. A mismatch was found, and "
                                        "the lock step re-synchronized the manual learner")
     assert lines[table + 3].startswith("On its own, each learner trained afresh")
-    assert "(manual: re-synchronized to torch)" in lines[table - 1]  # the epoch's line
+    epoch = next(line for line in lines if line.startswith("epoch 1: "))
+    assert "(manual: re-synchronized to torch)" in epoch
+    assert lines[table - 1].startswith("Now training each learner afresh")  # on its own
     assert "test accuracies within 0.1% [n/a: re-synchronized]; predictions agree >= 99.9% " \
         "[n/a: re-synchronized]" in out
     status, out, _, report = run_manual(capsys, mnist_root, tmp_path, folder(tmp_path / "ok", []))
