@@ -117,8 +117,11 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
             return stopped(args, device, history, seconds, epoch, result, out, on_its_own)
         losses, accuracies = zip(*(learner.evaluate(data.val_x, data.val_y)
                                    for learner in learners), strict=True)
+        found = history.diagnosis is None and result.get("diagnosis")
         history.add_epoch(result, accuracies, losses)
         print(history.epoch_line(epoch))
+        if found and args.manual:  # --keep-going: the diagnosis now, not only at the end
+            print(f"MISMATCH ({args.dtype}), training goes on (--keep-going): {found['message']}")
 
     seconds = time.perf_counter() - start
     summary = report.summarize(args, device, learners, data, history, seconds,

@@ -79,11 +79,14 @@ PIPELINES = ("baseline", "torch_impl", "manual", "lockstep")
 BATCH_SIZES = ("32", "100", "1000", "full")
 # Variants of the project's pipelines, timed at batch 100 only: their compare.py flags, and the
 # target for their manual / torch_impl ratio.
-VARIANT_FLAGS = {"mlp": ["--model", "mlp", "--lr", "0.1"],
-                 "mlp-bn": ["--model", "mlp", "--batchnorm", "--lr", "0.1"],
+# (Each flag that a model's own defaults would set is given: a constant lr, as timed before.)
+CONSTANT = ["--lr-schedule", "constant", "--label-smoothing", "0"]
+VARIANT_FLAGS = {"mlp": ["--model", "mlp", "--lr", "0.1", "--momentum", "0", *CONSTANT],
+                 "mlp-bn": ["--model", "mlp", "--batchnorm", "--lr", "0.1", "--momentum", "0",
+                            *CONSTANT],
                  "adam": ["--optimizer", "adam", "--lr", "1e-3"],
-                 "mlp-adam": ["--model", "mlp", "--optimizer", "adam", "--lr", "1e-3"],
-                 "cnn": ["--model", "cnn", "--lr", "0.05", "--momentum", "0.9"]}
+                 "mlp-adam": ["--model", "mlp", "--optimizer", "adam", "--lr", "1e-3", *CONSTANT],
+                 "cnn": ["--model", "cnn", "--lr", "0.05", "--momentum", "0.9", *CONSTANT]}
 VARIANT_GOALS = {"mlp": 0.9, "mlp-bn": 0.9, "adam": 1.1, "mlp-adam": 1.1, "cnn": 1.1}
 VARIANT_PIPELINES = tuple(f"{variant} {pipeline}" for variant in VARIANT_FLAGS
                           for pipeline in PIPELINES[1:])

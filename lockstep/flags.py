@@ -31,7 +31,7 @@ MODEL_DEFAULTS = {
     "softmax": {"epochs": 5, "lr_schedule": "constant", "label_smoothing": 0.0,
                 "sgd": {"lr": 0.5, "momentum": 0.0}},
     "mlp": {"epochs": 5, "lr_schedule": "cosine", "label_smoothing": 0.0,
-            "sgd": {"lr": 0.1, "momentum": 0.9}},
+            "sgd": {"lr": 0.2, "momentum": 0.9}},
     "cnn": {"epochs": 3, "lr_schedule": "cosine", "label_smoothing": 0.1,
             "sgd": {"lr": 0.1, "momentum": 0.9}},
 }

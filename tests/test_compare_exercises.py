@@ -220,7 +220,7 @@ def test_the_function_to_fix_is_named_with_its_file_and_line(capsys, mnist_root,
     assert report["diagnosis"]["tensor"] == "hidden.linear.grad"
     assert (f"differs first (other): layers.1 (BatchNorm1d).backward returned it "
             f"({path}/layers.py line {line}): its dLoss/dx is wrong where its weight.grad and "
-            "bias.grad agree; no simple pattern") in report["diagnosis"]["message"]
+            "bias.grad agree; no simple pattern") in report["diagnosis"]["message"] in out
 
     def scrambled(path: Path) -> None:
         text = (path / "layers.py").read_text()
@@ -306,8 +306,10 @@ def test_keep_going_trains_on_and_says_the_accuracy_is_torchs(capsys, mnist_root
     assert lines[table + 2].startswith("manual: not its own result. A mismatch was found, and "
                                        "the lock step re-synchronized the manual learner")
     assert lines[table + 3].startswith("On its own, each learner trained afresh")
-    epoch = next(line for line in lines if line.startswith("epoch 1: "))
-    assert "(manual: re-synchronized to torch)" in epoch
+    epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch 1: "))
+    assert "(manual: re-synchronized to torch)" in lines[epoch]
+    assert lines[epoch + 1].startswith("MISMATCH (float32), training goes on (--keep-going): "
+                                       "step 1, bias.grad differs first (scale)")
     assert lines[table - 1].startswith("Now training each learner afresh")  # on its own
     assert "test accuracies within 0.1% [n/a: re-synchronized]; predictions agree >= 99.9% " \
         "[n/a: re-synchronized]" in out
