@@ -672,6 +672,9 @@ def build_page(root: Path = REPO_ROOT) -> str:
         "has the same name in the same file, under the formula from its docstring. "
         "Generated from the source by "
         "<code>docs/build_side_by_side.py</code> (<code>make docs</code>).</p>",
+        '<p class="lead">It shows the body of every function of <code>manual/</code>, the eleven '
+        "exercises' included: it is the answer key. To write the exercises yourself, start with "
+        '<a href="try_it_yourself.md">Try it yourself</a>, and come back here to compare.</p>',
         '<nav class="toc">', toc, "</nav>",
         "</header>",
         f'<div class="heads columns">{heads}</div>',
