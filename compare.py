@@ -35,7 +35,7 @@ from common.data import NUM_CLASSES, DataError, Splits, batches, load_splits, re
 from lockstep import alone, flags, overflow, report
 from lockstep.epoch import Diverged, Mismatch, train_epoch_lockstep
 from lockstep.learner import make_learners
-from practice import loader
+from practice import exercises, loader
 from practice.exercises import ExerciseError
 
 
@@ -60,6 +60,11 @@ def run(args: argparse.Namespace, made: list[Path]) -> int:
     out = args.out or report.new_folder(Path("runs"))
     try:
         package = loader.load(args.manual) if args.manual else None  # None: manual/
+        first = args.manual and loader.first_not_written(  # the grader's "Next:" too
+            args.manual, exercises.needed(args.model, args.batchnorm, args.optimizer))
+        if first:
+            print(loader.not_written_line(args.manual, first), file=sys.stderr)
+            return 1
         data = load_splits(resolve_root(args.data_root), seed=args.seed, subset=args.subset,
                            standardize=args.standardize, dtype=dtype, device=device)
         problem = flags.data_problem(args, len(data.train_x))

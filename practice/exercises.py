@@ -111,12 +111,47 @@ def write(folder: Path, names: list[str] = NAMES, source: Path = MANUAL) -> None
         (folder / name).write_text(text)
 
 
+def needed(model: str = "softmax", batchnorm: bool = False, optimizer: str = "sgd") -> list[str]:
+    """The exercises a compare.py run calls, in EXERCISES order, by its flags: --model
+    ("softmax", "mlp", "cnn"), --batchnorm and --optimizer ("sgd", "adam", "adamw"). Softmax
+    regression: 1-5 and the optimizer's step (SGD.step, or Adam.step, which AdamW's is);
+    the MLP adds ReLU.backward (and BatchNorm1d.backward), the CNN ReLU.backward,
+    Conv2d.backward and MaxPool2d.backward."""
+    names = {*NAMES[:5], "SGD.step" if optimizer == "sgd" else "Adam.step"}
+    if model in ("mlp", "cnn"):
+        names.add("ReLU.backward")
+    if batchnorm:
+        names.add("BatchNorm1d.backward")
+    if model == "cnn":
+        names |= {"Conv2d.backward", "MaxPool2d.backward"}
+    return [name for name in NAMES if name in names]
+
+
+def in_project(folder: Path) -> Path:
+    """folder as the commands take it from the project's folder (ROOT): relative to ROOT where
+    it lies inside it ("exercises"), else absolute."""
+    folder = Path(folder).resolve()
+    return folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
+
+
 def manual_flag(folder: Path) -> str:
-    """"--manual DIR", or "--manual=DIR" for a folder outside the project: pytest reads the
-    former's DIR as a test path too, before it knows the option, and from one outside the
-    project it would not find the project's settings and plugin."""
-    inside = folder.resolve().is_relative_to(ROOT)
-    return f"--manual {folder}" if inside else f"--manual={folder}"
+    """"--manual DIR", or "--manual=DIR" for a folder outside the project, DIR as in_project
+    gives it: pytest reads the former's DIR as a test path too, before it knows the option,
+    and with a path outside the project it takes that path's folder for its root, where it
+    finds neither the project's settings nor its plugin (error: unrecognized arguments:
+    --manual). Either form works only from the project's folder, for that same reason."""
+    folder = in_project(folder)
+    return f"--manual={folder}" if folder.is_absolute() else f"--manual {folder}"
+
+
+def commands(folder: Path) -> list[str]:
+    """What python -m practice says to run after each function, and where: the project's
+    folder (ROOT), the only one from which pytest finds the grader."""
+    flag = manual_flag(folder)
+    return [f"Then, after each function, from the project's folder (cd {ROOT}):",
+            f"  python -m pytest {flag}    the gradient checks, exercise by exercise",
+            f"  python compare.py {flag}   the lock step against torch (softmax regression "
+            "needs 1-6; --model mlp 7, --batchnorm 8, --model cnn 9-10, --optimizer adam 11)"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -138,12 +173,7 @@ def main(argv: list[str] | None = None) -> int:
           "in this order:")
     for number, (file, name, _) in enumerate(EXERCISES, start=1):
         print(f"  {number:2}. {name:22} {folder}/{file}")
-    flag = manual_flag(folder)
-    print(f"Each docstring gives the formula and the shapes. Then, after each function:\n"
-          f"  python -m pytest {flag}    the gradient checks, exercise by exercise\n"
-          f"  python compare.py {flag}   the lock step against torch "
-          "(softmax regression needs 1-6; --model mlp 7, --batchnorm 8, --model cnn 9-10, "
-          "--optimizer adam 11)")
+    print("Each docstring gives the formula and the shapes.", *commands(folder), sep="\n")
     return 0
 
 

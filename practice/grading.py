@@ -5,8 +5,12 @@ of manual/; the deliberately broken twins (marker "twin"), which test the checks
 the learner, stay out. Each check counts for the last exercise it reached in this run, in the
 order of practice.exercises.EXERCISES: the earlier ones it calls have checks of their own. A
 check that reaches a function not written yet is skipped, not failed. At the end, one line per
-exercise says whether its checks pass, which fail and why, or that it is not written yet, with
-its hint. The tracebacks are left out (--tb=short brings them back).
+exercise says whether its checks pass, which fail and why (in the tutor's words where a check
+holds the learner's tensor against torch's: lockstep.kinds, as compare.py says them), or that
+it is not written yet, with its hint; then what to do next. An exercise whose body is still its
+stub (practice.loader.stubs, read from the source) is not written yet even where no check
+reached it, and "Next:" names the first of them, the one compare.py names
+(loader.first_not_written). The tracebacks are left out (--tb=short brings them back).
 
 The property checks (hypothesis) try as many examples as in make test, but a failing one is
 reported as found, not shrunk to a smaller one first (the summary shows no example anyway), and
@@ -127,6 +131,9 @@ class Grading:
         self.checks.append(check)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
+        # what is still a stub in the source counts as not written yet even where no check
+        # reached it (a -k run): "Next:" names loader.first_not_written's, as compare.py does
+        self.not_written = loader.stubs(self.folder) | self.not_written
         write = terminalreporter.write_line
         write(f"\nthe exercises of {self.folder}/, in the order to write them (a check counts "
               "for the last exercise it reached):")

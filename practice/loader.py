@@ -1,15 +1,25 @@
 """An exercise folder imported as the package manual, each exercise wrapped so that a stub, a
 forgotten return or any error of the learner's code is told in one line."""
 
+import ast
 import functools
 import importlib.util
 import inspect
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
 from lockstep.tracebacks import one_line, place, shown
-from practice.exercises import EXERCISES, HINTS, NOT_WRITTEN, ExerciseError
+from practice.exercises import (
+    EXERCISES,
+    HINTS,
+    NAMES,
+    NOT_WRITTEN,
+    ExerciseError,
+    functions,
+    stub,
+)
 
 
 def load(folder: Path, keep: bool = False, calls: set[str] | None = None) -> ModuleType:
@@ -136,3 +146,55 @@ def explained(error: BaseException, folder: Path, anywhere: bool = False) -> str
     if anyplace is not None:
         return f"{anyplace}: {one_line(error)} (with {folder} as manual)"
     return None
+
+
+# -- what is still a stub, read from the source: nothing of the folder runs -------------------
+
+def stubs(folder: Path) -> dict[str, str]:
+    """Each exercise whose body in folder is still its stub, in EXERCISES order, with where its
+    raise is ("DIR/functional.py line 21", as a stub's error names it when it runs). A stub:
+    the statements after the docstring are stub(name)'s, the raise of NotImplementedError(
+    "<name> is not written yet"); its hint, a comment, may be changed or gone, since it does not
+    run. Read with ast, importing nothing. A file that is missing or does not parse holds no
+    stub here: load() says what is wrong with it."""
+    found, trees = {}, {}
+    for file, name, _ in EXERCISES:
+        if file not in trees:
+            trees[file] = parsed(Path(folder) / file)
+        function = trees[file].get(name)
+        if function is not None and statements(function) == statements(stub(name)):
+            found[name] = f"{shown(Path(folder) / file)} line {function.body[-1].lineno}"
+    return found
+
+
+def parsed(path: Path) -> dict[str, ast.FunctionDef]:
+    """exercises.functions of the file at path; {} if it cannot be read or parsed."""
+    try:
+        return functions(path.read_text())
+    except (OSError, SyntaxError, ValueError):  # ValueError: not UTF-8, or a null byte
+        return {}
+
+
+def statements(body: ast.FunctionDef | list[str]) -> list[str]:
+    """The statements of a function after its docstring, or of lines of source, as ast.dump
+    gives them: the same code whatever its comments, blank lines and indentation."""
+    if isinstance(body, list):
+        return [ast.dump(node) for node in ast.parse("\n".join(body)).body]
+    nodes = body.body[1:] if ast.get_docstring(body) is not None else body.body
+    return [ast.dump(node) for node in nodes]
+
+
+def first_not_written(folder: Path, among: Iterable[str] = NAMES) -> str | None:
+    """The first exercise of `among`, in EXERCISES order, that is still its stub in folder
+    (stubs); None if none is. among: the exercises a run needs (exercises.needed); all of
+    them by default, as the grader's "Next:" takes them."""
+    among = set(among)
+    return next((name for name in stubs(folder) if name in among), None)
+
+
+def not_written_line(folder: Path, name: str) -> str | None:
+    """The line explained() gives for exercise name's stub when it runs, from the source alone:
+    "softmax is not written yet (DIR/functional.py line 21). Hint: ..."; None if name is not
+    a stub in folder."""
+    where = stubs(folder).get(name)
+    return None if where is None else f"{name}{NOT_WRITTEN} ({where}). Hint: {HINTS[name]}"

@@ -13,7 +13,9 @@ import torch
 import manual.functional as F
 from lockstep import checks
 from lockstep.checks import Agreement, agreement
-from lockstep.kinds import explain
+from lockstep.diagnosis import around
+from lockstep.kinds import explain, tensor_key
+from lockstep.learner import Learner
 from lockstep.limits import MAX_GRAD_REL_DIFF
 from manual.layers import BatchNorm1d, Linear, ReLU
 from manual.model import SoftmaxRegression
@@ -112,29 +114,53 @@ class ManualLinear(torch.autograd.Function):
 
 class Differs(AssertionError):
     """The hand-written tensor is not torch's: the agreement, then the tutor's sentence
-    (lockstep.kinds.explain), which the grader's summary shows (.told)."""
+    (tutor()), which the grader's summary shows (.told)."""
 
     def __init__(self, message: str, told: str):
         super().__init__(f"{message}\n{told}")
         self.told = told
 
 
+def tutor(name: str, actual: torch.Tensor | None, expected: torch.Tensor, limit: float,
+          batch_size: int = 0, targets: torch.Tensor | None = None,
+          ties: torch.Tensor | None = None, step: int | None = None) -> str:
+    """The tutor's sentence for a check that failed, in compare.py's words
+    (lockstep.kinds.explain): name is the tensor as compare.py names it, a gradient with
+    ".grad" ("bias.grad"; "hidden.relu.1.grad" for dLoss/d(hidden.relu.1): tensor_key), so
+    that the words say what it is; batch_size (N) names a factor of N or 1/N, targets (N,) a
+    shifted one-hot in dLoss/dlogits, ties the tied maxima of the max pooling whose input's
+    gradient it is (hidden_gradients); step puts "step N, " in front, as compare.py does."""
+    told = explain(name, actual, expected, limit, batch_size, targets, ties)
+    return told if step is None else f"step {step}, {told}"
+
+
+def hidden_gradients(model) -> list[tuple[str, torch.Tensor | None]]:
+    """For each hidden output of torch's `model` (an MLP or a CNN of torch_impl, after its
+    forward), what tutor() takes for its gradient: compare.py's name ("hidden.relu.1.grad")
+    and, where a max pooling takes it, the mask of that pooling's tied maxima, found as
+    compare.py finds them (lockstep.diagnosis.around); else None."""
+    learner = Learner.__new__(Learner)  # only its model, all that naming and around() read
+    learner.model = model
+    return [(tensor_key("grad", name), around(learner, name).get("ties"))
+            for name, _ in learner.named_hidden_outputs()]
+
+
 def assert_matches_torch(name: str, actual: torch.Tensor, expected: torch.Tensor,
-                         batch_size: int = 0, targets: torch.Tensor | None = None) -> None:
+                         batch_size: int = 0, targets: torch.Tensor | None = None,
+                         ties: torch.Tensor | None = None) -> None:
     """The hand-written `actual` against torch's `expected`, with the agreement printed.
 
     float32: within torch.testing.assert_close's default tolerances (the two may
     round in a different order, an honest "close"). float64: at most 1e-12 relative
     difference (assert_agrees), i.e. nothing but rounding differs. A failure says, as
-    compare.py's tutor does, how they differ: batch_size (N) names a factor of N or 1/N,
-    targets (N,) a shifted one-hot in dLoss/dlogits.
+    compare.py's tutor does, how they differ (tutor(): name a gradient with ".grad").
     """
     if actual is None or actual.shape != expected.shape:
         raise Differs(f"{name}: shape {checks.shape_of(actual)} against "
-                      f"{checks.shape_of(expected)}", explain(name, actual, expected, 1e-4))
+                      f"{checks.shape_of(expected)}", tutor(name, actual, expected, 1e-4))
     assert actual.dtype == expected.dtype, f"{name}: {actual.dtype} vs {expected.dtype}"
     if expected.dtype == torch.float64:
-        assert_agrees(name, actual, expected, FLOAT64_MAX_REL_DIFF, batch_size, targets)
+        assert_agrees(name, actual, expected, FLOAT64_MAX_REL_DIFF, batch_size, targets, ties)
         return
     result = agreement(name, actual, expected)
     print(result)
@@ -142,19 +168,21 @@ def assert_matches_torch(name: str, actual: torch.Tensor, expected: torch.Tensor
         torch.testing.assert_close(actual, expected)
     except AssertionError:
         raise Differs(f"{result}: not within assert_close's default tolerances",
-                      explain(name, actual, expected, MAX_GRAD_REL_DIFF["float32"],
-                              batch_size, targets)) from None
+                      tutor(name, actual, expected, MAX_GRAD_REL_DIFF["float32"], batch_size,
+                            targets, ties)) from None
 
 
 def assert_agrees(name: str, actual: torch.Tensor, expected: torch.Tensor, max_rel_diff: float,
-                  batch_size: int = 0, targets: torch.Tensor | None = None) -> Agreement:
-    """lockstep.checks.assert_agrees against torch's `expected`; a failure says how the two
-    differ, as assert_matches_torch's does."""
+                  batch_size: int = 0, targets: torch.Tensor | None = None,
+                  ties: torch.Tensor | None = None, step: int | None = None) -> Agreement:
+    """lockstep.checks.assert_agrees against torch's `expected` ("NAME at step N" with a
+    step); a failure says how the two differ, as assert_matches_torch's does."""
+    shown = name if step is None else f"{name} at step {step}"
     try:
-        return checks.assert_agrees(name, actual, expected, max_rel_diff)
+        return checks.assert_agrees(shown, actual, expected, max_rel_diff)
     except AssertionError as error:
-        raise Differs(str(error), explain(name, actual, expected, max_rel_diff, batch_size,
-                                          targets)) from None
+        raise Differs(str(error), tutor(name, actual, expected, max_rel_diff, batch_size,
+                                        targets, ties, step)) from None
 
 
 def assert_close_to_torch(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -183,15 +211,19 @@ class WorstAgreement:
         self.steps: dict[str, int] = {}
 
     def check(self, name: str, step: int, actual: torch.Tensor, expected: torch.Tensor,
-              batch_size: int = 0, targets: torch.Tensor | None = None) -> None:
-        """batch_size and targets: for the tutor's sentence, as assert_matches_torch's."""
+              batch_size: int = 0, targets: torch.Tensor | None = None,
+              ties: torch.Tensor | None = None) -> None:
+        """name, batch_size, targets and ties: for the tutor's sentence, as tutor() takes
+        them; it starts "step N, ", as compare.py's does."""
         if actual is None or actual.shape != expected.shape:
-            assert_matches_torch(f"{name} at step {step}", actual, expected)  # raises Differs
+            raise Differs(f"{name} at step {step}: shape {checks.shape_of(actual)} against "
+                          f"{checks.shape_of(expected)}",
+                          tutor(name, actual, expected, 1e-4, step=step))
         assert actual.dtype == expected.dtype, name
         result = agreement(name, actual, expected)
         if not result.max_rel_diff <= self.max_rel_diff:
-            assert_agrees(f"{name} at step {step}", actual, expected, self.max_rel_diff,
-                          batch_size, targets)
+            assert_agrees(name, actual, expected, self.max_rel_diff, batch_size, targets, ties,
+                          step)
         self.steps[name] = self.steps.get(name, 0) + 1
         if name not in self.worst or result.max_rel_diff > self.worst[name][1].max_rel_diff:
             self.worst[name] = (step, result)

@@ -43,14 +43,15 @@ def run_manual(capsys, mnist_root, tmp_path, path, *flags):
 
 
 def test_a_fresh_folder_says_which_function_is_needed_first(capsys, mnist_root, tmp_path):
-    """The initial validation loss needs cross_entropy first: one line, its hint, exit 1."""
+    """The first exercise not written, in the order to write them (the grader's "Next:"):
+    one line, its hint, exit 1, before the data or the output folder is touched."""
     status, out, err, report = run(capsys, mnist_root, tmp_path, *QUICK,
                                    "--manual", str(folder(tmp_path, NAMES)))
     assert status == 1 and report is None
     assert not (tmp_path / "run").exists()  # nothing written: no folder left behind
     assert err.count("\n") == 1
-    assert re.fullmatch(r"cross_entropy is not written yet \(.*functional\.py line \d+\)\. "
-                        rf"Hint: {re.escape(exercises.HINTS['cross_entropy'])}\n", err)
+    assert re.fullmatch(r"softmax is not written yet \(.*functional\.py line \d+\)\. "
+                        rf"Hint: {re.escape(exercises.HINTS['softmax'])}\n", err)
     assert "MATCH" not in out
 
 

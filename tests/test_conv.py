@@ -39,6 +39,9 @@ import manual
 import torch_impl
 import torch_impl.layers as nn_layers
 import torch_impl.model
+from lockstep import diagnosis
+from lockstep.diagnosis import around
+from lockstep.kinds import tensor_key
 from lockstep.learner import Learner
 from lockstep.ties import tied_maxima, tied_windows
 from manual.layers import Conv2d, Flatten, MaxPool2d
@@ -46,10 +49,13 @@ from manual.model import CNN
 from tests.helpers import (
     DTYPE_IDS,
     DTYPES,
+    Differs,
     WorstAgreement,
     assert_matches_torch,
+    hidden_gradients,
     one_thread,
     random_batch,
+    tutor,
 )
 from tests.test_layers import (
     check_layer_against_autograd,
@@ -335,7 +341,8 @@ def tied_input(kind: str, shape: tuple[int, ...], dtype: torch.dtype,
 
 
 def check_pool_ties(layer: MaxPool2d, x: torch.Tensor, grad_output: torch.Tensor) -> None:
-    """Output and dLoss/dx of the manual layer are torch.equal to nn.MaxPool2d's."""
+    """Output and dLoss/dx of the manual layer are torch.equal to nn.MaxPool2d's; where they
+    are not, the tutor's sentence (with the tied maxima of x: compare.py's words for them)."""
     reference = nn_layers.MaxPool2d(layer.kernel_size, layer.stride)
     x_autograd = x.clone().requires_grad_()
     expected = reference(x_autograd)
@@ -344,10 +351,10 @@ def check_pool_ties(layer: MaxPool2d, x: torch.Tensor, grad_output: torch.Tensor
     assert torch.equal(output, expected.detach()), "output: not bit-identical to torch's"
     grad_x = layer.backward(grad_output)
     assert grad_x.shape == x.shape, f"dLoss/dx: shape {tuple(grad_x.shape)}"
-    differ = grad_x != x_autograd.grad
-    at_ties = differ & tied_maxima(x, layer.kernel_size, layer.stride)
-    assert not differ.any(), (f"dLoss/dx: {int(differ.sum())} entries differ from torch's, "
-                              f"{int(at_ties.sum())} of them at tied maxima")
+    if not torch.equal(grad_x, x_autograd.grad):
+        raise Differs(f"dLoss/dx: {int((grad_x != x_autograd.grad).sum())} entries differ from "
+                      "torch's", tutor("dLoss/dx", grad_x, x_autograd.grad, 0.0,
+                                       ties=tied_maxima(x, layer.kernel_size, layer.stride)))
 
 
 TIE_KINDS = ["zeros", "few-values", "relu"]
@@ -413,6 +420,24 @@ def test_cnn_matches_torch_impl():
     assert all(output.grad is not None for output in by_hand.hidden_outputs)
 
 
+def test_hidden_gradients_are_named_and_tied_as_compare_py_takes_them():
+    """helpers.hidden_gradients, what a check of the hidden outputs' gradients hands the tutor:
+    the Learner's names with ".grad" (compare.py's, lockstep.kinds.tensor_key), and the tied
+    maxima for the inputs of the two max poolings, hidden.relu.1 and hidden.relu.4, only."""
+    _, by_torch = twin_learners()
+    x, y = sgd_batch(1)
+    by_torch.gradients(x, y)
+    named = hidden_gradients(by_torch.model)
+    assert [name for name, _ in named] == [tensor_key("grad", name) for name, _ in
+                                           by_torch.named_hidden_outputs()]
+    tied = {name: ties for name, ties in named if ties is not None}
+    assert list(tied) == ["hidden.relu.1.grad", "hidden.relu.4.grad"]
+    for name, ties in tied.items():
+        output = by_torch.model.hidden_outputs[int(name.split(".")[2])]
+        assert torch.equal(ties, tied_maxima(output, 2)), name
+    assert tied["hidden.relu.1.grad"].any()  # ReLU's zeros
+
+
 def test_cnn_passes_torch_gradcheck():
     """gradcheck of the whole manual chain (forward, then CNN.backward) wrt x and each
     parameter, where no step of 1e-6 crosses ReLU's kink or moves a window's maximum."""
@@ -447,21 +472,38 @@ def twin_learners(seed: int = 0) -> tuple[Learner, Learner]:
 def test_cnn_sgd_steps_match_torch_impl():
     """3 SGD steps with momentum 0.9: each loss, every named gradient (dLoss/dlogits, the
     parameters', the hidden outputs') and the parameters after each update agree to 1e-10."""
-    by_hand, by_torch = twin_learners()
+    check_sgd_steps(*twin_learners())
+
+
+def sgd_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return random_batch(8, LEARNER_SIZES["in_features"], LEARNER_SIZES["num_classes"],
+                        seed=step - 1)
+
+
+def check_gradients(checks: WorstAgreement, step: int, by_hand: Learner, by_torch: Learner,
+                    y: torch.Tensor) -> None:
+    """Every named gradient of the two learners after gradients(x, y), each under compare.py's
+    name (tensor_key: "logits.grad", "hidden.relu.1.grad") with what its tutor knows of it
+    (the targets for dLoss/dlogits, the ties of a max pooling's input): a failure says what
+    compare.py says."""
+    ours, theirs = by_hand.named_gradients(), by_torch.named_gradients()
+    assert [name for name, _ in ours] == [name for name, _ in theirs]
+    assert {"logits", "layers.0.weight", "hidden.conv2d.0", "hidden.maxpool2d.2",
+            "hidden.flatten.6"} <= {name for name, _ in ours}
+    for (name, mine), (_, twin) in zip(ours, theirs, strict=True):
+        checks.check(tensor_key("grad", name), step, mine, twin, len(y),
+                     y if name == "logits" else None, around(by_torch, name).get("ties"))
+
+
+def check_sgd_steps(by_hand: Learner, by_torch: Learner) -> None:
     for (name, mine), (_, theirs) in zip(by_hand.named_parameters(), by_torch.named_parameters(),
                                          strict=True):
         assert torch.equal(mine, theirs.detach()), f"{name}: not starting from the same values"
     checks = WorstAgreement(TRAINING_MAX_REL_DIFF)
     for step in range(1, 4):
-        x, y = random_batch(8, LEARNER_SIZES["in_features"], LEARNER_SIZES["num_classes"],
-                            seed=step - 1)
+        x, y = sgd_batch(step)
         checks.check("loss", step, by_hand.gradients(x, y), by_torch.gradients(x, y))
-        ours, theirs = by_hand.named_gradients(), by_torch.named_gradients()
-        assert [name for name, _ in ours] == [name for name, _ in theirs]
-        assert {"logits", "layers.0.weight", "hidden.conv2d.0", "hidden.maxpool2d.2",
-                "hidden.flatten.6"} <= {name for name, _ in ours}
-        for (name, mine), (_, twin) in zip(ours, theirs, strict=True):
-            checks.check(name, step, mine, twin, len(x))
+        check_gradients(checks, step, by_hand, by_torch, y)
         by_hand.step()
         by_torch.step()
         for (name, mine), (_, twin) in zip(by_hand.named_parameters(),
@@ -569,9 +611,33 @@ def test_every_tie_maxpool2d_fails_the_ties_check(kernel_size, stride):
     check_pool_ties(layer, x, grad_output)  # no ties: right
     check_layer_against_autograd(layer, nn_layers.MaxPool2d(kernel_size, stride), x,
                                  grad_output)
-    with pytest.raises(AssertionError, match="dLoss/dx: .* entries differ from torch's, "
-                                             r"\d+ of them at tied maxima"):
+    with pytest.raises(Differs) as error:
         check_pool_ties(layer, tied_input("zeros", x.shape, torch.float32), grad_output)
+    assert error.value.told.startswith("dLoss/dx differs (partial): only entries at tied maxima "
+                                       "of max pooling differ: ")
+    assert error.value.told.endswith("did you send the gradient to every tied maximum?")
+
+
+@pytest.mark.twin
+def test_every_tie_pooling_in_the_cnn_is_told_in_compare_pys_words():
+    """The pooling that feeds every tied maximum, in the manual CNN: the SGD steps' check
+    (test_cnn_sgd_steps_match_torch_impl) fails at step 1 on dLoss/d(hidden.relu.1), the
+    gradient max pooling returns, with the sentence compare.py's tutor gives for the same
+    learners (lockstep.diagnosis), word for word: a gradient, never "the hidden layer's output
+    in the forward pass", and the ties named."""
+    by_hand, by_torch = twin_learners()
+    pool = by_hand.model.layers[2]
+    learners = type("MaxPool2d", (EveryTieMaxPool2d,), {})  # a learner's, named as manual's
+    by_hand.model.layers[2] = learners(pool.kernel_size, pool.stride)
+    with pytest.raises(Differs) as error:
+        check_sgd_steps(by_hand, by_torch)
+    x, y = sgd_batch(1)
+    found = diagnosis.of_gradients(1, [by_hand, by_torch], x, y, TRAINING_MAX_REL_DIFF, False)
+    assert found["tensor"] == "hidden.relu.1.grad" and found["kind"] == "partial"
+    assert error.value.told == found["message"].replace(" differs first (", " differs (", 1)
+    assert error.value.told.startswith("step 1, dLoss/d(hidden.relu.1), the hidden layer's "
+                                       "output gradient")
+    assert error.value.told.endswith("did you send the gradient to every tied maximum?")
 
 
 @pytest.mark.twin

@@ -7,10 +7,13 @@ compare.py --manual: test_compare_exercises.py.
 """
 
 import ast
+import inspect
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import hypothesis
 import pytest
@@ -18,6 +21,7 @@ import torch
 from hypothesis import Phase
 
 import manual
+from lockstep.learner import Learner
 from practice import exercises, loader
 from practice.exercises import EXERCISES, NAMES, ExerciseError
 from practice.grading import Check, Grading
@@ -134,11 +138,30 @@ NARROW = {"one-hot-shifted": [FUNCTIONAL, "-k", "cross_entropy_grad"],
           "own-refusal": [FUNCTIONAL, "-k", "cross_entropy_grad"]}
 
 
+def printed_arguments(folder: Path) -> tuple[Path, list[str]]:
+    """Where to run the grader for folder and its arguments, as python -m practice prints them
+    (exercises.commands): the project's folder, then `python -m pytest ARGS`."""
+    where, command = exercises.commands(folder)[:2]
+    assert where.endswith(f"from the project's folder (cd {ROOT}):"), where
+    words = shlex.split(command.split("    ")[0])
+    assert words[:3] == ["python", "-m", "pytest"], command
+    return ROOT, words[3:]
+
+
+# The grader run as the printed command is not: from outside the project, and with a space
+# between --manual and a folder outside the project (the fresh folder's), each failing alike.
+ELSEWHERE = {"outside-the-project": lambda base, folder: (base, [f"--manual={folder}"]),
+             "a-space-before-a-folder-outside": lambda base, folder: (
+                 ROOT, ["--manual", str(folder)])}
+
+
 class Graded(dict):
-    """Each folder of FOLDERS graded by `python -m pytest --manual=DIR`, by case: (exit status,
-    stdout and stderr, the summary's line of each exercise by name). The gradings run in turn
-    in a process of their own (tests.processes), started at the first lookup (not at the
-    fixture's setup, so that `pytest --setup-only` starts none)."""
+    """Each folder of FOLDERS graded by the command python -m practice prints for it
+    (`python -m pytest --manual=DIR` from the project's folder), by case: (exit status, stdout
+    and stderr, the summary's line of each exercise by name); and the fresh folder graded as
+    ELSEWHERE says. The gradings run in turn in a process of their own (tests.processes),
+    started at the first lookup (not at the fixture's setup, so that `pytest --setup-only`
+    starts none)."""
 
     def __init__(self, base: Path):
         super().__init__()
@@ -151,11 +174,13 @@ class Graded(dict):
             if how is not None:
                 exercises.write(folders[name], names=how[0])
                 how[1](folders[name])
-        runs = [(ROOT, dict(os.environ), [f"--manual={folder}", "-p", "no:cacheprovider",
-                                          *SHOWN_STATISTICS.get(name, []),
-                                          *NARROW.get(name, [])])
-                for name, folder in folders.items()]
-        for name, (status, output) in zip(folders, pytest_in_turn(runs), strict=True):
+        runs = [(*printed_arguments(folder), name) for name, folder in folders.items()]
+        runs += [(*where(self.base, folders["fresh"]), name) for name, where in ELSEWHERE.items()]
+        done = pytest_in_turn([(cwd, dict(os.environ), [*args, "-p", "no:cacheprovider",
+                                                        *SHOWN_STATISTICS.get(name, []),
+                                                        *NARROW.get(name, [])])
+                               for cwd, args, name in runs])
+        for (_, _, name), (status, output) in zip(runs, done, strict=True):
             rows = dict(re.findall(r"^ ?\d+\. (\S+) +(.*)$", output, re.MULTILINE))
             self[name] = status, output, rows
         return self[case]
@@ -218,11 +243,103 @@ def test_the_command_writes_the_folder_and_refuses_to_overwrite_work(tmp_path, c
     assert err.count("\n") == 1 and "already exists and is not empty" in err
 
 
-def test_the_flag_has_an_equals_sign_only_for_a_folder_outside_the_project(tmp_path):
-    """pytest reads "--manual DIR" right only for a DIR inside the project (see manual_flag)."""
+def test_the_flag_has_an_equals_sign_only_for_a_folder_outside_the_project(tmp_path,
+                                                                          monkeypatch):
+    """pytest reads "--manual DIR" right only for a DIR inside the project (see manual_flag);
+    DIR as seen from the project's folder, wherever python -m practice ran."""
+    monkeypatch.chdir(ROOT)
     assert exercises.manual_flag(Path("exercises")) == "--manual exercises"
-    assert exercises.manual_flag(ROOT / "ex") == f"--manual {ROOT / 'ex'}"
+    assert exercises.manual_flag(ROOT / "ex") == "--manual ex"
     assert exercises.manual_flag(tmp_path) == f"--manual={tmp_path}"
+    monkeypatch.chdir(ROOT / "practice")
+    assert exercises.manual_flag(Path("ex")) == f"--manual {Path('practice', 'ex')}"
+    monkeypatch.chdir(tmp_path)
+    assert exercises.manual_flag(Path("ex")) == f"--manual={tmp_path / 'ex'}"
+
+
+def test_the_commands_say_to_run_them_from_the_project_and_name_it(tmp_path, monkeypatch,
+                                                                     capsys):
+    """python -m practice run outside the project (with the project importable): the commands
+    it prints name the project's folder to run them from, and the folder as seen from there.
+    That they work from there, and only from there: the gradings below run them
+    (printed_arguments, ELSEWHERE)."""
+    monkeypatch.chdir(tmp_path)
+    assert exercises.main(["ex"]) == 0
+    out = capsys.readouterr().out
+    assert f"Then, after each function, from the project's folder (cd {ROOT}):\n" in out
+    assert f"  python -m pytest --manual={tmp_path / 'ex'}    the gradient checks" in out
+    assert f"  python compare.py --manual={tmp_path / 'ex'}   the lock step" in out
+
+
+# -- what is not written yet, read from the source (compare.py names the same first) ------------
+
+def test_first_not_written_reads_the_stubs_from_the_source(tmp_path):
+    """The first exercise, in order, whose body is still the stub: softmax in a fresh folder,
+    then the next one as each is written; among: only those a run needs. Its hint edited or
+    gone, a stub is a stub (it raises the same); code before the raise makes it written. A file
+    that does not parse holds no stub (load says what is wrong). Nothing is imported."""
+    folder = tmp_path / "ex"
+    exercises.write(folder)
+    modules = set(sys.modules)
+    assert loader.first_not_written(folder) == "softmax"
+    assert list(loader.stubs(folder)) == NAMES
+    assert loader.first_not_written(folder, among=NAMES[6:]) == "ReLU.backward"
+    solve(folder, "softmax", LEARNER_SOFTMAX)
+    assert loader.first_not_written(folder) == "log_softmax"
+    functional = folder / "functional.py"
+    functional.write_text(functional.read_text().replace(
+        f"# Hint: {exercises.HINTS['log_softmax']}\n", "# my turn next\n"))
+    assert loader.first_not_written(folder) == "log_softmax"
+    functional.write_text(functional.read_text().replace(
+        "    # my turn next\n", "    shifted = logits - logits.amax(dim=-1, keepdim=True)\n"))
+    assert loader.first_not_written(folder) == "cross_entropy"
+    assert set(sys.modules) == modules  # none of the folder's files ran
+    functional.write_text("def f(:\n")
+    assert loader.first_not_written(folder) == "Linear.backward"
+    written = tmp_path / "done"
+    exercises.write(written, names=[])
+    assert loader.first_not_written(written) is None and loader.stubs(written) == {}
+    assert loader.first_not_written(tmp_path / "missing") is None
+
+
+def test_not_written_line_is_the_line_the_stub_gives_when_it_runs(tmp_path):
+    """For each exercise of a fresh folder, not_written_line (from the source) is the very line
+    loader.explained gives for the stub's error when it runs: compare.py can say it before
+    running anything. None for an exercise that is written."""
+    folder = tmp_path / "ex"
+    exercises.write(folder)
+    package = loader.load(folder)
+    for file, name, _ in EXERCISES:
+        function = getattr(*loader.owner_of(package, file, name))
+        parameters = inspect.signature(function).parameters.values()
+        arguments = [None] * sum(parameter.default is inspect.Parameter.empty
+                                 for parameter in parameters)
+        with pytest.raises(NotImplementedError) as error:
+            function(*arguments)
+        assert loader.not_written_line(folder, name) == loader.explained(error.value, folder)
+    solve(folder, "softmax", LEARNER_SOFTMAX)
+    assert loader.not_written_line(folder, "softmax") is None
+
+
+CONFIGURATIONS = [("softmax", False, "sgd"), ("mlp", False, "sgd"), ("mlp", True, "adam"),
+                  ("cnn", False, "adamw")]
+
+
+@pytest.mark.parametrize(("model", "batchnorm", "optimizer"), CONFIGURATIONS)
+def test_needed_lists_the_exercises_a_run_calls(tmp_path, model, batchnorm, optimizer):
+    """exercises.needed (what compare.py looks for with first_not_written) against the calls a
+    training step of compare.py's Learner makes, for the model and optimizer of its flags."""
+    exercises.write(tmp_path / "ex", names=[])
+    calls = set()
+    package = loader.load(tmp_path / "ex", calls=calls)
+    learner = Learner(package, 64, 10, {"lr": 0.01}, hidden=16 if model == "mlp" else None,
+                      batchnorm=batchnorm, optimizer={"sgd": "SGD", "adam": "Adam",
+                                                      "adamw": "AdamW"}[optimizer],
+                      channels=(2, 3) if model == "cnn" else None, dtype=torch.float64)
+    x, y = torch.rand(8, 64, dtype=torch.float64), torch.arange(8) % 10
+    learner.gradients(x, y)
+    learner.step()
+    assert sorted(calls, key=NAMES.index) == exercises.needed(model, batchnorm, optimizer)
 
 
 # -- loading it as the package manual ----------------------------------------------------------
@@ -345,6 +462,32 @@ def test_the_summary_says_what_waits_and_what_no_check_reached():
     assert grading.next_step(True).startswith("Fix the first exercise that fails:")
 
 
+def summary(grading: Grading) -> list[str]:
+    lines = []
+    grading.pytest_terminal_summary(SimpleNamespace(write_line=lines.append))
+    return lines
+
+
+def test_a_run_that_reaches_no_stub_still_names_the_first_not_written(tmp_path, monkeypatch):
+    """A -k run whose one check passed for softmax: log_softmax, whose stub no check reached,
+    is reported not written yet from the source, and "Next:" names it where not_written_line
+    says it is. The twin: without the source's stubs the summary could only say that some
+    exercises had no check."""
+    folder = tmp_path / "ex"
+    exercises.write(folder)
+    solve(folder, "softmax", LEARNER_SOFTMAX)
+    grading = Grading(folder)
+    grading.checks = [Check("t::a", "softmax", {"softmax"}, "passed")]
+    lines = summary(grading)
+    assert lines[-1] == f"Next: log_softmax, in {loader.stubs(folder)['log_softmax']}."
+    assert same_first(lines[-1], loader.not_written_line(folder, "log_softmax"))
+    assert re.search(r"^ 2\. log_softmax +not written yet \(", "\n".join(lines), re.MULTILINE)
+    monkeypatch.setattr(loader, "stubs", lambda folder: {})
+    grading = Grading(folder)
+    grading.checks = [Check("t::a", "softmax", {"softmax"}, "passed")]
+    assert summary(grading)[-1].startswith("Some exercises had no check in this run")
+
+
 # -- graded by the gradient checks: python -m pytest --manual DIR ------------------------------
 
 def test_a_fresh_folder_reports_every_exercise_not_written_yet_and_fails_nothing(graded):
@@ -356,6 +499,44 @@ def test_a_fresh_folder_reports_every_exercise_not_written_yet_and_fails_nothing
                             rows[name]), (number, rows[name])
     assert re.search(r"^Next: softmax, in .*functional\.py line \d+\.$", output, re.MULTILINE)
     assert " failed" not in output and "Traceback" not in output
+
+
+def same_first(next_step: str, line: str) -> bool:
+    """Whether the grader's "Next: NAME, in PLACE." and compare.py's one line for a stub,
+    "NAME is not written yet (PLACE). Hint: ...", name the same exercise at the same place."""
+    grader = re.fullmatch(r"Next: (\S+), in (.+)\.", next_step)
+    lock_step = re.match(rf"(\S+){exercises.NOT_WRITTEN} \((.+?)\)\. Hint: ", line)
+    return bool(grader and lock_step) and grader.groups() == lock_step.groups()
+
+
+def next_step(output: str) -> str:
+    return re.findall(r"^Next: .*$", output, re.MULTILINE)[-1]
+
+
+def test_both_graders_name_the_same_first_exercise(graded):
+    """A fresh folder: the grader's "Next:" is loader.first_not_written's exercise, where
+    not_written_line, compare.py's one line for it, says it is: softmax."""
+    status, output, _ = graded["fresh"]
+    folder = graded.base / "fresh"
+    assert status == 0 and loader.first_not_written(folder) == "softmax"
+    line = loader.not_written_line(folder, "softmax")
+    assert same_first(next_step(output), line), (next_step(output), line)
+    softmax_regression = loader.first_not_written(folder, among=exercises.needed())
+    assert softmax_regression == "softmax"
+
+
+@pytest.mark.twin
+def test_the_first_stub_a_run_reaches_is_another_exercise(graded, tmp_path):
+    """The twin: what compare.py said before, the first stub its run reaches (cross_entropy, for
+    the initial validation loss), is not the exercise the grader names: same_first fails."""
+    _, output, _ = graded["fresh"]
+    folder = graded.base / "fresh"
+    package = loader.load(folder)
+    with pytest.raises(NotImplementedError) as error:
+        package.functional.cross_entropy(torch.randn(4, 3), torch.tensor([0, 2, 1, 0]))
+    line = loader.explained(error.value, folder)
+    assert line.startswith("cross_entropy is not written yet")
+    assert not same_first(next_step(output), line)
 
 
 @pytest.mark.parametrize(("case", "written"), [
@@ -473,3 +654,120 @@ def test_a_bad_folder_gets_one_line_and_exit_2_from_pytest(graded, case, message
     status, output, _ = graded[case]
     assert status == 2
     assert output.count("\n") == 1 and output.startswith("error: ") and message in output
+
+
+# -- the page docs/try_it_yourself.md against what the grader prints ---------------------------
+
+DOC = ROOT / "docs" / "try_it_yourself.md"
+# The grader's output the page shows, by the Graded case that prints it: each block's first line.
+DOC_BLOCKS = {"softmax-and-cross-entropy": "the exercises of exercises/, in the order",
+              "bias-gradient-as-mean": " 4. cross_entropy_grad    ok: "}
+TIME = re.compile(r" in \d+(\.\d+)?s( \(\d+:\d\d:\d\d\))?$")  # pytest's " in 3.94s" ending
+
+
+def doc_block(first: str) -> list[str]:
+    """The lines of the one fenced block of the page that starts with first."""
+    blocks, inside = [], False
+    for line in DOC.read_text().splitlines():
+        if line.startswith("```"):
+            inside = not inside
+            blocks += [[]] if inside else []
+        elif inside:
+            blocks[-1].append(line)
+    found = [block for block in blocks if block and block[0].startswith(first)]
+    assert len(found) == 1, f"{DOC.name}: {len(found)} blocks start with {first!r}"
+    return found[0]
+
+
+def as_on_the_page(output: str, folder: Path) -> list[str]:
+    """A grading's lines as the page shows them: run as `--manual exercises` from the project."""
+    return output.replace(str(folder), "exercises").splitlines()
+
+
+def line_matches(shown: str, printed: str) -> bool:
+    """A line of the page against one the grader printed: the same, but for the time pytest
+    took; a line the page cuts short with "..." is the start of the printed one."""
+    shown, printed = TIME.sub(" in TIME", shown), TIME.sub(" in TIME", printed)
+    if shown.endswith(" ...") and not printed.endswith(" ..."):
+        return printed.startswith(shown[:-3])
+    return shown == printed
+
+
+def not_printed(shown: list[str], printed: list[str]) -> str | None:
+    """None if the page's lines are the grader's: each run of them between lines "..." (which
+    leave out any number of lines) printed one after another, in the page's order. Else the
+    first line of the page that the grader did not print, with what it printed in its place."""
+    runs = [[]]
+    for line in shown:
+        if line.strip() == "...":
+            runs.append([])
+        else:
+            runs[-1].append(line)
+    start = 0
+    for lines in filter(None, runs):
+        at = [index for index in range(start, len(printed))
+              if line_matches(lines[0], printed[index])]
+        for index in at:
+            if len(printed) - index >= len(lines) and all(
+                    map(line_matches, lines, printed[index:index + len(lines)])):
+                start = index + len(lines)
+                break
+        else:
+            if not at:
+                return f"not printed: {lines[0]!r}"
+            wrong = next(offset for offset, line in enumerate(lines)
+                         if at[0] + offset >= len(printed)
+                         or not line_matches(line, printed[at[0] + offset]))
+            instead = printed[at[0] + wrong] if at[0] + wrong < len(printed) else "(the end)"
+            return f"not printed: {lines[wrong]!r}; printed in its place: {instead!r}"
+    return None
+
+
+@pytest.mark.parametrize("case", DOC_BLOCKS)
+def test_the_pages_grader_output_is_the_graders(graded, case):
+    """Each block of grader output on docs/try_it_yourself.md, line for line, counts included,
+    is what the grader prints for that folder (the time aside; lines the page cuts short or
+    leaves out, marked "...", aside)."""
+    _, output, _ = graded[case]
+    printed = as_on_the_page(output, graded.base / case)
+    problem = not_printed(doc_block(DOC_BLOCKS[case]), printed)
+    assert problem is None, f"{DOC.name}, the block for {case}: {problem}"
+
+
+@pytest.mark.twin
+@pytest.mark.parametrize("case", DOC_BLOCKS)
+def test_a_page_with_any_number_changed_is_not_the_graders(graded, case):
+    """The twin: each number of the block (a count, a line, a factor) one more, and the check
+    fails on it; the time pytest took, changed, still matches."""
+    _, output, _ = graded[case]
+    printed = as_on_the_page(output, graded.base / case)
+    shown = doc_block(DOC_BLOCKS[case])
+    changed = 0
+    for index, line in enumerate(shown):
+        timed = TIME.search(line)
+        for number in re.finditer(r"\d+", line):
+            if timed and number.start() >= timed.start():
+                continue
+            wrong = line[:number.start()] + str(int(number.group()) + 1) + line[number.end():]
+            assert not_printed([*shown[:index], wrong, *shown[index + 1:]], printed), wrong
+            changed += 1
+        if timed:
+            slower = TIME.sub(" in 99.99s", line)
+            assert not_printed([*shown[:index], slower, *shown[index + 1:]], printed) is None
+    assert changed >= 5 and any(TIME.search(line) for line in shown)
+
+
+def test_the_page_says_where_the_grader_runs_as_it_does(graded):
+    """The page's catch: from outside the project, or with `--manual DIR` (a space) for a
+    folder outside it, pytest says the error the page quotes, and exits 4; the command python
+    -m practice prints, from the project's folder, grades (every grading here runs it)."""
+    catch = next(paragraph for paragraph in DOC.read_text().split("\n\n")
+                 if paragraph.startswith("One catch:"))
+    quoted = "`error: unrecognized arguments: --manual`"
+    assert quoted in catch and "`--manual=/path/to/it`" in catch
+    assert "from the project's folder" in catch
+    for case in ELSEWHERE:
+        status, output, _ = graded[case]
+        assert status == 4 and quoted.strip("`") in output, (case, output[-500:])
+    status, output, _ = graded["fresh"]
+    assert status == 0 and quoted.strip("`") not in output

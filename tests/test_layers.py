@@ -35,6 +35,7 @@ from tests.helpers import (
     BatchNormWithoutMeanTerm,
     GradientLeakingReLU,
     assert_matches_torch,
+    hidden_gradients,
     one_thread,
 )
 
@@ -348,7 +349,7 @@ def warm_up(manual: MLP, reference: torch_impl.model.MLP, mode: str) -> None:
 
 def check_mlp_against_autograd(manual: MLP, reference: torch_impl.model.MLP, x: torch.Tensor,
                                grad_logits: torch.Tensor) -> None:
-    """Logits, hidden outputs, their gradients (hidden_outputs[i].grad), every parameter's
+    """Logits, hidden outputs, their gradients (named as compare.py names them), every parameter's
     .grad, the buffers and dLoss/dx equal torch_impl's MLP after logits.backward(grad_logits)."""
     reference.zero_grad()
     x_autograd = x.clone().requires_grad_()
@@ -362,9 +363,8 @@ def check_mlp_against_autograd(manual: MLP, reference: torch_impl.model.MLP, x: 
     assert_buffers_match(manual, reference, " after forward")
     grad_x = manual.backward(grad_logits)
     assert_matches_torch("dLoss/dx", grad_x, x_autograd.grad, batch_size=len(x))
-    for i, (ours, theirs) in enumerate(hidden):
-        assert_matches_torch(f"hidden_outputs[{i}].grad", ours.grad, theirs.grad,
-                             batch_size=len(x))
+    for (name, ties), (ours, theirs) in zip(hidden_gradients(reference), hidden, strict=True):
+        assert_matches_torch(name, ours.grad, theirs.grad, batch_size=len(x), ties=ties)
     for (name, param), (_, twin) in zip(manual.named_parameters(), reference.named_parameters(),
                                         strict=True):
         assert_matches_torch(f"{name}.grad", param.grad, twin.grad, batch_size=len(x))
