@@ -33,7 +33,7 @@ MODEL_DEFAULTS = {
     "mlp": {"epochs": 5, "lr_schedule": "cosine", "label_smoothing": 0.0,
             "sgd": {"lr": 0.2, "momentum": 0.9}},
     "cnn": {"epochs": 3, "lr_schedule": "cosine", "label_smoothing": 0.1,
-            "sgd": {"lr": 0.1, "momentum": 0.9}},
+            "sgd": {"lr": 0.05, "momentum": 0.9}},
 }
 
 
