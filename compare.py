@@ -23,6 +23,7 @@ practice/'s; the data is common/data.py's.
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,12 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # piped too, each line as it comes
     args = flags.parse_args(argv, description=__doc__.splitlines()[0])
     made: list[Path] = []  # the folders this run made, for report.discard
+    threads = torch.get_num_threads()
+    if args.model == "softmax" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # as fast when the machine is quiet, not slowed when busy
     try:
         return run(args, made)
     except KeyboardInterrupt:  # what was printed and written stays; an empty folder goes
         report.discard(made)
         print("stopped by Ctrl-C", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run(args: argparse.Namespace, made: list[Path]) -> int:

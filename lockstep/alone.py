@@ -51,7 +51,7 @@ def on_its_own(args: argparse.Namespace, data: Splits, device: str, dtype: torch
               disable=args.quiet or not sys.stderr.isatty()) as progress:
         try:
             for name, learner in zip(("manual", "torch"), learners, strict=True):
-                outcome = alone(learner, name, args, data, steps, progress)
+                outcome = train_alone(learner, name, args, data, steps, progress)
                 if outcome is None:
                     return None
                 result[name] = outcome
@@ -60,8 +60,8 @@ def on_its_own(args: argparse.Namespace, data: Splits, device: str, dtype: torch
     return result
 
 
-def alone(learner, name: str, args: argparse.Namespace, data: Splits, steps: int,
-          progress) -> dict | None:
+def train_alone(learner, name: str, args: argparse.Namespace, data: Splits, steps: int,
+                progress) -> dict | None:
     """One learner's first `steps` steps of epoch 1 on its own gradients: {"val_accuracy":
     a} or {"diverged_at": step}; None where the manual code failed on its own path."""
     epoch = itertools.islice(batches(data.train_x, data.train_y, args.batch_size,
