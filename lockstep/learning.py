@@ -6,7 +6,8 @@ One line after the verdict names what went wrong and the flag to change first:
     UNSTABLE        the training loss of an epoch grew to BLEW_UP times the initial validation
                     loss or more: the steps are far too large
     NOT LEARNING    the validation accuracy of the last epoch is at most NEAR_CHANCE on both sides
-    NOT LEARNING    neither side's validation loss fell below its initial value
+    UNSTABLE        neither side's validation loss fell below its initial value, whatever the
+                    accuracy: a loss that rises while the accuracy looks fine is a warning
 """
 
 from common.data import NUM_CLASSES
@@ -17,27 +18,29 @@ BLEW_UP = 100  # two orders of magnitude above the untrained loss (about ln 10 =
 
 def not_learning(train_loss: dict, val_loss: dict, val_accuracy: dict, initial: list[float],
                  lr: float) -> str | None:
-    """The line that says this run did not learn, or None. Each dict holds a list per learner
-    ("manual", "torch"), one entry per epoch; initial: both initial validation losses."""
+    """The line that says this run did not learn, or did not learn well, or None. Each dict
+    holds a list per learner ("manual", "torch"), one entry per epoch; initial: both initial
+    validation losses."""
     start = max(initial)
     worst = max(max(losses) for losses in train_loss.values())
     last = {name: accuracies[-1] for name, accuracies in val_accuracy.items()}
     shown = f"validation accuracy manual {last['manual']:.2%}, torch {last['torch']:.2%}"
-    worst_case = not worst < BLEW_UP * start  # NaN included
-    if worst_case:
-        why = (f"the training loss grew by orders of magnitude, to {worst:.3g} from {start:.4f} "
-               f"at the start ({shown}): the steps are far too large")
+    if not worst < BLEW_UP * start:  # NaN included
+        tag, why = "UNSTABLE", (f"the training loss grew by orders of magnitude, to {worst:.3g} "
+                                f"from {start:.4f} at the start ({shown}): the steps are far "
+                                "too large")
     elif all(accuracy <= NEAR_CHANCE for accuracy in last.values()):
-        why = f"{shown}: near chance, {1 / NUM_CLASSES:.0%}"
+        tag, why = "NOT LEARNING", f"{shown}: near chance, {1 / NUM_CLASSES:.0%}"
     elif all(losses[-1] >= before for losses, before in zip(val_loss.values(), initial,
                                                             strict=True)):
-        why = (f"the validation loss ended at {min(v[-1] for v in val_loss.values()):.4f}, "
-               f"not below its start, {min(initial):.4f}")
+        tag, why = "UNSTABLE", (f"the validation loss ended at "
+                                f"{min(v[-1] for v in val_loss.values()):.4f}, not below its "
+                                f"start, {min(initial):.4f}, though {shown}: the steps are too "
+                                "large for the loss to settle")
     else:
         return None
-    return (f"{'UNSTABLE' if worst_case else 'NOT LEARNING'}: {why}. The two agree, but agreeing "
-            f"is not learning: lower --lr (now {lr:g}), or leave the training flags to the "
-            "model's defaults (compare.py --help).")
+    return (f"{tag}: {why}. The two agree, but agreeing is not learning: lower --lr (now "
+            f"{lr:g}), or leave the training flags to the model's defaults (compare.py --help).")
 
 
 def alone_did_not_learn(accuracy: float | None) -> bool:
