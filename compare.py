@@ -23,7 +23,6 @@ practice/'s; the data is common/data.py's.
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from common.data import NUM_CLASSES, DataError, Splits, batches, load_splits, resolve_root
-from lockstep import alone, flags, overflow, report
+from lockstep import alone, flags, report, threads
 from lockstep.epoch import Diverged, Mismatch, train_epoch_lockstep
 from lockstep.learner import make_learners
 from practice import exercises, loader
@@ -44,17 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # piped too, each line as it comes
     args = flags.parse_args(argv, description=__doc__.splitlines()[0])
     made: list[Path] = []  # the folders this run made, for report.discard
-    threads = torch.get_num_threads()
-    if args.model == "softmax" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)  # as fast when the machine is quiet, not slowed when busy
     try:
-        return run(args, made)
+        with threads.for_model(args.model):
+            return run(args, made)
     except KeyboardInterrupt:  # what was printed and written stays; an empty folder goes
         report.discard(made)
         print("stopped by Ctrl-C", file=sys.stderr)
         return 130
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(args: argparse.Namespace, made: list[Path]) -> int:
@@ -100,8 +95,7 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
     learners = make_learners(args, device, dtype, steps_per_epoch, package)
     pairs = zip(*(learner.parameters() for learner in learners), strict=True)
     assert all(torch.equal(m, t) for m, t in pairs), "both must start from identical parameters"
-    initial = [learner.package.functional.cross_entropy(learner.logits(data.val_x), data.val_y)
-               for learner in learners]
+    initial = [learner.evaluate(data.val_x, data.val_y)[0] for learner in learners]
     print(f"initial validation loss: manual {initial[0]:.4f}, torch {initial[1]:.4f} "
           f"(an untrained {NUM_CLASSES}-class classifier should give about ln {NUM_CLASSES} = "
           f"{math.log(NUM_CLASSES):.4f})")
@@ -109,7 +103,7 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
     def on_its_own(found) -> dict | None:  # after a mismatch: each learner alone (lockstep.alone)
         return alone.after(found, args, data, device, dtype, steps_per_epoch, package)
 
-    history = report.History(args.independent, [float(loss) for loss in initial])
+    history = report.History(args.independent, initial)
     for epoch in range(1, args.epochs + 1):
         epoch_batches = batches(data.train_x, data.train_y, args.batch_size, args.seed, epoch)
         with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
@@ -137,8 +131,6 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
     seconds = time.perf_counter() - start
     summary = report.summarize(args, device, learners, data, history, seconds,
                                on_its_own(history.diagnosis))
-    summary["unseen"] = overflow.unseen(learners[0].package.functional, dtype, device,
-                                        args.manual or "DIR")
     print(report.final_table(summary))
     for warning in (summary["not_learning"], summary["unseen"]):
         if warning:

@@ -314,7 +314,8 @@ def time_recipe(job: dict) -> dict:
     """The README recipe, trained by one implementation alone or by compare.py."""
     root, device = Path(job["root"]), job["device"]
     argv = [*shlex.split(RECIPE), "--device", device, "--data-root", str(root)]
-    if job["pipeline"] == "recipe compare.py":
+    if job["pipeline"] == "recipe compare.py":  # on as many threads as the other recipe jobs
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
         with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
             start = time.perf_counter()
             status = compare.main([*argv, "--quiet", "--no-plots", "--out", out])

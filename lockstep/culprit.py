@@ -21,7 +21,8 @@ def responsible(learner: Learner, name: str, over: dict[str, bool]) -> str | Non
     gradient, by the same names, went over the limit. None where nothing is known of it."""
     if name == "logits":
         function = learner.package.functional.cross_entropy_grad
-        return f"{qualified(function)} computed it ({where(function)})"
+        return (f"{qualified(function)} computed it ({where(function)}), from softmax's "
+                "probabilities")
     hidden = [hidden for hidden, _ in learner.named_hidden_outputs()]
     layers = getattr(learner.model, "layers", None)
     if name in hidden:
@@ -40,19 +41,17 @@ def responsible(learner: Learner, name: str, over: dict[str, bool]) -> str | Non
 
 def rest(name: str, params: list[str], below: str | None, over: dict[str, bool]) -> str:
     """How the layer's other gradients compare, where `name` is one of its parameters or
-    `below`, its input's: ": its dLoss/dx is wrong where its weight.grad and bias.grad
-    agree", ": its bias.grad differs too; its dLoss/dx agrees", ..."""
+    its input's gradient. Backward's order compares a layer's parameters before its input, so
+    where the input's is the first to differ its parameters' agree: ": its dLoss/dx is wrong
+    where its weight.grad and bias.grad agree"; for a parameter: ": its bias.grad agrees; its
+    dLoss/dx differs too", ..."""
     def grads(names: list[str]) -> str:
         return " and ".join(param.rsplit(".", 1)[-1] + ".grad" for param in names)
 
-    others = [param for param in params if param != name and over.get(param)]
     if name not in params:  # its input's gradient
-        if not params:
-            return ""
-        if not others:
-            return f": its dLoss/dx is wrong where its {grads(params)} agree"
-        return f": its dLoss/dx and its {grads(others)} are wrong"
-    parts = [f"its {grads(others)} differ{'s' if len(others) == 1 else ''} too"] if others else []
+        return f": its dLoss/dx is wrong where its {grads(params)} agree" if params else ""
+    parts = [f"its {grads([param])} {'differs too' if over.get(param) else 'agrees'}"
+             for param in params if param != name]
     if below is not None:
         parts.append("its dLoss/dx differs too" if over.get(below) else "its dLoss/dx agrees")
     return f": {'; '.join(parts)}" if parts else ""

@@ -10,6 +10,8 @@ One line after the verdict names what went wrong and the flag to change first:
                     accuracy: a loss that rises while the accuracy looks fine is a warning
 """
 
+import math
+
 from common.data import NUM_CLASSES
 
 NEAR_CHANCE = 2 / NUM_CLASSES  # 20 %: a guess is right 10 % of the time
@@ -22,7 +24,8 @@ def not_learning(train_loss: dict, val_loss: dict, val_accuracy: dict, initial: 
     holds a list per learner ("manual", "torch"), one entry per epoch; initial: both initial
     validation losses."""
     start = max(initial)
-    worst = max(max(losses) for losses in train_loss.values())
+    losses = [loss for side in train_loss.values() for loss in side]
+    worst = next((loss for loss in losses if math.isnan(loss)), max(losses))  # NaN first
     last = {name: accuracies[-1] for name, accuracies in val_accuracy.items()}
     shown = f"validation accuracy manual {last['manual']:.2%}, torch {last['torch']:.2%}"
     if not worst < BLEW_UP * start:  # NaN included
@@ -31,8 +34,8 @@ def not_learning(train_loss: dict, val_loss: dict, val_accuracy: dict, initial: 
                                 "too large")
     elif all(accuracy <= NEAR_CHANCE for accuracy in last.values()):
         tag, why = "NOT LEARNING", f"{shown}: near chance, {1 / NUM_CLASSES:.0%}"
-    elif all(losses[-1] >= before for losses, before in zip(val_loss.values(), initial,
-                                                            strict=True)):
+    elif all(not side[-1] < before for side, before in zip(val_loss.values(), initial,
+                                                           strict=True)):  # NaN: not below
         tag, why = "UNSTABLE", (f"the validation loss ended at "
                                 f"{min(v[-1] for v in val_loss.values()):.4f}, not below its "
                                 f"start, {min(initial):.4f}, though {shown}: the steps are too "

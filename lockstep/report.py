@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from common.data import Splits
+from lockstep import overflow
 from lockstep.checks import ABS, CLOSE, IDENTICAL, REL
 from lockstep.learning import alone_did_not_learn, not_learning
 from lockstep.limits import (
@@ -128,6 +129,8 @@ def summarize(args: argparse.Namespace, device: str, learners: list, data: Split
     summary["float64_reference"] = history.reference
     summary["resynchronized"] = history.resynchronized
     summary["on_its_own"] = own
+    summary["unseen"] = overflow.unseen(learners[0].package.functional, learners[0].params[0],
+                                        args.manual)
     measured = history.initial_loss and all(history.val_loss.values())
     summary["not_learning"] = not_learning(
         history.train_loss, history.val_loss, history.val_accuracy, history.initial_loss,
@@ -336,14 +339,11 @@ def new_folder(runs: Path) -> Path:
 def prepare_folder(out: Path, overwrite: bool = False) -> list[Path]:
     """Create `out` and prove it is writable, before any training time is spent. Returns the
     folders it made, `out` last (for discard). A folder that holds a run (its report.json) is
-    refused, unless overwrite: then that run's files are removed first."""
+    refused, unless overwrite (write then replaces that run's files)."""
     made = [folder for folder in (out, *out.parents) if not folder.exists()][::-1]
-    if (out / "report.json").exists():
-        if not overwrite:
-            raise OSError(f"--out {out} holds an earlier run (its report.json): choose another "
-                          "folder, or add --overwrite to replace it")
-        for name in WRITTEN:
-            (out / name).unlink(missing_ok=True)
+    if (out / "report.json").exists() and not overwrite:
+        raise OSError(f"--out {out} holds an earlier run (its report.json): choose another "
+                      "folder, or add --overwrite to replace it")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -363,4 +363,8 @@ def discard(made: list[Path]) -> None:
 
 
 def write(out: Path, summary: dict) -> None:
+    """report.json, in place of an earlier run's files (--overwrite): they stay until now, so
+    that a run that stops before its report leaves the earlier one whole."""
+    for name in WRITTEN:
+        (out / name).unlink(missing_ok=True)
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")

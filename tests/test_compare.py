@@ -203,7 +203,7 @@ def test_help_shows_every_default():
 
 def test_each_model_trains_with_its_own_defaults():
     """The flags not given come from the model (flags.MODEL_DEFAULTS): softmax regression's
-    lr 0.5 without momentum, the CNN's lr 0.1 with momentum 0.9, a cosine schedule and label
+    lr 0.5 without momentum, the CNN's lr 0.05 with momentum 0.9, a cosine schedule and label
     smoothing; SGD's options only with --optimizer sgd; what is given wins."""
     softmax, cnn = flags.parse_args([]), flags.parse_args(["--model", "cnn"])
     assert (softmax.lr, softmax.momentum, softmax.lr_schedule, softmax.epochs) == (

@@ -12,17 +12,20 @@ import torch
 
 import compare
 import manual
-from lockstep import alone, learning, overflow, report
+from lockstep import alone, culprit, learning, overflow, report
 from tests.processes import ROOT
 from tests.test_compare import QUICK, run
+
+
+def interrupted(*args, **kwargs):
+    """A stand-in for any step of a run: Ctrl-C pressed while it ran."""
+    raise KeyboardInterrupt
 
 
 def test_ctrl_c_says_one_line_exits_130_and_leaves_no_empty_folder(capsys, mnist_root,
                                                                    tmp_path, monkeypatch):
     """A KeyboardInterrupt during training: "stopped by Ctrl-C", exit status 130, and the
     folder the run made is gone; the twin: a folder that was there before stays."""
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
     monkeypatch.setattr(compare, "train_epoch_lockstep", interrupted)
     out = tmp_path / "new" / "run"
     status = compare.main(["--data-root", str(mnist_root), "--out", str(out), *QUICK])
@@ -131,9 +134,6 @@ def test_ctrl_c_cuts_the_on_its_own_run_short_and_keeps_the_rest(capsys, mnist_r
     which trains on): it says it was cut short, the report is written, and the run ends as a
     mismatch (exit 1). (--manual's order, the diagnosis first: test_compare_exercises.)"""
     monkeypatch.setattr(manual.layers.Linear, "backward", halved(manual.layers.Linear.backward))
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
     monkeypatch.setattr(alone, "train_step", interrupted)
     status, out, _, found = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots")
     assert status == 1 and "\nNow training each learner afresh" in out
@@ -150,16 +150,20 @@ def halved(backward):
     return wrong
 
 
-def test_a_softmax_without_its_max_is_named_with_the_check_that_catches_it(monkeypatch):
+def test_a_softmax_without_its_max_is_named_with_the_check_that_catches_it(monkeypatch,
+                                                                             tmp_path):
     """exp(z) / sum exp(z) on logits of 1e4: inf / inf; the line names softmax and the
     grader's check; the twin: manual's own functions get no line."""
     def unshifted(logits):
         return logits.exp() / logits.exp().sum(dim=-1, keepdim=True)
-    assert overflow.unseen(manual.functional, torch.float32, "cpu") is None
+    like = torch.zeros(1)
+    assert overflow.unseen(manual.functional, like) is None
     monkeypatch.setattr(manual.functional, "softmax", unshifted)
-    line = overflow.unseen(manual.functional, torch.float32, "cpu", "exercises")
+    line = overflow.unseen(manual.functional, like, ROOT / "exercises")
     assert line.startswith("UNSEEN: your softmax gives NaN or inf") and "88.7" in line
-    assert overflow.CHECK.split("::")[1] in line and "--manual exercises" in line
+    assert overflow.CHECK.split("::")[1] in line and "--manual exercises, from the proj" in line
+    outside = overflow.unseen(manual.functional, like, tmp_path / "ex")  # pytest needs "="
+    assert f"--manual={tmp_path / 'ex'}, from the project's folder" in outside
     test_file, test = overflow.CHECK.split("::")
     assert f"def {test}(" in (ROOT / test_file).read_text()  # the check named exists
 
@@ -180,3 +184,44 @@ def test_softmax_regression_runs_on_one_thread_unless_told(monkeypatch, model, t
         assert seen == [threads or 2, 2] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_nan_loss_anywhere_is_unstable():
+    """A NaN training loss, first or last, and a NaN validation loss: never a quiet None."""
+    for losses in ([0.5, float("nan")], [float("nan"), 0.5]):
+        numbers = history(0.9, 0.3, 0.4) | {"train_loss": {"manual": losses, "torch": losses}}
+        assert learning.not_learning(**numbers).startswith("UNSTABLE")
+    assert learning.not_learning(**history(0.9, float("nan"), 0.4)).startswith("UNSTABLE")
+
+
+W, B, DX = "layers.3.weight", "layers.3.bias", "hidden.maxpool2d.2"
+
+
+@pytest.mark.parametrize(("name", "params", "below", "over", "said"), [
+    (DX, [W, B], DX, {DX: True}, ": its dLoss/dx is wrong where its weight.grad and bias.grad "
+                                 "agree"),
+    (DX, [], DX, {DX: True}, ""),  # a layer without parameters (ReLU, MaxPool2d)
+    (W, [W, B], DX, {W: True, B: True, DX: True}, ": its bias.grad differs too; its dLoss/dx "
+                                                  "differs too"),
+    (W, [W, B], DX, {W: True}, ": its bias.grad agrees; its dLoss/dx agrees"),  # the twin
+    ("weight", ["weight", "bias"], None, {"weight": True}, ": its bias.grad agrees"),  # softmax
+])
+def test_the_culprit_says_how_the_layers_other_gradients_compare(name, params, below, over,
+                                                                  said):
+    assert culprit.rest(name, params, below, over) == said
+
+
+def test_overwrite_replaces_every_file_a_run_writes_and_only_when_it_writes(capsys, mnist_root,
+                                                                           tmp_path, monkeypatch):
+    """Every file a run writes is in report.WRITTEN, so --overwrite leaves no stale plot of an
+    earlier run; and those files stay until the new report is written: a run stopped before it
+    (Ctrl-C during training) leaves the earlier run whole."""
+    status, _, _, _ = run(capsys, mnist_root, tmp_path, *QUICK)
+    written = {path.name for path in (tmp_path / "run").iterdir()}
+    assert status == 0 and "curves.png" in written and written <= set(report.WRITTEN)
+    with monkeypatch.context() as patched:
+        patched.setattr(compare, "train_epoch_lockstep", interrupted)
+        status, _, _, _ = run(capsys, mnist_root, tmp_path, *QUICK)
+    assert status == 130 and {path.name for path in (tmp_path / "run").iterdir()} == written
+    status, _, _, _ = run(capsys, mnist_root, tmp_path, *QUICK, "--no-plots")
+    assert status == 0 and [path.name for path in (tmp_path / "run").iterdir()] == ["report.json"]

@@ -232,7 +232,7 @@ def test_the_function_to_fix_is_named_with_its_file_and_line(capsys, mnist_root,
     _, _, _, report = run_manual(capsys, mnist_root, tmp_path, path, *MLP)
     assert report["diagnosis"]["tensor"] == "layers.2.weight.grad"
     assert re.search(r"differs first \(other\): layers\.2 \(Linear\)\.backward set it \(\S+ "
-                     r"line \d+\): its dLoss/dx agrees; no simple pattern",
+                     r"line \d+\): its bias\.grad agrees; its dLoss/dx agrees; no simple pattern",
                      report["diagnosis"]["message"])
 
 
@@ -371,7 +371,8 @@ def test_an_error_a_learners_code_causes_elsewhere_gets_one_line(capsys, mnist_r
     path = written_as(tmp_path, "cross_entropy", "    return 'a loss'\n")
     status, _, err, _ = run_manual(capsys, mnist_root, tmp_path, path)
     assert status == 1 and err.count("\n") == 1 and "Traceback" not in err
-    assert re.fullmatch(rf"error: compare\.py line \d+, in train_and_compare: ValueError: .+ "
+    assert re.fullmatch(rf"error: lockstep/learner\.py line \d+, in Learner\.evaluate: "
+                        rf"ValueError: .+ "
                         rf"\(with {re.escape(str(path))} as manual\)\n", err)
 
 
