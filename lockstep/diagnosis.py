@@ -36,7 +36,7 @@ import torch
 from lockstep.checks import REL
 from lockstep.culprit import responsible
 from lockstep.kinds import agrees, axes_of, classify, distance, make, tensor_key
-from lockstep.learner import Learner
+from lockstep.learner import Learner, hidden_names
 from lockstep.reference import float64_references, rounding_sentence
 from lockstep.replay import of_update
 from lockstep.ties import tied_maxima
@@ -55,7 +55,7 @@ def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.T
     for (_, a), (name, b) in [] if independent else forward:  # --independent: they drift
         if a.shape != b.shape or not agrees(a, b, limit):
             kind, factor, sentence = classify(a, b, limit, len(x), axes_of(name),
-                                              layout=around(learners[1], name).get("layout"))
+                                              layout=around(learners[1].model, name).get("layout"))
             return make(step, name, kind, sentence, factor)
     pairs = list(zip(*(learner.named_loss() + learner.named_gradients()
                        for learner in learners), strict=True))
@@ -72,7 +72,7 @@ def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.T
     kind, factor, sentence = classify(a, b, limit, len(x), axes_of(name),
                                       rounding if a.dtype == torch.float32 else None,
                                       targets=y if name == "logits" else None,
-                                      ties=around(learners[1], name).get("ties"))
+                                      ties=around(learners[1].model, name).get("ties"))
     culprit = kind == "other" and responsible(learners[0], name, {
         named: went for ((named, _), _), went in zip(pairs, over, strict=True)})
     if culprit:  # no simpler pattern: the function to look at, at least
@@ -80,18 +80,18 @@ def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.T
     return make(step, tensor_key("loss" if index == 0 else "grad", name), kind, sentence, factor)
 
 
-def around(learner: Learner, name: str) -> dict:
-    """What the tutor knows of the layers next to hidden output `name`, from torch's side:
-    {"ties": the tied maxima of a max pooling it is the input of}, {"layout": (C, H, W) of the
-    image a Flatten made it from}, or {}."""
-    names = [hidden for hidden, _ in learner.named_hidden_outputs()]
+def around(model, name: str) -> dict:
+    """What the tutor knows of the layers next to hidden output `name` of `model` (torch's,
+    after its forward): {"ties": the tied maxima of a max pooling it is the input of},
+    {"layout": (C, H, W) of the image a Flatten made it from}, or {}."""
+    names = hidden_names(model)
     if name not in names:
         return {}
-    index, outputs = names.index(name), learner.model.hidden_outputs
-    above = learner.model.layers[index + 1]
+    index, outputs = names.index(name), model.hidden_outputs
+    above = model.layers[index + 1]
     if type(above).__name__ == "MaxPool2d":
         return {"ties": tied_maxima(outputs[index].detach(), above.kernel_size, above.stride)}
-    if type(learner.model.layers[index]).__name__ == "Flatten" and index:
+    if type(model.layers[index]).__name__ == "Flatten" and index:
         return {"layout": tuple(outputs[index - 1].shape[1:])}
     return {}
 

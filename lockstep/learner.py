@@ -100,12 +100,9 @@ class Learner:
         """Each hidden layer's output of the last forward, by its layer: "hidden.linear",
         "hidden.batchnorm1d", "hidden.relu" (none for softmax regression). Where a kind of
         layer comes more than once, as in the CNN, every name ends in its layer's index
-        (layers.3 -> "hidden.conv2d.3")."""
+        (layers.3 -> "hidden.conv2d.3"): hidden_names."""
         outputs = getattr(self.model, "hidden_outputs", [])  # the last layer's is the logits
-        kinds = [type(layer).__name__.lower() for layer in getattr(self.model, "layers", [])[:-1]]
-        indexed = len(set(kinds)) < len(kinds)
-        return [(f"hidden.{kind}" + (f".{index}" if indexed else ""), output)
-                for index, (kind, output) in enumerate(zip(kinds, outputs, strict=True))]
+        return list(zip(hidden_names(self.model), outputs, strict=True))
 
     def named_buffers(self) -> list[tuple[str, torch.Tensor]]:
         """The floating-point buffers (BatchNorm1d's running_mean, running_var), by name."""
@@ -231,6 +228,16 @@ class Learner:
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Share of the N examples classified correctly, in [0, 1]."""
         return (self.predict(x) == y).double().mean().item()
+
+
+def hidden_names(model) -> list[str]:
+    """The names of a model's hidden outputs, one per layer but the last, by its layer:
+    "hidden.linear", "hidden.relu", ...; each ends in its layer's index where a kind of layer
+    comes more than once ("hidden.conv2d.3"). None for softmax regression (no layers)."""
+    kinds = [type(layer).__name__.lower() for layer in getattr(model, "layers", [])[:-1]]
+    indexed = len(set(kinds)) < len(kinds)
+    return [f"hidden.{kind}" + (f".{index}" if indexed else "")
+            for index, kind in enumerate(kinds)]
 
 
 def hidden_kind(name: str) -> str | None:

@@ -492,7 +492,7 @@ def check_gradients(checks: WorstAgreement, step: int, by_hand: Learner, by_torc
             "hidden.flatten.6"} <= {name for name, _ in ours}
     for (name, mine), (_, twin) in zip(ours, theirs, strict=True):
         checks.check(tensor_key("grad", name), step, mine, twin, len(y),
-                     y if name == "logits" else None, around(by_torch, name).get("ties"))
+                     y if name == "logits" else None, around(by_torch.model, name).get("ties"))
 
 
 def check_sgd_steps(by_hand: Learner, by_torch: Learner) -> None:
