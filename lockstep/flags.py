@@ -115,6 +115,12 @@ def make_parser(description: str | None = None) -> ArgumentParser:
                              "(default: the model's, below)")
     parser.add_argument("--label-smoothing", type=finite,
                         help="in [0, 1) (default: the model's, below)")
+    parser.add_argument("--engine", action="store_true",
+                        help="compute manual's gradients through its engine (manual/autograd.py): "
+                             "forward records torch's graph, backward walks it")
+    parser.add_argument("--graph", action="store_true",
+                        help="print manual's graph and torch's side by side at step 1, node by "
+                             "node, with a verdict, and stop")
     parser.add_argument("--independent", action="store_true",
                         help="never copy torch's state or gradients into the manual learner: "
                              "each follows its own trajectory (an MLP's drift apart in float32)")

@@ -31,7 +31,7 @@ class Learner:
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  anneal_steps: int | None = None, hidden: int | None = None,
                  batchnorm: bool = False, optimizer: str = "SGD",
-                 channels: tuple[int, ...] | None = None):
+                 channels: tuple[int, ...] | None = None, engine: bool = False):
         """optimizer: the name of the package's optimizer class ("SGD", "Adam", "AdamW"),
         built with optimizer_options.
         anneal_steps: cosine-anneal the learning rate to 0 over that many optimizer
@@ -40,13 +40,16 @@ class Learner:
         if batchnorm).
         channels: None, or a CNN with these channels, on square images of in_features
         pixels, one channel: each flat row of x becomes an image (1, H, W) before the model
-        sees it (as_input)."""
+        sees it (as_input).
+        engine: compute the gradients through the package's engine
+        (train.forward_backward_engine: the recorded graph, walked by autograd.backward), not
+        the model's own backward."""
         self.name = package.__name__
         self.package = package
         self.settings = dict(in_features=in_features, num_classes=num_classes,  # for twin()
                              optimizer_options=optimizer_options, label_smoothing=label_smoothing,
                              device=device, hidden=hidden, batchnorm=batchnorm, optimizer=optimizer,
-                             channels=channels)
+                             channels=channels, engine=engine)
         kinds = dict(device=device, dtype=dtype)
         self.image_shape = None  # (1, H, W) for the CNN: what a flat row of x becomes
         if channels is not None:
@@ -65,6 +68,8 @@ class Learner:
         self.scheduler = (None if anneal_steps is None else
                           package.lr_scheduler.CosineAnnealingLR(self.optimizer, anneal_steps))
         self.label_smoothing = label_smoothing
+        self.forward_backward = (package.train.forward_backward_engine if engine else
+                                 package.train.forward_backward)
         self.params = list(self.model.parameters())  # updated in place: the same tensors always
         self.loss = self.last_logits = None  # of the last gradients(), with dLoss/dlogits in .grad
 
@@ -147,7 +152,7 @@ class Learner:
         The loss and the logits (with dLoss/dlogits in .grad) stay in self.loss and
         self.last_logits until the next call."""
         self.optimizer.zero_grad()
-        self.loss, self.last_logits = self.package.train.forward_backward(
+        self.loss, self.last_logits = self.forward_backward(
             self.model, self.as_input(x), y, self.label_smoothing)
         return self.loss
 
@@ -282,5 +287,5 @@ def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
         learners.append(Learner(package, NUM_PIXELS, NUM_CLASSES, options,
                                 args.label_smoothing, device, dtype, anneal_steps,
                                 args.hidden, args.batchnorm, OPTIMIZERS[args.optimizer],
-                                args.channels))
+                                args.channels, getattr(args, "engine", False)))
     return learners

@@ -129,7 +129,7 @@ class BatchNorm1d:
         self.running_var = torch.ones(num_features, device=device, dtype=dtype)
         self.num_batches_tracked = torch.tensor(0, device=device)
         self.training = True
-        self.x_hat = self.inv_std = None  # saved by forward for backward
+        self.mean = self.x_hat = self.inv_std = None  # saved by forward for backward
         self.batch_statistics = True  # did the last forward normalize with the batch's own?
 
     def train(self, mode: bool = True) -> "BatchNorm1d":
@@ -155,7 +155,9 @@ class BatchNorm1d:
             self.running_var.lerp_(var * (n / (n - 1)), self.momentum)  # unbiased
             self.num_batches_tracked += 1
         else:
-            centered, var = x - self.running_mean, self.running_var
+            mean, var = self.running_mean, self.running_var
+            centered = x - mean
+        self.mean = mean
         self.inv_std = (var + self.eps).rsqrt()
         self.x_hat = centered * self.inv_std
         return torch.addcmul(self.bias, self.x_hat, self.weight)  # beta + x_hat gamma in one call

@@ -1,0 +1,19 @@
+"""The engine loss.backward() runs: torch.autograd itself.
+
+Twin of manual/autograd.py, which writes it out. Forward through torch's operations records
+a graph: every tensor made by an operation on a tensor that requires grad has a grad_fn,
+its node ("AddmmBackward0"), with next_functions (the edges to its inputs' nodes, or to an
+AccumulateGrad for a leaf), the tensors it saved (grad_fn._saved_mat1, ...) and a sequence
+number (grad_fn._sequence_nr()). loss.backward() runs the ready node with the largest
+sequence number first, adds the gradients at fan-out, adds into each leaf's .grad, and frees
+the saved tensors unless retain_graph=True.
+"""
+
+import torch
+from torch.autograd import backward
+
+Variable = torch.Tensor  # torch 0.4 merged Variable into Tensor: every tensor can record
+no_grad = torch.no_grad
+is_grad_enabled = torch.is_grad_enabled
+
+__all__ = ["Variable", "backward", "is_grad_enabled", "no_grad"]
