@@ -14,6 +14,8 @@ exits 0 on MATCH, 1 on MISMATCH or a diverging run, 2 on bad usage or bad data, 
     python compare.py --dtype float64      # gradients must agree to 1e-10
     python compare.py --model mlp --batchnorm --lr 0.1    # a hidden layer, normalized
     python compare.py --model mlp --optimizer adam --lr 1e-3   # Adam, its state compared too
+    python compare.py --model mlp --engine # manual's gradients through its engine, by hand
+    python compare.py --model mlp --graph  # step 1's graph, manual's beside torch's
     python compare.py --manual exercises   # your own code (python -m practice) as manual
 
 This file only conducts: the flags, one epoch of the lock step, the checks, the tutor, the
@@ -32,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from common.data import NUM_CLASSES, DataError, Splits, batches, load_splits, resolve_root
-from lockstep import alone, flags, report, threads
+from lockstep import alone, flags, graph, limits, report, threads
 from lockstep.epoch import Diverged, Mismatch, train_epoch_lockstep
 from lockstep.learner import make_learners
 from practice import exercises, loader
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace, made: list[Path]) -> int:
     try:
         package = loader.load(args.manual) if args.manual else None  # None: manual/
         first = args.manual and loader.first_not_written(  # the grader's "Next:" too
-            args.manual, exercises.needed(args.model, args.batchnorm, args.optimizer))
+            args.manual, exercises.needed(args.model, args.batchnorm, args.optimizer,
+                                          args.engine or args.graph))
         if first:
             print(loader.not_written_line(args.manual, first), file=sys.stderr)
             return 1
@@ -71,6 +74,8 @@ def run(args: argparse.Namespace, made: list[Path]) -> int:
         problem = flags.data_problem(args, len(data.train_x))
         if problem:
             raise DataError(problem)
+        if args.graph:  # step 1's two graphs and their verdict: no run, no folder
+            return graph_of_step_one(args, package, data, device, dtype)
         made += report.prepare_folder(out, args.overwrite)  # last: no folder if it cannot start
     except (ExerciseError, DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -84,6 +89,18 @@ def run(args: argparse.Namespace, made: list[Path]) -> int:
         print(line if loader.unfinished(error) else f"error: {line}", file=sys.stderr)
         report.discard(made)  # nothing was written into it
         return 1
+
+
+def graph_of_step_one(args: argparse.Namespace, package: ModuleType | None, data: Splits,
+                      device: str, dtype: torch.dtype) -> int:
+    """Print both graphs of step 1 side by side, and their verdict (lockstep.graph). The exit
+    status: 0 on GRAPH MATCH, 1 on GRAPH MISMATCH."""
+    learners = make_learners(args, device, dtype, math.ceil(len(data.train_x) / args.batch_size),
+                             package)
+    x, y = next(batches(data.train_x, data.train_y, args.batch_size, args.seed, 1))
+    match, lines = graph.report(learners, x, y, limits.limit(dtype))
+    print("\n".join(lines))
+    return 0 if match else 1
 
 
 def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data: Splits,

@@ -38,10 +38,11 @@ def holding(layer_class, **saved):
     return layer
 
 
-def holder(grad: torch.Tensor, keep: bool = True) -> torch.Tensor | None:
-    """A tensor for a stand-in's bias to carry .grad, one entry per output feature or
-    channel (grad's dim 1): the node saved no bias, for its gradient needs none."""
-    return grad.new_empty(grad.shape[1]) if keep else None
+def holder(grad: torch.Tensor, *shape: int) -> torch.Tensor:
+    """A tensor for a stand-in's parameter to carry .grad, where the node saved none: the
+    bias (its gradient needs none), or the weight torch leaves unsaved when x needs no
+    gradient (dLoss/dx = g W is the only use of W)."""
+    return grad.new_empty(shape)  # grad's dtype and device
 
 
 def forward(model, x: Variable) -> tuple[Variable, list[Variable]]:
@@ -83,24 +84,28 @@ def addmm(bias: Variable, mat1: Variable, mat2: Variable) -> Variable:
     """AddmmBackward0, saves mat1 and mat2: b + mat1 @ mat2, with mat1 = x, mat2 = W^T.
     Its formula is Linear.backward's on x and W = mat2^T: (sum_n g_n, g W, (g^T x)^T)."""
     output = torch.addmm(bias.data, mat1.data, mat2.data)
-    saved = {"alpha": 1, "beta": 1, "mat1": mat1, "mat2": mat2}
+    saved = {"alpha": 1, "beta": 1, "mat1": mat1 if mat2.requires_grad else None,
+             "mat2": mat2 if mat1.requires_grad else None}  # torch saves what the grads need
     return record("AddmmBackward0", addmm_backward, output, [bias, mat1, mat2], saved)
 
 
 def addmm_backward(grad, needs, alpha, beta, mat1, mat2):
-    layer = holding(Linear, input=mat1, weight=mat2.T, bias=holder(grad))
+    weight = holder(grad, grad.shape[1], mat1.shape[1]) if mat2 is None else mat2.T
+    layer = holding(Linear, input=mat1, weight=weight, bias=holder(grad, grad.shape[1]))
     grad_input = layer.backward(grad, needs[1])
     return layer.bias.grad, grad_input, layer.weight.grad.T
 
 
 def mm(mat1: Variable, mat2: Variable) -> Variable:
     """MmBackward0, saves self and mat2: mat1 @ mat2; Linear.backward without a bias."""
-    saved = {"mat2": mat2, "self": mat1}
+    saved = {"mat2": mat2 if mat1.requires_grad else None,
+             "self": mat1 if mat2.requires_grad else None}
     return record("MmBackward0", mm_backward, mat1.data @ mat2.data, [mat1, mat2], saved)
 
 
 def mm_backward(grad, needs, mat2, self):
-    layer = holding(Linear, input=self, weight=mat2.T, bias=None)
+    weight = holder(grad, grad.shape[1], self.shape[1]) if mat2 is None else mat2.T
+    layer = holding(Linear, input=self, weight=weight, bias=None)
     grad_input = layer.backward(grad, needs[0])
     return grad_input, layer.weight.grad.T
 
@@ -128,8 +133,9 @@ def batch_norm(layer: BatchNorm1d, x: Variable) -> Variable:
 
 def batch_norm_backward(grad, needs, eps, input, result1, result2, running_mean, running_var,
                         training, weight):
-    layer = holding(BatchNorm1d, weight=weight.detach(), bias=holder(grad), inv_std=result2,
-                    x_hat=(input - result1) * result2, batch_statistics=training)
+    layer = holding(BatchNorm1d, weight=weight.detach(), bias=holder(grad, grad.shape[1]),
+                    inv_std=result2, x_hat=(input - result1) * result2,
+                    batch_statistics=training)
     grad_input = layer.backward(grad)
     return grad_input, layer.weight.grad, layer.bias.grad
 
@@ -148,7 +154,7 @@ def conv2d(layer: Conv2d, x: Variable) -> Variable:
 def convolution_backward(grad, needs, bias_sym_sizes_opt, dilation, groups, input,
                          output_padding, padding, stride, transposed, weight):
     layer = holding(Conv2d, input=input, weight=weight.detach(), stride=tuple(stride),
-                    bias=holder(grad, bias_sym_sizes_opt is not None),
+                    bias=bias_sym_sizes_opt and holder(grad, *bias_sym_sizes_opt),
                     padding=tuple(padding), kernel_size=tuple(weight.shape[2:]))
     grad_input = layer.backward(grad, needs[0])
     return grad_input, layer.weight.grad, None if layer.bias is None else layer.bias.grad
@@ -263,9 +269,10 @@ def masked_fill_(x: Variable, mask: torch.Tensor, value: float) -> Variable:
 
 
 def div(x: Variable, other: torch.Tensor) -> Variable:
-    """DivBackward0, saves self and other: x / other, other a count; dLoss/dx = g / other."""
+    """DivBackward0, saves other (and self, only for other's gradient, not needed for a
+    count): x / other; dLoss/dx = g / other."""
     return record("DivBackward0", lambda grad, needs, other, self: (grad / other, None),
-                  x.data / other, [x, Variable(other)], {"other": other, "self": x})
+                  x.data / other, [x, Variable(other)], {"other": other, "self": None})
 
 
 def mul(x: Variable, other: float) -> Variable:
@@ -278,3 +285,8 @@ def add(x: Variable, other: Variable) -> Variable:
     """AddBackward0, saves alpha (1): x + other, so both get g, unchanged."""
     return record("AddBackward0", lambda grad, needs, alpha: (grad, grad), x.data + other.data,
                   [x, other], {"alpha": 1})
+
+# The layer whose backward each layer node runs: its formula, for the tutor to point at.
+LAYER_BACKWARD = {"AddmmBackward0": Linear, "MmBackward0": Linear, "ReluBackward0": ReLU,
+                  "NativeBatchNormBackward0": BatchNorm1d, "ConvolutionBackward0": Conv2d,
+                  "MaxPool2DWithIndicesBackward0": MaxPool2d, "ViewBackward0": Flatten}

@@ -12,8 +12,14 @@ the saved tensors unless retain_graph=True.
 import torch
 from torch.autograd import backward
 
-Variable = torch.Tensor  # torch 0.4 merged Variable into Tensor: every tensor can record
 no_grad = torch.no_grad
 is_grad_enabled = torch.is_grad_enabled
+
+
+def Variable(data: torch.Tensor, requires_grad: bool = False) -> torch.Tensor:
+    """torch 0.4 merged Variable into Tensor: a tensor is its own Variable. data, as a new
+    leaf that requires grad if asked."""
+    return data.detach().requires_grad_(requires_grad)
+
 
 __all__ = ["Variable", "backward", "is_grad_enabled", "no_grad"]

@@ -1,0 +1,354 @@
+"""The graph loss.backward() walks, manual's held against torch's node by node (--graph), and
+the tutor's question at node granularity: which node's backward is wrong when it is fed
+torch's own gradient?
+
+Both learners record their forward on the same batch from the same parameters: manual's
+through its engine (manual/functions.py), torch's by autograd. Walked from the loss along
+next_functions, the two graphs are paired node by node and held against each other:
+    nodes         the same name (torch's: "AddmmBackward0", "AccumulateGrad")
+    edges         the same next_functions, input index included, to paired nodes
+    saved         every tensor torch's node saved (grad_fn._saved_*), torch.equal to
+                  manual's, or within the limit where it comes from a kernel of torch's own
+                  (KERNELS), or from one upstream (then that node is named)
+    order         the order the nodes run in, seen by a prehook on every node of both
+    per node      torch's incoming gradient, caught by a prehook, is fed to the manual node;
+                  each gradient it returns is held against torch's, caught by a hook:
+                  bit-identical where the two formulas are the same operations, else within
+                  the limit, for the reason KERNELS states
+"""
+
+import itertools
+import textwrap
+from dataclasses import dataclass, field
+
+import torch
+
+from lockstep.kinds import distance
+from lockstep.learner import Learner
+
+# Nodes whose torch kernel computes its own way what manual's formula computes: why they
+# agree to rounding only.
+KERNELS = {
+    "LogSoftmaxBackward0": "torch's log_softmax kernel sums the exponentials in its own "
+                           "(vectorized) order, in forward and in backward",
+    "NativeBatchNormBackward0": "torch's batch-norm kernel computes the batch mean, 1 / std and "
+                                "backward's two sums over the batch in its own order",
+    "ConvolutionBackward0": "torch's convolution backward sums the products for weight.grad "
+                            "and bias.grad in its own order; manual's is a convolution of x "
+                            "with g",
+}
+HEADER = """\
+Step 1: the graph loss.backward() walks, manual's (manual/functions.py) beside torch's
+(loss.grad_fn), a row per node in the order torch's backward ran them. -> the rows its
+edges lead to (- None: no gradient needed). saved: the tensors it saved, = torch.equal to
+torch's, ~ within rounding. fed torch's: each gradient the manual node returns when fed
+the gradient torch's node received, = bit-identical, ~ within rounding, - none."""
+# What each input of a node is, for the tutor: (self, mat1, mat2) of addmm are the bias, the
+# layer's input and its weight, transposed.
+INPUTS = {"AddmmBackward0": ("bias", "input", "weight"), "MmBackward0": ("input", "weight"),
+          "NativeBatchNormBackward0": ("input", "weight", "bias"),
+          "ConvolutionBackward0": ("input", "weight", "bias")}
+
+
+@dataclass
+class Pair:
+    """One node of each graph, paired: depth in the walk, layer, and what was found."""
+
+    manual: object
+    torch: object
+    depth: int
+    layer: str = ""
+    problems: list[str] = field(default_factory=list)
+    saved: dict[str, str] = field(default_factory=dict)  # name -> "=", "~" or "X"
+    grads: list[float | None] = field(default_factory=list)  # per edge: 0.0 is bit-identical
+    reason: str = ""  # why the "~" ones are within rounding only
+
+
+def name(node) -> str:
+    """torch's name of a node, without its C++ namespace: "AccumulateGrad"."""
+    return "None" if node is None else node.name().rpartition("::")[2]
+
+
+def record(learner: Learner, x: torch.Tensor, y: torch.Tensor):
+    """(the loss, {node: layer name}) of learner's forward on (x, y), recorded by its
+    package's engine: manual/functions.py, or autograd for torch_impl."""
+    package, model = learner.package, learner.model
+    logits, hidden = package.functions.forward(model, package.autograd.Variable(
+        learner.as_input(x)))
+    loss = package.functions.cross_entropy(logits, y, learner.label_smoothing)
+    layers = {output.grad_fn: f"layers.{index}" for index, output in enumerate(hidden)}
+    layers[logits.grad_fn] = f"layers.{len(hidden)}" if hidden else "linear"
+    params = {id(param): name for name, param in learner.named_parameters()}
+    return loss, layers, params
+
+
+def walk(roots: tuple, labels: tuple) -> list[Pair]:
+    """The two graphs paired, depth first from the roots along next_functions in order;
+    each node once. A pair's problems: another name, or edges that do not match torch's."""
+    pairs, seen, stack = [], {}, [(*roots, 0)]
+    while stack:
+        a, b, depth = stack.pop()
+        if b in seen:
+            continue
+        pair = seen[b] = Pair(a, b, depth, layer_of(a, b, labels))
+        pairs.append(pair)
+        if name(a) != name(b):
+            pair.problems.append(f"named {name(a)} where torch's is {name(b)}")
+        ours, theirs = a.next_functions, b.next_functions
+        if len(ours) != len(theirs):
+            pair.problems.append(f"{len(ours)} edges where torch's has {len(theirs)}")
+        edges = list(enumerate(zip(ours, theirs, strict=False)))
+        for index, ((m, i), (t, j)) in reversed(edges):
+            if (m is None) != (t is None) or i != j:
+                pair.problems.append(f"edge {index} leads to {name(m)}, input {i}, where "
+                                     f"torch's leads to {name(t)}, input {j}")
+            elif t is not None and t in seen and seen[t].manual is not m:
+                pair.problems.append(f"edge {index} leads to another node than torch's")
+            elif t is not None:
+                stack.append((m, t, depth + 1))
+    return pairs
+
+
+def layer_of(a, b, labels: tuple) -> str:
+    """The layer a node belongs to: the layer whose output it made, a parameter's name, or
+    the layer of the parameter its single edge leads to (TBackward0); else "loss"."""
+    layers, params = labels
+    if a in layers:
+        return layers[a]
+    if name(a) == "AccumulateGrad":
+        return params.get(id(a.variable.data), "?")
+    if len(a.next_functions) == 1 and name(a.next_functions[0][0]) == "AccumulateGrad":
+        return params.get(id(a.next_functions[0][0].variable.data), "?").rpartition(".")[0]
+    return "loss"
+
+
+def saved_names(node) -> list[str]:
+    return [attribute for attribute in dir(node) if attribute.startswith("_saved_")]
+
+
+def compare_saved(pairs: list[Pair], limit: float) -> None:
+    """Each tensor torch's node saved against manual's, in the walk's order: "=" torch.equal,
+    "~" within the limit (for the node's own kernel, or from a node upstream), "X" not."""
+    upstream = None  # the first node whose saved tensors are within rounding only
+    for pair in reversed(pairs):  # from the leaves up: the forward's order
+        mine = set(saved_names(pair.manual))
+        for attribute in saved_names(pair.torch):
+            theirs = getattr(pair.torch, attribute)
+            if not isinstance(theirs, torch.Tensor) and theirs is not None:
+                if attribute in mine and not same_value(getattr(pair.manual, attribute), theirs):
+                    pair.problems.append(f"saved {attribute[7:]} "
+                                         f"{getattr(pair.manual, attribute)} where torch's is "
+                                         f"{theirs}")
+                continue
+            ours = getattr(pair.manual, attribute, None) if attribute in mine else None
+            key = attribute[7:]
+            if (ours is None) != (theirs is None):
+                pair.saved[key] = "X"
+                pair.problems.append(f"saves {key} as {what(ours)} where torch's saves "
+                                     f"{what(theirs)}")
+            elif theirs is not None:
+                pair.saved[key] = level(ours, theirs, limit)
+                if pair.saved[key] == "X":
+                    pair.problems.append(f"saved {key} differs from torch's by "
+                                         f"{distance(ours, theirs):.1e}")
+        if "~" in pair.saved.values():
+            pair.reason = KERNELS.get(name(pair.torch)) or (
+                f"it saved what {upstream} computed, within rounding" if upstream else "")
+            upstream = upstream or f"{name(pair.torch)} ({pair.layer})"
+        for key in mine - set(saved_names(pair.torch)):
+            pair.problems.append(f"saves {key[7:]}, which torch's node does not")
+
+
+def what(saved: torch.Tensor | None) -> str:
+    return "nothing" if saved is None else "a tensor"
+
+
+def same_value(ours, theirs) -> bool:
+    """A saved number, flag or list of sizes, as torch's (a list and a tuple alike)."""
+    if isinstance(theirs, (tuple, list)):
+        return ours is not None and list(ours) == list(theirs)
+    if isinstance(theirs, int) and isinstance(ours, int):  # torch shows int64 -100 as the
+        return (ours - theirs) % 2**64 == 0               # uint64 2^64 - 100
+    return ours == theirs
+
+
+def level(ours: torch.Tensor, theirs: torch.Tensor, limit: float) -> str:
+    if ours.shape == theirs.shape and torch.equal(ours, theirs):
+        return "="
+    if ours.shape == theirs.shape and ours.is_floating_point() and \
+            distance(ours, theirs) <= limit:
+        return "~"
+    return "X"
+
+
+def hooked(root) -> tuple[list, dict, dict]:
+    """Prehooks and hooks on every node reachable from root: (the order they ran in,
+    {node: its incoming gradients}, {node: its outgoing ones}), filled by backward."""
+    order, incoming, outgoing, stack, seen = [], {}, {}, [root], set()
+
+    def watch(node) -> None:
+        def before(grads):
+            order.append(node)
+            incoming[node] = grads
+
+        def after(grads, _):
+            outgoing[node] = grads
+
+        node.register_prehook(before)
+        node.register_hook(after)
+
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            watch(node)
+            stack += [target for target, _ in node.next_functions]
+    return order, incoming, outgoing
+
+
+def fed(pairs: list[Pair], incoming: dict, outgoing: dict, limit: float) -> None:
+    """Each manual node (AccumulateGrad aside) called on torch's node's incoming gradient;
+    each gradient it returns held against torch's: 0.0 bit-identical, else the distance."""
+    for pair in pairs:
+        if name(pair.torch) == "AccumulateGrad" or pair.torch not in incoming or pair.problems:
+            continue
+        try:
+            ours = pair.manual(*incoming[pair.torch])
+        except Exception as error:  # the learner's formula can raise anything
+            pair.problems.append(f"raised {type(error).__name__}: {error}".splitlines()[0])
+            continue
+        for index, (a, b) in enumerate(zip(ours, outgoing[pair.torch], strict=False)):
+            if a is None or b is None:
+                pair.grads.append(None if a is None and b is None else float("inf"))
+            elif a.shape != b.shape:
+                pair.grads.append(float("inf"))
+            else:
+                pair.grads.append(0.0 if torch.equal(a, b) else distance(a, b))
+            if pair.grads[-1] is not None and pair.grads[-1] > limit:
+                pair.problems.append(f"fed torch's gradient, its gradient for the "
+                                     f"{input_name(pair, index)} differs")
+            elif pair.grads[-1] and not pair.reason:
+                pair.reason = KERNELS.get(name(pair.torch), "")
+
+
+def input_name(pair: Pair, index: int) -> str:
+    """What a node's input is: "input", "weight", "bias" of a layer's node, else "input"
+    (numbered where a node has several)."""
+    names = INPUTS.get(name(pair.torch))
+    if names:
+        return names[index]
+    return "input" if len(pair.torch.next_functions) == 1 else f"input {index}"
+
+
+@dataclass
+class Check:
+    """The graphs of one step, paired and checked; order: the position where manual ran a
+    node other than torch's (None when the same), with the two nodes."""
+
+    pairs: list[Pair]
+    order: tuple[int, Pair | None, Pair | None] | None
+    runs: list[Pair]  # the pairs in the order torch ran them
+    limit: float
+
+    @property
+    def match(self) -> bool:
+        return self.order is None and not any(pair.problems for pair in self.pairs)
+
+
+def check(learners: list[Learner], x: torch.Tensor, y: torch.Tensor, limit: float) -> Check:
+    """Record both learners' forward on (x, y), pair the two graphs and hold them against
+    each other: nodes, edges, saved tensors, per-node gradients (fed torch's), order. Runs
+    backward on both: it fills the parameters' .grad (use twins where that matters)."""
+    (ours, layers, params), (theirs, _, _) = (record(learner, x, y) for learner in learners)
+    pairs = walk((ours.grad_fn, theirs.grad_fn), (layers, params))
+    compare_saved(pairs, limit)  # before backward frees them
+    manual_order, _, _ = hooked(ours.grad_fn)
+    torch_order, incoming, outgoing = hooked(theirs.grad_fn)
+    theirs.backward()
+    fed(pairs, incoming, outgoing, limit)
+    learners[0].package.autograd.backward(ours)
+    by_manual = {id(pair.manual): pair for pair in pairs}
+    by_torch = {pair.torch: pair for pair in pairs}
+    runs = [by_torch.get(node) for node in torch_order]
+    ran = [by_manual.get(id(node)) for node in manual_order]
+    order = next(((index, mine, them) for index, (mine, them)
+                  in enumerate(itertools.zip_longest(ran, runs)) if mine is not them), None)
+    return Check(pairs, order, [run for run in runs if run is not None], limit)
+
+
+def table(result: Check) -> list[str]:
+    """Both graphs side by side, a row per node in the order torch ran them: the position,
+    manual's node and torch's, each with its edges (to rows; - for None), the layer, the
+    saved tensors ("=" torch.equal, "~" within rounding, "X" not), and each gradient the
+    manual node returns when fed torch's ("=" bit-identical, "~" within the limit)."""
+    rows = {id(pair): index + 1 for index, pair in enumerate(result.runs)}
+    rows_of = [{id(pair.manual): rows[id(pair)] for pair in result.runs},
+               {pair.torch: rows[id(pair)] for pair in result.runs}]
+
+    def cell(node, side: int) -> str:
+        edges = [str(rows_of[side].get(target if side else id(target), "?"))
+                 if target is not None else "-" for target, _ in node.next_functions]
+        return name(node) + (f" -> {', '.join(edges)}" if edges else "")
+
+    lines = [HEADER, f"{'#':>3}  {'manual':<36} {'torch':<36} {'layer':<16} {'saved':<9} "
+                     "fed torch's"]
+    for row, pair in enumerate(result.runs, 1):
+        saved = " ".join(f"{sum(mark == kind for mark in pair.saved.values())}{kind}"
+                         for kind in "=~X" if kind in pair.saved.values())
+        grads = " ".join("-" if d is None else "=" if d == 0 else "~" if d <= result.limit else "X"
+                         for d in pair.grads)
+        lines.append(f"{row:>3}  {cell(pair.manual, 0):<36} {cell(pair.torch, 1):<36} "
+                     f"{pair.layer:<16} {saved or '-':<9} {grads or '-'}")
+    return lines
+
+
+def notes(result: Check) -> list[str]:
+    """Why each node that agrees only within rounding does: its saved tensors or its
+    gradients, with the worst distance and the reason."""
+    lines = []
+    for pair in result.runs:
+        close = [key for key, mark in pair.saved.items() if mark == "~"]
+        worst = max((d for d in pair.grads if d), default=0.0)
+        if (close or worst) and not pair.problems:
+            what = [f"saved {', '.join(close)}"] if close else []
+            what += [f"gradients within {worst:.1e}"] if worst else []
+            lines += textwrap.wrap(f"~ {name(pair.torch)} ({pair.layer}): {' and '.join(what)}:"
+                                   f" {pair.reason or 'rounding'}", 92, initial_indent="  ",
+                                   subsequent_indent="    ")
+    return lines
+
+
+def verdict(result: Check) -> str:
+    """GRAPH MATCH with the counts, or GRAPH MISMATCH with the first problem, in torch's order."""
+    pairs = result.runs
+    saved = [mark for pair in pairs for mark in pair.saved.values()]
+    grads = [d for pair in pairs for d in pair.grads if d is not None]
+    edges = sum(len(pair.torch.next_functions) for pair in pairs)
+    if not result.match:
+        return "GRAPH MISMATCH: " + first_problem(result)
+    fed = sum(name(pair.torch) != "AccumulateGrad" for pair in pairs)
+    return (f"GRAPH MATCH: {len(pairs)} nodes and {edges} edges as torch's, in torch's order; "
+            f"{len(saved)} saved tensors ({saved.count('=')} bit-identical, "
+            f"{saved.count('~')} within rounding); fed torch's gradients, the {fed} nodes "
+            f"return {len(grads)} gradients ({grads.count(0.0)} bit-identical, the others "
+            f"within {max(grads, default=0.0):.1e} <= {result.limit:g})")
+
+
+def first_problem(result: Check) -> str:
+    """The first problem of the walk (from the loss), or the order's."""
+    for pair in result.pairs:
+        if pair.problems:
+            return f"{name(pair.manual)} ({pair.layer}): {pair.problems[0]}"
+    position, mine, them = result.order
+    def told(pair):
+        return "nothing" if pair is None else f"{name(pair.torch)} ({pair.layer})"
+    return (f"the order: node {position + 1} to run is {told(mine)} in manual's backward, "
+            f"{told(them)} in torch's (the ready node with the largest sequence number runs "
+            "first, AccumulateGrad as soon as it is ready)")
+
+
+def report(learners: list[Learner], x: torch.Tensor, y: torch.Tensor, limit: float) -> tuple[
+        bool, list[str]]:
+    """(match, the lines compare.py --graph prints): the table, the notes, the verdict."""
+    result = check(learners, x, y, limit)
+    return result.match, [*table(result), *notes(result), verdict(result)]
