@@ -29,12 +29,15 @@ epoch. The rest of the tutor, by what it does:
     lockstep.kinds      the kind, from the two tensors alone
     lockstep.reference  rounding or not, by a float64 twin of the step
     lockstep.replay     a failed step replayed on a recording copy; an update replayed
+    lockstep.graph      of no simpler pattern: the first node whose backward is wrong when
+                        fed torch's own gradient (else lockstep.culprit: the layer)
 """
 
 import torch
 
 from lockstep.checks import REL
 from lockstep.culprit import responsible
+from lockstep.graph import first_wrong_node
 from lockstep.kinds import agrees, axes_of, classify, distance, make, tensor_key
 from lockstep.learner import Learner, hidden_names
 from lockstep.reference import float64_references, rounding_sentence
@@ -73,9 +76,12 @@ def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.T
                                       rounding if a.dtype == torch.float32 else None,
                                       targets=y if name == "logits" else None,
                                       ties=around(learners[1].model, name).get("ties"))
-    culprit = kind == "other" and responsible(learners[0], name, {
+    node = kind == "other" and first_wrong_node(learners, x, y, limit)
+    culprit = kind == "other" and not node and responsible(learners[0], name, {
         named: went for ((named, _), _), went in zip(pairs, over, strict=True)})
-    if culprit:  # no simpler pattern: the function to look at, at least
+    if node:  # no simpler pattern: the node whose backward is wrong, fed torch's gradient
+        sentence = f"{node}."
+    elif culprit:  # the function to look at, at least
         sentence = f"{culprit}; {sentence[0].lower()}{sentence[1:]}"
     return make(step, tensor_key("loss" if index == 0 else "grad", name), kind, sentence, factor)
 

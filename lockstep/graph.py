@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lockstep.culprit import where
 from lockstep.kinds import distance
 from lockstep.learner import Learner
 
@@ -98,8 +99,10 @@ def walk(roots: tuple, labels: tuple) -> list[Pair]:
         if len(ours) != len(theirs):
             pair.problems.append(f"{len(ours)} edges where torch's has {len(theirs)}")
         edges = list(enumerate(zip(ours, theirs, strict=False)))
-        for index, ((m, i), (t, j)) in reversed(edges):
-            if (m is None) != (t is None) or i != j:
+        rewired = sorted(map(name, targets(ours))) == sorted(map(name, targets(theirs)))
+        for index, ((m, i), (t, j)) in reversed(edges):  # another name: on its own row,
+            if (m is None) != (t is None) or i != j or (  # unless the edges are swapped
+                    rewired and name(m) != name(t)):
                 pair.problems.append(f"edge {index} leads to {name(m)}, input {i}, where "
                                      f"torch's leads to {name(t)}, input {j}")
             elif t is not None and t in seen and seen[t].manual is not m:
@@ -107,6 +110,10 @@ def walk(roots: tuple, labels: tuple) -> list[Pair]:
             elif t is not None:
                 stack.append((m, t, depth + 1))
     return pairs
+
+
+def targets(edges: tuple) -> list:
+    return [node for node, _ in edges]
 
 
 def layer_of(a, b, labels: tuple) -> str:
@@ -352,3 +359,41 @@ def report(learners: list[Learner], x: torch.Tensor, y: torch.Tensor, limit: flo
     """(match, the lines compare.py --graph prints): the table, the notes, the verdict."""
     result = check(learners, x, y, limit)
     return result.match, [*table(result), *notes(result), verdict(result)]
+
+
+def first_wrong_node(learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
+                     limit: float) -> str | None:
+    """The tutor at node granularity: the first node, from the loss, whose backward is wrong
+    when fed torch's own incoming gradient, said as node_sentence; None when every node's
+    agrees (or the graphs differ: --graph says how). On twins: the learners are untouched."""
+    if not hasattr(learners[0].package, "functions"):  # an exercise folder from before it
+        return None
+    probes = [learner.twin() for learner in learners]
+    with torch.enable_grad():  # the diagnosis runs under no_grad; torch's graph needs it
+        result = check(probes, x, y, limit)
+    for pair in result.pairs:
+        if any(d is not None and d > limit for d in pair.grads):
+            return node_sentence(pair, probes[0].package, limit)
+    return None
+
+
+def node_sentence(pair: Pair, package, limit: float) -> str:
+    """"ConvolutionBackward0 (layers.3), its gradient for the input, differs when fed
+    torch's grad_output; its weight and bias gradients agree; the formula is
+    manual/layers.py line 214": the node, which of its gradients differ and which agree,
+    and where its formula is (the layer's backward it runs, else its own)."""
+    names = [input_name(pair, index) for index in range(len(pair.grads))]
+    wrong = [names[i] for i, d in enumerate(pair.grads) if d is not None and d > limit]
+    right = [names[i] for i, d in enumerate(pair.grads) if d is not None and d <= limit]
+    agree = (f"; its {' and '.join(right)} gradient{'s agree' if len(right) > 1 else ' agrees'}"
+             if right else "")
+    return (f"{name(pair.torch)} ({pair.layer}), its gradient for the {' and '.join(wrong)}, "
+            f"differs when fed torch's grad_output{agree}; the formula is "
+            f"{where(formula(pair.manual, package))}")
+
+
+def formula(node, package):
+    """The function that holds a manual node's formula: the backward of the layer it runs
+    (functions.LAYER_BACKWARD), else the node's own."""
+    layer = getattr(package.functions, "LAYER_BACKWARD", {}).get(name(node))
+    return layer.backward if layer else node.formula

@@ -240,7 +240,7 @@ def backward(tensor: Variable, gradient: torch.Tensor | None = None,
     ready, arrivals = [(-root.sequence_nr, 0, root)], itertools.count(1)
     while ready:
         node = heapq.heappop(ready)[2]
-        grads = run(node, buffers.pop(node), retain_graph)
+        grads = run(node, buffers.pop(node, None), retain_graph)
         for (target, _), grad in zip(node.next_functions, grads, strict=True):
             if target is None:
                 continue
@@ -266,6 +266,8 @@ def dependencies(root: Node) -> dict[Node, int]:
 
 def run(node: Node, grad: torch.Tensor, retain_graph: bool) -> tuple:
     """One node: its prehooks, its retained gradients, its formula, its hooks; then free it."""
+    if grad is None:  # no gradient reached it (every edge into it delivered None)
+        return (None,) * len(node.next_functions)
     grads = (grad,)
     for hook in node.prehooks:
         grads = hook(grads) or grads
