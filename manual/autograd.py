@@ -48,6 +48,7 @@ NON_LEAF_GRAD = (
     "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed. Its .grad "
     "attribute won't be populated during autograd.backward(). If you indeed want the .grad "
     "field to be populated for a non-leaf Tensor, use .retain_grad() on the non-leaf Tensor.")
+FREED = object()  # what a saved tensor becomes once backward has run (retain_graph=False)
 sequence_numbers = itertools.count()  # one counter for every node, as torch's per thread
 grad_enabled = [True]  # no_grad() sets it to False while it lasts
 
@@ -127,7 +128,7 @@ class Node:
             version = tensor._version if isinstance(tensor, torch.Tensor) else None
             self.saved[key] = (tensor, version, maker)
         self.sequence_nr = next(sequence_numbers) if sequence_nr is None else sequence_nr
-        self.released, self.prehooks, self.hooks, self.retained = False, [], [], []
+        self.prehooks, self.hooks, self.retained = [], [], []
 
     def name(self) -> str:
         return self._name
@@ -150,10 +151,10 @@ class Node:
         """A saved value, as torch's SavedVariable unpacks it: refused once freed, or when
         its tensor was changed in place since it was saved (its version counter moved on)."""
         value, version, maker = self.saved[key]
+        if value is FREED:
+            raise RuntimeError(BACKWARD_TWICE)
         if not isinstance(value, torch.Tensor):
             return value
-        if self.released:
-            raise RuntimeError(BACKWARD_TWICE)
         if value._version != version:
             of = f", which is output 0 of {maker}," if maker else ""
             raise RuntimeError(
@@ -173,8 +174,7 @@ class Node:
 
     def release(self) -> None:
         """Free the saved tensors (retain_graph=False): drop them, keep the other values."""
-        self.released = True
-        self.saved = {key: (None if isinstance(value, torch.Tensor) else value, version, maker)
+        self.saved = {key: (FREED if isinstance(value, torch.Tensor) else value, version, maker)
                       for key, (value, version, maker) in self.saved.items()}
 
     def register_prehook(self, hook) -> None:

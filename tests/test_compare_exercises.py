@@ -146,8 +146,9 @@ CNN_SEEDED = {
           "return F.conv_transpose2d(grad_output, self.weight.flip(-2, -1), stride")],
         "dLoss/d(hidden.maxpool2d.2), the hidden layer's output gradient (what the backward of "
         "the layer above it returns)", "other",
-        r"layers\.3 \(Conv2d\)\.backward returned it \(\S*layers\.py line \d+\): its "
-        r"dLoss/dx is wrong where its weight\.grad and bias\.grad agree; no simple pattern"),
+        r"ConvolutionBackward0 \(layers\.3\), its gradient for the input, differs when fed "
+        r"torch's grad_output; its weight and bias gradients agree; the formula is "
+        r"\S*layers\.py line \d+\."),
     "kernel-gradient-as-mean": (
         [(RIGHT_WEIGHT_GRAD, RIGHT_WEIGHT_GRAD.replace(".contiguous()", " / len(x)"))],
         "layers.3.weight.grad", "scale",
@@ -202,10 +203,10 @@ def test_a_cnn_mistake_is_diagnosed_at_its_tensor(capsys, mnist_root, tmp_path, 
 
 def test_the_function_to_fix_is_named_with_its_file_and_line(capsys, mnist_root, tmp_path):
     """BatchNorm1d.backward without its variance term: dLoss/d(hidden.linear) is the first to
-    differ, with no simpler pattern; the tutor names the layer that returned it, the def's
-    line in the learner's file, and that its parameter gradients agree. The twin: a weight
-    gradient off by a random factor per entry, named as set by Linear.backward, whose
-    dLoss/dx agrees (layers.3: the MLP's last)."""
+    differ, with no simpler pattern; the tutor names the node whose backward is wrong when
+    fed torch's gradient, the def's line of its formula in the learner's file, and that the
+    node's weight and bias gradients agree. The twin: a weight gradient off by a random
+    factor per entry, named at the last Linear's AddmmBackward0, whose other two agree."""
     def no_variance_term(path: Path) -> None:
         text = (path / "layers.py").read_text()
         right = "mean_terms = (self.bias.grad + self.x_hat * self.weight.grad) / len(grad_output)"
@@ -219,9 +220,10 @@ def test_the_function_to_fix_is_named_with_its_file_and_line(capsys, mnist_root,
                 if text.startswith("class BatchNorm1d"))
     line += next(i for i, text in enumerate(lines[line:]) if "def backward(" in text) + 1
     assert report["diagnosis"]["tensor"] == "hidden.linear.grad"
-    assert (f"differs first (other): layers.1 (BatchNorm1d).backward returned it "
-            f"({path}/layers.py line {line}): its dLoss/dx is wrong where its weight.grad and "
-            "bias.grad agree; no simple pattern") in report["diagnosis"]["message"] in out
+    assert (f"differs first (other): NativeBatchNormBackward0 (layers.1), its gradient for the "
+            "input, differs when fed torch's grad_output; its weight and bias gradients agree; "
+            f"the formula is {path}/layers.py line {line}.") in report["diagnosis"]["message"] \
+        in out
 
     def scrambled(path: Path) -> None:
         text = (path / "layers.py").read_text()
@@ -231,8 +233,9 @@ def test_the_function_to_fix_is_named_with_its_file_and_line(capsys, mnist_root,
     path = folder(tmp_path / "twin", [], scrambled)
     _, _, _, report = run_manual(capsys, mnist_root, tmp_path, path, *MLP)
     assert report["diagnosis"]["tensor"] == "layers.2.weight.grad"
-    assert re.search(r"differs first \(other\): layers\.2 \(Linear\)\.backward set it \(\S+ "
-                     r"line \d+\): its bias\.grad agrees; its dLoss/dx agrees; no simple pattern",
+    assert re.search(r"differs first \(other\): AddmmBackward0 \(layers\.2\), its gradient for "
+                     r"the weight, differs when fed torch's grad_output; its bias and input "
+                     r"gradients agree; the formula is \S+ line \d+\.",
                      report["diagnosis"]["message"])
 
 
