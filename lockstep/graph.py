@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lockstep.culprit import where
+from lockstep.culprit import qualified, where
 from lockstep.kinds import distance
 from lockstep.learner import Learner
 
@@ -374,7 +374,18 @@ def first_wrong_node(learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
     for pair in result.pairs:
         if any(d is not None and d > limit for d in pair.grads):
             return node_sentence(pair, probes[0].package, limit)
-    return None
+    return engine_sentence(result, probes[0].package) if learners[0].settings["engine"] else None
+
+
+def engine_sentence(result: Check, package) -> str:
+    """Every node is right, fed torch's gradient, and yet the engine's gradients differ: the
+    walk itself (autograd.backward) delivers other gradients to them."""
+    function = package.autograd.backward
+    order = f" ({first_problem(result)})" if result.order else ""
+    return (f"every node returns torch's gradients when fed torch's, so the walk is wrong"
+            f"{order}: {qualified(function)} ({where(function)}) must add (+) the gradient "
+            "of every edge into its node's buffer, and run a node only once all its edges "
+            "have delivered")
 
 
 def node_sentence(pair: Pair, package, limit: float) -> str:

@@ -41,12 +41,12 @@ ROUNDING = {"LogSoftmaxBackward0", "NativeBatchNormBackward0", "ConvolutionBackw
 
 
 def learners(model: str, label_smoothing: float = 0.1, dtype: torch.dtype = torch.float64,
-             package=manual) -> list[Learner]:
+             engine: bool = False) -> list[Learner]:
     made = []
-    for side in (package, torch_impl):
+    for side in (manual, torch_impl):
         torch.manual_seed(0)
         made.append(Learner(side, 784, 10, {"lr": 0.1}, label_smoothing, dtype=dtype,
-                            **MODELS[model]))
+                            engine=engine, **MODELS[model]))
     return made
 
 
@@ -191,3 +191,39 @@ def test_a_flipped_kernel_is_named_at_its_node(monkeypatch):
     assert sentence.endswith(f"test_graph.py line {flipped.__code__.co_firstlineno}")
     monkeypatch.undo()
     assert graph.first_wrong_node(learners("cnn"), *batch(), LIMITS[torch.float64]) is None
+
+
+def overwriting(tensor, gradient=None, retain_graph=False):
+    """A broken twin of autograd.backward: torch's order, but a node's buffer overwritten (=)
+    by each edge that delivers, not added to: a tensor used twice keeps one path's share."""
+    waiting = manual.autograd.dependencies(tensor.grad_fn)
+    buffers, ready = {tensor.grad_fn: torch.ones_like(tensor.data)}, [tensor.grad_fn]
+    while ready:
+        node = max(ready, key=lambda node: node.sequence_nr)
+        ready.remove(node)
+        grads = manual.autograd.run(node, buffers.pop(node, None), retain_graph)
+        for (target, _), grad in zip(node.next_functions, grads, strict=True):
+            if target is not None:
+                if grad is not None:
+                    buffers[target] = grad
+                waiting[target] -= 1
+                if waiting[target] == 0:
+                    ready.append(target)
+
+
+@pytest.mark.twin
+def test_a_walk_that_overwrites_at_fan_out_is_named(monkeypatch):
+    """With label smoothing, log_softmax's output feeds two nodes (nll_loss and the sum):
+    an engine that overwrites keeps one share, though every node is right fed torch's."""
+    monkeypatch.setattr(manual.autograd, "backward", overwriting)
+    sides = learners("mlp", 0.1, engine=True)
+    x, y = batch()
+    for side in sides:
+        side.gradients(x, y)
+    assert not torch.allclose(sides[0].last_logits.grad, sides[1].last_logits.grad)
+    sentence = graph.first_wrong_node(sides, x, y, LIMITS[torch.float64])
+    assert sentence == (
+        "every node returns torch's gradients when fed torch's, so the walk is wrong: "
+        f"test_graph.overwriting (tests/test_graph.py line "
+        f"{overwriting.__code__.co_firstlineno}) must add (+) the gradient of every edge into "
+        "its node's buffer, and run a node only once all its edges have delivered")
