@@ -122,11 +122,12 @@ class Node:
         self.next_functions = tuple(edge(variable) for variable in inputs)
         self.saved = {}  # name -> (value, version when saved, the op that made it)
         for key, value in (saved or {}).items():
-            tensor = value.data if isinstance(value, Variable) else value
-            maker = value.grad_fn._name if isinstance(value, Variable) and value.grad_fn else (
-                None if isinstance(value, Variable) else name)
-            version = tensor._version if isinstance(tensor, torch.Tensor) else None
-            self.saved[key] = (tensor, version, maker)
+            if isinstance(value, Variable):  # an input: made by its grad_fn, or a leaf
+                value, maker = value.data, value.grad_fn and value.grad_fn.name()
+            else:  # this node's own output (result, result1, ...), or a plain tensor or value
+                maker = name if key.startswith("result") else None
+            version = value._version if isinstance(value, torch.Tensor) else None
+            self.saved[key] = (value, version, maker)
         self.sequence_nr = next(sequence_numbers) if sequence_nr is None else sequence_nr
         self.prehooks, self.hooks, self.retained = [], [], []
 
