@@ -17,7 +17,8 @@ such definition, the torch side shows what it has instead, found in this order:
    and Optimizer, so the manual class `SGD` faces the line `from torch.optim import SGD,
    Adam, AdamW, Optimizer`, and
    torch_impl/layers.py re-exports nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.Conv2d,
-   nn.MaxPool2d and nn.Flatten;
+   nn.MaxPool2d and nn.Flatten; or a module's attribute given that name, as
+   torch_impl/autograd.py's `no_grad = torch.no_grad`;
 2. a comment naming it inside the twin class, `# name:` or `# name():`, or several
    names separated by commas or slashes before the colon; it runs on over the comment
    lines below it, up to the next such comment: the manual `Chain.backward` faces
@@ -42,10 +43,14 @@ CosineAnnealingLR methods are described; and so are the nn.Module methods of the
 layers, where rule 3 would name a method that does not exist (nn.Linear has no
 backward: autograd runs the backward of the operations its forward recorded;
 nn.MaxPool2d has no windows: its C++ kernel walks the windows itself) or would not
-say that parameters(), train(), ... are inherited from nn.Module. The
-pairing "cross_entropy_grad (left) against loss.backward() (right)" needs no
-exception: it holds by name, since torch_impl.functional.cross_entropy_grad is the
-function that calls loss.backward().
+say that parameters(), train(), ... are inherited from nn.Module. In autograd.py and
+functions.py, where torch_impl/ has only what Python reaches (backward, no_grad, Variable,
+forward, cross_entropy), the notes name what torch runs in C++ instead: the engine
+(torch/csrc/autograd/engine.cpp), its nodes (torch/csrc/autograd/generated/Functions.cpp,
+from tools/autograd/derivatives.yaml), SavedVariable and the recording kernels
+(VariableType). The pairing "cross_entropy_grad (left) against loss.backward() (right)"
+needs no exception: it holds by name, since torch_impl.functional.cross_entropy_grad is
+the function that calls loss.backward().
 
 The formula above each pair comes from the manual docstring (the torch one where
 manual/ has none): its first paragraph, then its first displayed formula (an
@@ -248,6 +253,256 @@ NOTES = {
     "lr_scheduler.CosineAnnealingLR.get_last_lr":
         "get_last_lr(), inherited from torch.optim.lr_scheduler.LRScheduler: the lr of each "
         "parameter group after the last step().",
+    "train.kept":
+        "No twin: torch's retain_grad() keeps dLoss/dlogits in logits.grad, on the tensor "
+        "forward returned, so there is nothing to copy back.",
+    "autograd.Variable.is_leaf":
+        "torch.Tensor.is_leaf, a property in C++ (torch/csrc/autograd/python_variable.cpp): "
+        "True when the tensor has no grad_fn, as here, so a tensor that requires no grad is a "
+        "leaf too.",
+    "autograd.Variable.grad":
+        "torch.Tensor.grad: Tensor::grad() (ATen/core/TensorBody.h) returns the tensor's own "
+        ".grad, which AccumulateGrad fills for a leaf and retain_grad()'s hook for a non-leaf; "
+        "on a non-leaf that did not call retain_grad() it is None, with the same warning.",
+    "autograd.Variable._version":
+        "torch.Tensor._version: the tensor's version counter (c10/core/TensorImpl.h), shared "
+        "with its views and bumped by every in-place operation (increment_version in the "
+        "generated ADInplaceOrView kernels); SavedVariable records it when it saves a tensor.",
+    "autograd.Variable.shape":
+        "torch.Tensor.shape, a torch.Size: a tensor is its own Variable, so nothing is "
+        "forwarded.",
+    "autograd.Variable.retain_grad":
+        "torch.Tensor.retain_grad() (VariableHooks::retain_grad, "
+        "torch/csrc/autograd/variable.cpp): a no-op on a leaf; on a non-leaf it adds a "
+        "retains_grad hook to its grad_fn, which sets .grad to a contiguous clone of the "
+        "gradient that reaches that node, or adds to it on later backward() calls.",
+    "autograd.Variable.grad_accumulator":
+        "No Python method: impl::grad_accumulator (torch/csrc/autograd/variable.cpp) makes a "
+        "leaf's AccumulateGrad when an operation first records an edge to it, and the leaf "
+        "keeps only a weak pointer to it (grad_accumulator_), so one node serves while a graph "
+        "holds it; from Python, reach it through grad_fn.next_functions.",
+    "autograd.Variable.backward":
+        "torch.Tensor.backward(gradient, retain_graph, ...) (torch/_tensor.py) calls "
+        "torch.autograd.backward(self, gradient, retain_graph, ...), as here.",
+    "autograd.edge":
+        "impl::gradient_edge (torch/csrc/autograd/variable.cpp), called by collect_next_edges "
+        "when an operation is recorded: Edge(grad_fn, output_nr) for a non-leaf, "
+        "Edge(grad_accumulator, 0) for a leaf that requires grad, else an invalid edge, which "
+        "next_functions shows as (None, 0).",
+    "autograd.Node":
+        "torch::autograd::Node (torch/csrc/autograd/node.h), the C++ base of every grad_fn: "
+        "next_edges_, sequence_nr_, the hooks and apply(). Each entry of "
+        "tools/autograd/derivatives.yaml generates a subclass holding its SavedVariables "
+        "(AddmmBackward0, ... in torch/csrc/autograd/generated/Functions.h), which Python sees "
+        "as a torch.autograd.graph.Node.",
+    "autograd.Node.name":
+        "grad_fn.name(): Node::name(), which each generated node overrides with its class "
+        "name (\"AddmmBackward0\"); AccumulateGrad's is \"torch::autograd::AccumulateGrad\".",
+    "autograd.Node._sequence_nr":
+        "grad_fn._sequence_nr(): Node::sequence_nr(), taken when the node is built from "
+        "at::sequence_number::get_and_increment(), a counter per thread; AccumulateGrad's is "
+        "UINT64_MAX.",
+    "autograd.Node.__repr__":
+        "Python's default repr: a grad_fn prints as <AddmmBackward0 object at 0x...>, "
+        "without its sequence number.",
+    "autograd.Node.__dir__":
+        "No method: each generated node class lists its saved values as attributes, "
+        "_saved_<name> and _raw_saved_<name> (the SavedVariable itself), in the PyGetSetDef "
+        "table that tools/autograd/gen_autograd_functions.py writes into "
+        "torch/csrc/autograd/generated/python_functions.cpp.",
+    "autograd.Node.__getattr__":
+        "No method: _saved_mat1 and the others are getters generated per node "
+        "(THPAddmmBackward0_mat1_getter in torch/csrc/autograd/generated/python_functions.cpp), "
+        "each unpacking its SavedVariable, or converting a saved number or list.",
+    "autograd.Node.unpack":
+        "SavedVariable::unpack (torch/csrc/autograd/saved_variable.cpp): ERR_BACKWARD_TWICE, "
+        "the same message, once release_variables() has reset its data; and, when the tensor's "
+        "version counter has moved on since it was saved, the same \"modified by an inplace "
+        "operation\" error, followed in torch by a hint about anomaly detection.",
+    "autograd.Node.needs_input_grad":
+        "Node::task_should_compute_output(i) (torch/csrc/autograd/node.h): whether edge i is "
+        "valid (and needed by this backward); the generated apply() evaluates an input's "
+        "formula only when it is, passing it on as grad_input_mask, and leaves the other "
+        "gradients undefined.",
+    "autograd.Node.__call__":
+        "Node::operator() calls apply(), which each node defines in "
+        "torch/csrc/autograd/generated/Functions.cpp: it unpacks its SavedVariables and "
+        "evaluates, for each input that needs a gradient, its formula from "
+        "tools/autograd/derivatives.yaml (addmm's mat1: mm_mat1_backward(grad, mat2, ...)).",
+    "autograd.Node.release":
+        "Node::release_variables(), generated per node: AddmmBackward0's resets mat1_ and "
+        "mat2_ and keeps alpha and beta. engine.cpp's evaluate_function calls it once the node "
+        "has run, unless retain_graph (keep_graph_).",
+    "autograd.Node.register_prehook":
+        "grad_fn.register_prehook(hook) (torch.autograd.graph.Node): hook(grad_outputs), run by "
+        "call_pre_hooks in engine.cpp just before the node; what it returns, if not None, "
+        "replaces grad_outputs. It returns a RemovableHandle.",
+    "autograd.Node.register_hook":
+        "grad_fn.register_hook(hook) (torch.autograd.graph.Node): hook(grad_inputs, "
+        "grad_outputs), run by call_post_hooks in engine.cpp after the node; what it returns, "
+        "if not None, replaces grad_inputs. It returns a RemovableHandle.",
+    "autograd.AccumulateGrad":
+        "torch::autograd::AccumulateGrad (torch/csrc/autograd/functions/accumulate_grad.h): "
+        "built with sequence_nr UINT64_MAX, so it runs first of the ready nodes; it holds its "
+        "leaf, and has one input, dLoss/dleaf, and no edges.",
+    "autograd.AccumulateGrad.__call__":
+        "AccumulateGrad::apply, then accumulateGrad (accumulate_grad.h): when .grad is "
+        "undefined it takes the incoming gradient itself if nothing else holds it and its "
+        "strides suit the leaf (no copy), else a clone obeying the gradient layout contract; "
+        "otherwise, grad mode being off, variable_grad += new_grad in place.",
+    "autograd.is_grad_enabled":
+        "torch.is_grad_enabled() reads GradMode::is_enabled() (c10/core/GradMode.h), a flag "
+        "per thread; compute_requires_grad, in every generated VariableType kernel, checks it "
+        "first and records no node while it is off.",
+    "autograd.no_grad":
+        "torch.no_grad (torch/autograd/grad_mode.py): __enter__ saves torch.is_grad_enabled() "
+        "and calls torch.set_grad_enabled(False), __exit__ restores it; it works on one thread "
+        "only, and also as a decorator.",
+    "autograd.backward":
+        "torch.autograd.backward (torch/autograd/__init__.py) makes the default gradient "
+        "(_make_grads: ones for a scalar, else \"grad can be implicitly created only for scalar "
+        "outputs\") and calls Engine::execute (torch/csrc/autograd/engine.cpp): "
+        "compute_dependencies, then a ReadyQueue that pops the largest sequence_nr first "
+        "(CompareNodeTaskTime), until every node has run.",
+    "autograd.dependencies":
+        "Engine::compute_dependencies (torch/csrc/autograd/engine.cpp): a walk from the root "
+        "over next_edges that counts, in the GraphTask's dependencies_, how many edges lead to "
+        "each node it reaches.",
+    "autograd.run":
+        "Engine::evaluate_function and call_function (torch/csrc/autograd/engine.cpp): the "
+        "tensor pre-hooks, retain_grad's hooks last of them, then the node's own pre-hooks (so "
+        "a retained gradient is the one before any register_prehook hook), the node, "
+        "validate_outputs (which sums a gradient to its input's shape: addmm's bias), the post "
+        "hooks, and release_variables() unless retain_graph. Each output then goes into the "
+        "next node's InputBuffer (input_buffer.cpp, which adds at fan-out), and a node whose "
+        "count of dependencies reaches 0 is pushed on the ready queue.",
+    "functions.record":
+        "No twin: torch records in its generated autograd kernels "
+        "(torch/csrc/autograd/generated/VariableType_*.cpp): if compute_requires_grad(inputs) "
+        "(false under no_grad), it makes the node, set_next_edges(collect_next_edges(inputs)), "
+        "saves what the formulas need as SavedVariables, runs the op, and set_history(result, "
+        "grad_fn).",
+    "functions.holding":
+        "No twin: torch's nodes call their formulas directly, the expression of "
+        "tools/autograd/derivatives.yaml inlined in the generated apply(), or a helper of "
+        "torch/csrc/autograd/FunctionsManual.cpp (mm_mat1_backward, ...); no nn.Module takes "
+        "part in backward.",
+    "functions.holder":
+        "No twin: torch's formulas read only what the node saved; the formula of an input that "
+        "needs no gradient is skipped (task_should_compute_output), and its gradient left "
+        "undefined.",
+    "functions.layer_kind":
+        "No twin: in torch each module's own forward (nn.Module.__call__, then forward) calls "
+        "its functional op, which records its nodes.",
+    "functions.parameter":
+        "No twin: an nn.Parameter is already a leaf with requires_grad=True; the first "
+        "operation that uses it gets its AccumulateGrad from impl::grad_accumulator, which "
+        "adds into p.grad.",
+    "functions.linear":
+        "No twin: nn.Linear's F.linear runs aten::linear (aten/src/ATen/native/Linear.cpp), "
+        "CompositeImplicitAutograd, so autograd records what it calls: for a 2-D input with a "
+        "bias, addmm(bias, input, weight.t()) (TBackward0, AddmmBackward0); without one, "
+        "matmul, that is mm (MmBackward0).",
+    "functions.t":
+        "TBackward0, recorded by weight.t() in aten::linear: derivatives.yaml's t entry, self: "
+        "grad.t(); a view, so it saves nothing.",
+    "functions.addmm":
+        "AddmmBackward0 (torch/csrc/autograd/generated/Functions.h), recorded by aten::linear's "
+        "addmm: saves mat1 only if mat2 requires grad and mat2 only if mat1 does (with their "
+        "sizes, strides and layouts), and alpha and beta; its edges go to bias, x and W^T, in "
+        "argument order.",
+    "functions.addmm_backward":
+        "AddmmBackward0::apply, from derivatives.yaml: self: maybe_multiply(grad, beta), g "
+        "itself, (N, C), which the engine's validate_outputs then sums to the bias's (C,); "
+        "mat1: mm_mat1_backward(grad, mat2, ...) = g mat2^T; mat2: mm_mat2_backward(grad, "
+        "mat1, ...) = mat1^T g (torch/csrc/autograd/FunctionsManual.cpp).",
+    "functions.mm":
+        "MmBackward0, recorded by aten::linear without a bias: saves self only if mat2 "
+        "requires grad and mat2 only if self does, as derivatives.yaml's mm entry needs.",
+    "functions.mm_backward":
+        "MmBackward0::apply, from derivatives.yaml: self: mm_mat1_backward(grad, mat2, ...) = "
+        "g mat2^T; mat2: mm_mat2_backward(grad, self, ...) = self^T g "
+        "(torch/csrc/autograd/FunctionsManual.cpp).",
+    "functions.relu":
+        "ReluBackward0, recorded by nn.ReLU's torch.relu: derivatives.yaml's relu entry saves "
+        "result, the output, and not the input.",
+    "functions.relu_backward":
+        "ReluBackward0::apply: threshold_backward(grad, result, 0), g where result > 0, else 0.",
+    "functions.batch_norm":
+        "NativeBatchNormBackward0, recorded by F.batch_norm, which on the CPU runs "
+        "native_batch_norm: saves input, weight, running_mean, running_var, result1 and "
+        "result2 (the batch mean and 1/sqrt(var + eps)), training and eps; its edges go to "
+        "input, weight and bias.",
+    "functions.batch_norm_backward":
+        "NativeBatchNormBackward0::apply: native_batch_norm_backward(grad, input, weight, "
+        "running_mean, running_var, result1, result2, training, eps, grad_input_mask), one "
+        "kernel for the three gradients (batch_norm_backward_cpu in "
+        "aten/src/ATen/native/Normalization.cpp).",
+    "functions.conv2d":
+        "ConvolutionBackward0, recorded by F.conv2d through aten::convolution, whose "
+        "derivatives.yaml entry serves every convolution: saves input and weight, the bias's "
+        "sizes (not the bias), stride, padding, dilation, transposed, output_padding and "
+        "groups.",
+    "functions.convolution_backward":
+        "ConvolutionBackward0::apply: convolution_backward(grad, input, weight, bias_sizes, "
+        "stride, padding, ..., grad_input_mask) (aten/src/ATen/native/Convolution.cpp), which "
+        "picks the backend's kernel (oneDNN, slow_conv2d's backward, cuDNN) for the three "
+        "gradients.",
+    "functions.max_pool2d":
+        "MaxPool2DWithIndicesBackward0, recorded by F.max_pool2d, which runs "
+        "max_pool2d_with_indices when its input requires grad: saves self and result1, the "
+        "winners' int64 indices, an output that is not differentiable.",
+    "functions.max_pool2d_backward":
+        "MaxPool2DWithIndicesBackward0::apply: max_pool2d_with_indices_backward(grad, self, "
+        "kernel_size, stride, padding, dilation, ceil_mode, result1): each g added at its saved "
+        "index, summed where windows overlap.",
+    "functions.flatten":
+        "ViewBackward0, recorded by nn.Flatten's x.flatten(1) (aten::flatten, "
+        "CompositeImplicitAutograd: a view of a contiguous x): saves only self_sym_sizes, x's "
+        "shape.",
+    "functions.view_backward":
+        "ViewBackward0::apply: derivatives.yaml's view entry, self: "
+        "grad.reshape_symint(self.sym_sizes()).",
+    "functions.log_softmax":
+        "LogSoftmaxBackward0, recorded by at::log_softmax in F.cross_entropy's "
+        "cross_entropy_loss (aten/src/ATen/native/LossNLL.cpp), which runs _log_softmax: saves "
+        "result and dim.",
+    "functions.log_softmax_backward":
+        "LogSoftmaxBackward0::apply: _log_softmax_backward_data(grad, result, dim, ...), "
+        "g - exp(result) sum_c g_c, as here.",
+    "functions.nll_loss":
+        "NllLossBackward0, recorded by nll_loss_nd in cross_entropy_loss, which runs "
+        "nll_loss_forward, returning (output, total_weight): saves self, target, weight (None), "
+        "reduction (1, the mean), ignore_index and total_weight.",
+    "functions.nll_loss_backward":
+        "NllLossBackward0::apply: nll_loss_backward(grad, self, target, weight, reduction, "
+        "ignore_index, total_weight) (aten/src/ATen/native/LossNLL.cpp): zeros, but -g / "
+        "total_weight at each (n, t_n).",
+    "functions.sum":
+        "SumBackward0 (derivatives.yaml's sum: grad.expand_symint(self.sym_sizes())) or "
+        "SumBackward1 (sum.dim_IntList: sum_backward(grad, self.sym_sizes(), dim, keepdim), "
+        "which unsqueezes the summed dims before expanding); both save self_sym_sizes, "
+        "recorded by cross_entropy_loss_label_smoothing (aten/src/ATen/native/LossNLL.cpp).",
+    "functions.neg":
+        "NegBackward0 (derivatives.yaml: self: grad.neg()), recorded by "
+        "cross_entropy_loss_label_smoothing's -input.sum(class_dim); it saves nothing.",
+    "functions.masked_fill_":
+        "MaskedFillBackward0, recorded by cross_entropy_loss_label_smoothing's "
+        "smooth_loss.masked_fill_(ignore_mask, 0.0): self: grad.masked_fill(mask, 0). In place, "
+        "so the generated kernel bumps the version counter and rebase_history makes the new "
+        "node the tensor's grad_fn, its edge leading to the old one.",
+    "functions.div":
+        "DivBackward0 (div.Tensor), recorded by cross_entropy_loss_label_smoothing's "
+        "smooth_loss.sum() / true_mask.sum(): self: div_tensor_self_backward(grad, other, ...), "
+        "g / other; it saves self only for other's gradient, which an integer count does not "
+        "need.",
+    "functions.mul":
+        "MulBackward1 (mul.Scalar), recorded twice by cross_entropy_loss_label_smoothing's "
+        "(1 - label_smoothing) * nllloss + ret * (label_smoothing / n_classes): self: "
+        "mul_tensor_backward(grad, other, ...), g other; saves other, the number.",
+    "functions.add":
+        "AddBackward0 (add.Tensor), the + of that return: self: grad; other: "
+        "maybe_multiply(grad, alpha), g again with alpha = 1; saves alpha.",
 }
 
 
@@ -294,7 +549,23 @@ def parse_module(root: Path, path: str) -> Module:
                 name = alias.asname or alias.name
                 module.items.setdefault(name, Item(name, "import", node.lineno, node.end_lineno,
                                                    imported_from=origin, imported_name=alias.name))
+        elif reexport(node):  # no_grad = torch.no_grad: a re-export, as an import is
+            name = node.targets[0].id
+            origin, _, imported = ast.unparse(node.value).rpartition(".")
+            module.items.setdefault(name, Item(name, "import", node.lineno, node.end_lineno,
+                                               imported_from=origin, imported_name=imported))
     return module
+
+
+def reexport(node: ast.AST) -> bool:
+    """Whether a statement gives a name to an attribute of a module: `no_grad = torch.no_grad`."""
+    if not (isinstance(node, ast.Assign) and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Attribute)):
+        return False
+    value = node.value
+    while isinstance(value, ast.Attribute):
+        value = value.value
+    return isinstance(value, ast.Name)
 
 
 def first_line(node: ast.AST) -> int:
@@ -419,8 +690,9 @@ def twin(manual: Module, torch: Module, stem: str, qualname: str) -> Side:
     if item is not None and item.kind != "import":
         return Side(torch, item, note)
     if item is not None:
-        return Side(torch, item, note or f"torch_impl/ uses {item.imported_from}.{qualname} "
-                                         "itself, re-exported under the same name.")
+        return Side(torch, item, note or f"torch_impl/ uses {item.imported_from}."
+                                         f"{item.imported_name} itself, re-exported under the "
+                                         "same name.")
     item = comment_item(torch, qualname) if "." in qualname else None
     if item is not None:
         return Side(torch, item, note)

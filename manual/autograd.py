@@ -266,15 +266,15 @@ def dependencies(root: Node) -> dict[Node, int]:
 
 
 def run(node: Node, grad: torch.Tensor, retain_graph: bool) -> tuple:
-    """One node: its prehooks, its retained gradients, its formula, its hooks; then free it."""
+    """One node: its retained gradients, its prehooks, its formula, its hooks; then free it."""
     if grad is None:  # no gradient reached it (every edge into it delivered None)
         return (None,) * len(node.next_functions)
-    grads = (grad,)
-    for hook in node.prehooks:
-        grads = hook(grads) or grads
     for variable in node.retained:  # retain_grad(): dLoss/d(output), kept, summed over calls
         kept = variable.retained
-        variable.retained = grads[0].clone() if kept is None else kept + grads[0]
+        variable.retained = grad.clone() if kept is None else kept + grad
+    grads = (grad,)
+    for hook in node.prehooks:  # after retain_grad's, as torch runs them
+        grads = hook(grads) or grads
     result = node(*grads)
     for hook in node.hooks:
         hook(result, grads)
