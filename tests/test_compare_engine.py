@@ -64,5 +64,5 @@ def test_engine_and_chain_share_every_formula(monkeypatch):
     torch.manual_seed(0)
     model = manual.model.CNN(channels=(2, 3))
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([1, 2, 3, 4])
-    with pytest.raises(RuntimeError, match="Conv2d.backward ran"):
+    with pytest.raises(RuntimeError, match=r"Conv2d\.backward ran"):
         manual.train.forward_backward_engine(model, x, y)
