@@ -19,6 +19,9 @@ All train on the same 55,000 images with plain SGD, lr 0.5, in float32. Then, at
   mlp-adam ...                                the MLP with Adam, lr 1e-3
   cnn ...                                     --model cnn (16 and 32 channels), SGD lr 0.05,
                                               momentum 0.9: about 7 s an epoch for one model
+and for the MLP and the CNN, manual's gradients through its engine (ENGINE_PIPELINES):
+  mlp manual-engine, mlp lockstep-engine      manual through manual/autograd.py, alone and
+  cnn manual-engine, cnn lockstep-engine      in lock step (compare.py --engine)
 
 Each (pipeline, batch size) runs in a process of its own, which reports its peak
 resident memory: a warm-up of 100 steps, then --epochs timed epochs (more for a fast
@@ -88,8 +91,15 @@ VARIANT_FLAGS = {"mlp": ["--model", "mlp", "--lr", "0.1", "--momentum", "0", *CO
                  "mlp-adam": ["--model", "mlp", "--optimizer", "adam", "--lr", "1e-3", *CONSTANT],
                  "cnn": ["--model", "cnn", "--lr", "0.05", "--momentum", "0.9", *CONSTANT]}
 VARIANT_GOALS = {"mlp": 0.9, "mlp-bn": 0.9, "adam": 1.1, "mlp-adam": 1.1, "cnn": 1.1}
+# manual's gradients through its engine (manual/autograd.py: the recorded graph, walked), alone
+# and in lock step: compare.py --engine. For these variants, with the target for their
+# manual-engine / torch_impl ratio.
+ENGINE = "-engine"
+ENGINE_PIPELINES = ("manual" + ENGINE, "lockstep" + ENGINE)
+ENGINE_GOALS = {"mlp": 1.0, "cnn": 1.0}
 VARIANT_PIPELINES = tuple(f"{variant} {pipeline}" for variant in VARIANT_FLAGS
-                          for pipeline in PIPELINES[1:])
+                          for pipeline in PIPELINES[1:]
+                          + (ENGINE_PIPELINES if variant in ENGINE_GOALS else ()))
 VARIANT_BATCH_SIZE = "100"
 LR = 0.5  # compare.py's default
 # Each timed job runs in a process of its own, forked from a server that imported torch once
@@ -123,8 +133,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", nargs="+", type=batch_size, default=BATCH_SIZES,
                         help="positive numbers, or 'full' for the whole training set")
     parser.add_argument("--pipelines", nargs="+", choices=PIPELINES + VARIANT_PIPELINES,
-                        default=PIPELINES + VARIANT_PIPELINES,
-                        help="the mlp, adam and cnn ones run at batch 100 only")
+                        default=PIPELINES + VARIANT_PIPELINES, metavar="PIPELINE",
+                        help="the mlp, adam and cnn ones run at batch 100 only; "
+                             "one of: " + ", ".join(map(repr, PIPELINES + VARIANT_PIPELINES)))
     parser.add_argument("--threads", type=positive, default=os.cpu_count(),
                         help="torch.set_num_threads (default: every core)")
     parser.add_argument("--no-recipe", action="store_true", help="skip the 92.6 %% recipe runs")
@@ -217,11 +228,14 @@ def baseline_epoch(root: Path, batch_size: int, device: str):
 
 def project_epoch(pipeline: str, root: Path, batch_size: int, device: str):
     """torch_impl, manual or both in lock step, on the project's in-memory batches;
-    softmax regression with SGD, or a variant: "mlp manual", "mlp-adam lockstep", ..."""
+    softmax regression with SGD, or a variant: "mlp manual", "mlp-adam lockstep", ...;
+    "manual-engine" and "lockstep-engine": the same with compare.py --engine."""
     data = load_splits(root, device=device)
     variant, _, pipeline = pipeline.rpartition(" ")
+    engine = ["--engine"] if pipeline.endswith(ENGINE) else []
+    pipeline = pipeline.removesuffix(ENGINE)
     args = flags.parse_args(["--batch-size", str(batch_size), "--lr", str(LR),
-                               "--device", device, *VARIANT_FLAGS.get(variant, [])])
+                               "--device", device, *VARIANT_FLAGS.get(variant, []), *engine])
     learners = make_learners(args, device, torch.float32)
 
     def epoch_batches(epoch: int, steps: int | None):
@@ -440,10 +454,21 @@ def targets(results: list[dict], floor: float, recipe: list[dict]) -> str:
     for variant, goal in VARIANT_GOALS.items():
         add(f"{variant} manual / {variant} torch_impl, batch 100", (f"{variant} manual", "100"),
             (f"{variant} torch_impl", "100"), f"≤ {goal}", lambda r, goal=goal: r <= goal)
+    for variant, goal in ENGINE_GOALS.items():
+        add(f"{variant} manual-engine / {variant} torch_impl, batch 100",
+            (f"{variant} manual-engine", "100"), (f"{variant} torch_impl", "100"), f"≤ {goal}",
+            lambda r, goal=goal: r <= goal)
     if all((name, "100") in seconds for name in ("lockstep", "manual", "torch_impl")):
         both = seconds[("manual", "100")] + seconds[("torch_impl", "100")]
         rows.append(f"| (lockstep / (manual + torch_impl), batch 100: the checks' own cost) | "
                     f"{seconds[('lockstep', '100')] / both:.2f} | – | |")
+    for variant in ENGINE_GOALS:  # the engine's own cost: what the chain does not pay
+        for engine, chain in zip(ENGINE_PIPELINES, PIPELINES[2:], strict=True):
+            if all((f"{variant} {name}", "100") in seconds for name in (engine, chain)):
+                ratio = seconds[(f"{variant} {engine}", "100")] / seconds[(f"{variant} {chain}",
+                                                                           "100")]
+                rows.append(f"| ({variant} {engine} / {variant} {chain}, batch 100) | "
+                            f"{ratio:.2f} | – | |")
     for r in recipe:
         accuracy = r["test_accuracy"]
         accuracies = accuracy if isinstance(accuracy, list) else [accuracy]

@@ -33,6 +33,7 @@ backward(loss) walks the graph from loss.grad_fn:
 import contextlib
 import heapq
 import itertools
+import re
 import warnings
 
 import torch
@@ -127,6 +128,7 @@ class Node:
             else:  # this node's own output (result, result1, ...), or a plain tensor or value
                 maker = name if key.startswith("result") else None
             version = value._version if isinstance(value, torch.Tensor) else None
+            maker = maker and re.sub(r"Backward\d*$", "", maker)  # the op: "Relu", as torch says
             self.saved[key] = (value, version, maker)
         self.sequence_nr = next(sequence_numbers) if sequence_nr is None else sequence_nr
         self.prehooks, self.hooks, self.retained = [], [], []

@@ -21,7 +21,8 @@ MANUAL = ROOT / "manual"
 NOT_WRITTEN = " is not written yet"  # how a stub's message starts, after the function's name
 
 # (file in manual/, function, one-line hint), in the order to write them: each one's checks
-# use only those before it, and after SGD.step, compare.py trains softmax regression.
+# use only those before it, and after SGD.step, compare.py trains softmax regression. The last,
+# autograd.py's backward, walks the graph manual/functions.py records (compare.py --engine).
 EXERCISES = [
     ("functional.py", "softmax",
      "exponentiate z minus each row's max (amax, keepdim=True), then divide by the row sums"),
@@ -54,6 +55,10 @@ EXERCISES = [
     ("optim.py", "Adam.step",
      "for param, grad in self.gradients(): state['step'] += 1, self.decay, exp_avg and "
      "exp_avg_sq in place, then bias_corrections and denominator"),
+    ("autograd.py", "backward",
+     "gradient defaults to ones; dependencies(root), then a heap of (-sequence_nr, arrival, "
+     "node): pop, run(node, ...), add (+) each gradient into its target's buffer, push a "
+     "target once its count reaches 0"),
 ]
 NAMES = [name for _, name, _ in EXERCISES]
 HINTS = {name: hint for _, name, hint in EXERCISES}
@@ -111,13 +116,17 @@ def write(folder: Path, names: list[str] = NAMES, source: Path = MANUAL) -> None
         (folder / name).write_text(text)
 
 
-def needed(model: str = "softmax", batchnorm: bool = False, optimizer: str = "sgd") -> list[str]:
+def needed(model: str = "softmax", batchnorm: bool = False, optimizer: str = "sgd",
+           engine: bool = False) -> list[str]:
     """The exercises a compare.py run calls, in EXERCISES order, by its flags: --model
-    ("softmax", "mlp", "cnn"), --batchnorm and --optimizer ("sgd", "adam", "adamw"). Softmax
-    regression: 1-5 and the optimizer's step (SGD.step, or Adam.step, which AdamW's is);
-    the MLP adds ReLU.backward (and BatchNorm1d.backward), the CNN ReLU.backward,
-    Conv2d.backward and MaxPool2d.backward."""
+    ("softmax", "mlp", "cnn"), --batchnorm, --optimizer ("sgd", "adam", "adamw") and
+    --engine. Softmax regression: 1-5 and the optimizer's step (SGD.step, or Adam.step, which
+    AdamW's is); the MLP adds ReLU.backward (and BatchNorm1d.backward), the CNN ReLU.backward,
+    Conv2d.backward and MaxPool2d.backward; --engine, autograd.py's backward, which runs the
+    layers' backwards."""
     names = {*NAMES[:5], "SGD.step" if optimizer == "sgd" else "Adam.step"}
+    if engine:
+        names.add("backward")
     if model in ("mlp", "cnn"):
         names.add("ReLU.backward")
     if batchnorm:
@@ -151,7 +160,8 @@ def commands(folder: Path) -> list[str]:
     return [f"Then, after each function, from the project's folder (cd {ROOT}):",
             f"  python -m pytest {flag}    the gradient checks, exercise by exercise",
             f"  python compare.py {flag}   the lock step against torch (softmax regression "
-            "needs 1-6; --model mlp 7, --batchnorm 8, --model cnn 9-10, --optimizer adam 11)"]
+            "needs 1-6; --model mlp 7, --batchnorm 8, --model cnn 9-10, --optimizer adam 11, "
+            "--engine 12)"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -26,6 +26,7 @@ from practice import exercises, loader
 from practice.exercises import EXERCISES, NAMES, ExerciseError
 from practice.grading import Check, Grading
 from tests.processes import pytest_in_turn
+from tests.test_autograd import ADDS_AT_FAN_OUT, OVERWRITES_AT_FAN_OUT
 
 ROOT = Path(__file__).resolve().parent.parent
 MANUAL = ROOT / "manual"
@@ -104,6 +105,13 @@ OWN_REFUSAL = """\
 """
 
 
+def overwrite_at_fan_out(folder: Path) -> None:
+    """The engine's mistake: = where backward must add (+) into a node's buffer."""
+    path = folder / "autograd.py"
+    assert path.read_text().count(ADDS_AT_FAN_OUT) == 1
+    path.write_text(path.read_text().replace(ADDS_AT_FAN_OUT, OVERWRITES_AT_FAN_OUT))
+
+
 def write_softmax_and_cross_entropy(folder: Path) -> None:
     solve(folder, "softmax", LEARNER_SOFTMAX)
     solve(folder, "cross_entropy", LEARNER_CROSS_ENTROPY)
@@ -126,6 +134,7 @@ FOLDERS = {
         folder, "cross_entropy_grad", OWN_REFUSAL)),
     "softmax-raises": (NAMES, write_a_softmax_that_raises),
     "syntax-error": (NAMES, lambda folder: (folder / "functional.py").write_text("def f(:\n")),
+    "engine-overwrites": ([], overwrite_at_fan_out),
     "missing": None,
 }
 # Where the grading also prints hypothesis's statistics: which phases each property check ran.
@@ -133,6 +142,7 @@ SHOWN_STATISTICS = {"softmax-raises": ["--hypothesis-show-statistics"]}
 # Where only some checks run (all of them take seconds): the test files, or -k, by case.
 FUNCTIONAL = str(ROOT / "tests" / "test_functional.py")
 NARROW = {"one-hot-shifted": [FUNCTIONAL, "-k", "cross_entropy_grad"],
+          "engine-overwrites": [str(ROOT / "tests" / "test_autograd.py")],
           "sign-flipped": [FUNCTIONAL, "-k", "cross_entropy_grad"],
           "weight-gradient-transposed": [str(ROOT / "tests" / "test_model.py")],
           "own-refusal": [FUNCTIONAL, "-k", "cross_entropy_grad"]}
@@ -209,9 +219,10 @@ def test_every_exercise_loses_its_body_and_keeps_its_signature_and_docstring(tmp
         source, written = path.read_text(), (tmp_path / "ex" / path.name).read_text()
         originals, stubs = exercises.functions(source), exercises.functions(written)
         assert originals.keys() == stubs.keys(), path.name
+        here = {name for file, name, _ in exercises.EXERCISES if file == path.name}
         for name, original in originals.items():
             stub = stubs[name]
-            if name in NAMES:
+            if name in here:  # functions.py's log_softmax is its node, not the exercise
                 assert ast.get_docstring(stub) == ast.get_docstring(original), name
                 assert ast.unparse(stub.args) == ast.unparse(original.args), name
                 assert len(stub.body) == 2 and isinstance(stub.body[1], ast.Raise), name
@@ -219,9 +230,9 @@ def test_every_exercise_loses_its_body_and_keeps_its_signature_and_docstring(tmp
                 assert hint == f"# Hint: {exercises.HINTS[name]}", name
             else:
                 assert ast.unparse(stub) == ast.unparse(original), name
-    defined = [name for path in MANUAL.glob("*.py") for name in exercises.functions(
-        path.read_text())]
-    assert sorted(NAMES) == sorted(name for name in defined if name in NAMES)
+    defined = {(path.name, name) for path in MANUAL.glob("*.py")
+               for name in exercises.functions(path.read_text())}
+    assert {(file, name) for file, name, _ in exercises.EXERCISES} <= defined
 
 
 def test_an_exercise_manual_does_not_define_is_refused():
@@ -325,21 +336,30 @@ CONFIGURATIONS = [("softmax", False, "sgd"), ("mlp", False, "sgd"), ("mlp", True
                   ("cnn", False, "adamw")]
 
 
+@pytest.mark.parametrize("engine", [False, True], ids=["chain", "engine"])
 @pytest.mark.parametrize(("model", "batchnorm", "optimizer"), CONFIGURATIONS)
-def test_needed_lists_the_exercises_a_run_calls(tmp_path, model, batchnorm, optimizer):
+def test_needed_lists_the_exercises_a_run_calls(tmp_path, model, batchnorm, optimizer, engine):
     """exercises.needed (what compare.py looks for with first_not_written) against the calls a
-    training step of compare.py's Learner makes, for the model and optimizer of its flags."""
+    training step of compare.py's Learner makes, for the model and optimizer of its flags.
+    --engine adds backward (autograd.py's). Its step calls the rest but three of the loss's
+    functions: the loss is functions.cross_entropy, which calls functional's log_softmax
+    and whose gradient is the graph's, not cross_entropy_grad; compare.py needs them all the
+    same (the validation loss, the tutor)."""
     exercises.write(tmp_path / "ex", names=[])
     calls = set()
     package = loader.load(tmp_path / "ex", calls=calls)
     learner = Learner(package, 64, 10, {"lr": 0.01}, hidden=16 if model == "mlp" else None,
                       batchnorm=batchnorm, optimizer={"sgd": "SGD", "adam": "Adam",
                                                       "adamw": "AdamW"}[optimizer],
-                      channels=(2, 3) if model == "cnn" else None, dtype=torch.float64)
+                      channels=(2, 3) if model == "cnn" else None, dtype=torch.float64,
+                      engine=engine)
     x, y = torch.rand(8, 64, dtype=torch.float64), torch.arange(8) % 10
     learner.gradients(x, y)
     learner.step()
-    assert sorted(calls, key=NAMES.index) == exercises.needed(model, batchnorm, optimizer)
+    needed = exercises.needed(model, batchnorm, optimizer, engine)
+    assert needed == exercises.needed(model, batchnorm, optimizer) + ["backward"] * engine
+    loss = ["softmax", "cross_entropy", "cross_entropy_grad"] if engine else []
+    assert sorted(calls, key=NAMES.index) == [name for name in needed if name not in loss]
 
 
 # -- loading it as the package manual ----------------------------------------------------------
@@ -451,7 +471,7 @@ def test_the_summary_says_what_waits_and_what_no_check_reached():
     del grading.not_written["log_softmax"]
     assert grading.next_step(False).startswith("Some exercises had no check in this run")
     grading.checks = [Check(f"t::{name}", name, {name}, "passed") for name in NAMES]
-    assert grading.next_step(False).startswith("All 11 exercises pass their checks.")
+    assert grading.next_step(False).startswith(f"All {len(NAMES)} exercises pass their checks.")
     grading.checks += [Check("t::own[1]", "Linear.backward", {"Linear.backward"}, "failed", "m"),
                        Check("t::use", "SGD.step", {"Linear.backward", "SGD.step"}, "failed")]
     failing = set()
@@ -547,14 +567,14 @@ def test_the_first_stub_a_run_reaches_is_another_exercise(graded, tmp_path):
 def test_what_is_written_passes_and_the_rest_is_not_written_yet(graded, case, written):
     """One at a time, in any state: each exercise written passes its checks (cross_entropy
     without log_softmax too), each other one is reported not written yet, nothing fails.
-    All eleven written: every check of the suite passes, none is skipped."""
+    All twelve written: every check of the suite passes, none is skipped."""
     status, output, rows = graded[case]
     assert status == 0, output
     for name in NAMES:
         expected = r"ok: its \d+ checks pass" if name in written else r"not written yet .+"
         assert re.fullmatch(expected, rows[name]), (name, rows[name])
     assert " failed" not in output and ("skipped" in output) == (written != NAMES)
-    assert ("All 11 exercises pass their checks." in output) == (written == NAMES)
+    assert (f"All {len(NAMES)} exercises pass their checks." in output) == (written == NAMES)
 
 
 def test_a_seeded_bug_fails_exactly_its_functions_checks(graded):

@@ -8,7 +8,8 @@ one torch's loss.backward() walks, node by node, and the tutor's sentence for a 
   torch's, within the limit; the nodes whose formulas are torch's own operations
   bit-identical.
 - Each kind of node on its own, fed torch's incoming gradient (a check of its own, so that
-  the grader counts it for the layer backward it runs): within 1e-10 in float64.
+  the grader counts it for the layer backward it runs): within 1e-10 in float64; else the
+  tutor's node sentence, which the grader shows.
 - Broken twins: Linear recorded as one node, an addmm wired in another order, a ReLU that
   saves its input, an engine that runs a plain depth-first order, and a Conv2d.backward
   whose dLoss/dx flips the kernel: each one's GRAPH MISMATCH, or the tutor's node sentence.
@@ -21,6 +22,7 @@ import manual
 import torch_impl
 from lockstep import graph
 from lockstep.learner import Learner
+from tests.helpers import Differs
 
 MODELS = {"softmax": {}, "mlp": {"hidden": 8}, "mlp-batchnorm": {"hidden": 8, "batchnorm": True},
           "cnn": {"channels": (2, 3)}}
@@ -97,8 +99,9 @@ def test_each_node_fed_torchs_gradient_returns_torchs(model, node):
     theirs.backward()
     graph.fed(pairs, incoming, outgoing, LIMITS[torch.float64])
     for pair in pairs:
-        assert pair.grads and not pair.problems, graph.node_sentence(
-            pair, sides[0].package, LIMITS[torch.float64])
+        if not pair.grads or pair.problems:
+            sentence = graph.node_sentence(pair, sides[0].package, LIMITS[torch.float64])
+            raise Differs(f"{node} ({pair.layer}): {pair.problems}", sentence)
 
 
 def linear_as_one_node(layer, x):
