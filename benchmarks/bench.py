@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results += time_batch_size(job, pipelines, batch)
         for r in results[-len(pipelines):]:
-            print(f"{r['pipeline']:>17} batch {batch:>5}: {r['median_seconds']:.4f} s/epoch "
+            print(f"{r['pipeline']:>19} batch {batch:>5}: {r['median_seconds']:.4f} s/epoch "
                   f"({', '.join(f'{s:.3f}' for s in r['epoch_seconds'])})", file=sys.stderr)
     results.sort(key=lambda r: args.pipelines.index(r["pipeline"]))  # the table: by pipeline
     recipe = [] if args.no_recipe else [time_recipe_alone(job | {"pipeline": f"recipe {name}"})

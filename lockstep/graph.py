@@ -125,7 +125,8 @@ def layer_of(a, b, labels: tuple) -> str:
     if name(a) == "AccumulateGrad":
         return params.get(id(a.variable.data), "?")
     if len(a.next_functions) == 1 and name(a.next_functions[0][0]) == "AccumulateGrad":
-        return params.get(id(a.next_functions[0][0].variable.data), "?").rpartition(".")[0]
+        param = params.get(id(a.next_functions[0][0].variable.data), "?")
+        return param.rpartition(".")[0] or "linear"  # softmax regression's "weight"
     return "loss"
 
 
@@ -134,10 +135,10 @@ def saved_names(node) -> list[str]:
 
 
 def compare_saved(pairs: list[Pair], limit: float) -> None:
-    """Each tensor torch's node saved against manual's, in the walk's order: "=" torch.equal,
-    "~" within the limit (for the node's own kernel, or from a node upstream), "X" not."""
-    upstream = None  # the first node whose saved tensors are within rounding only
-    for pair in reversed(pairs):  # from the leaves up: the forward's order
+    """Each tensor torch's node saved against manual's: "=" torch.equal, "~" within the limit
+    (for the node's own kernel, or from the nearest such node upstream), "X" not."""
+    upstream = None  # the last node, in the forward's order, whose own kernel rounds its way
+    for pair in sorted(pairs, key=lambda pair: pair.manual.sequence_nr):  # forward's order
         mine = set(saved_names(pair.manual))
         for attribute in saved_names(pair.torch):
             theirs = getattr(pair.torch, attribute)
@@ -161,7 +162,8 @@ def compare_saved(pairs: list[Pair], limit: float) -> None:
         if "~" in pair.saved.values():
             pair.reason = KERNELS.get(name(pair.torch)) or (
                 f"it saved what {upstream} computed, within rounding" if upstream else "")
-            upstream = upstream or f"{name(pair.torch)} ({pair.layer})"
+            if name(pair.torch) in KERNELS:
+                upstream = f"{name(pair.torch)} ({pair.layer})"
         for key in mine - set(saved_names(pair.torch)):
             pair.problems.append(f"saves {key[7:]}, which torch's node does not")
 
@@ -293,14 +295,17 @@ def table(result: Check) -> list[str]:
                  if target is not None else "-" for target, _ in node.next_functions]
         return name(node) + (f" -> {', '.join(edges)}" if edges else "")
 
-    lines = [HEADER, f"{'#':>3}  {'manual':<36} {'torch':<36} {'layer':<16} {'saved':<9} "
-                     "fed torch's"]
+    cells = [(cell(pair.manual, 0), cell(pair.torch, 1)) for pair in result.runs]
+    width = max(len(text) for row in cells for text in row) + 1
+    lines = [HEADER, f"{'#':>3}  {'manual':<{width}} {'torch':<{width}} {'layer':<16} "
+                     f"{'saved':<9} fed torch's"]
     for row, pair in enumerate(result.runs, 1):
         saved = " ".join(f"{sum(mark == kind for mark in pair.saved.values())}{kind}"
                          for kind in "=~X" if kind in pair.saved.values())
         grads = " ".join("-" if d is None else "=" if d == 0 else "~" if d <= result.limit else "X"
                          for d in pair.grads)
-        lines.append(f"{row:>3}  {cell(pair.manual, 0):<36} {cell(pair.torch, 1):<36} "
+        mine, theirs = cells[row - 1]
+        lines.append(f"{row:>3}  {mine:<{width}} {theirs:<{width}} "
                      f"{pair.layer:<16} {saved or '-':<9} {grads or '-'}")
     return lines
 
