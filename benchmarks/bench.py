@@ -1,6 +1,6 @@
 """Seconds per epoch of four MNIST training pipelines, against the machine's own limits.
 
-    python benchmarks/bench.py                  # about 5-7 minutes on 2 CPU cores
+    python benchmarks/bench.py                  # about 7-9 minutes on 2 CPU cores
     python benchmarks/bench.py --device cuda    # the same on a GPU
 
 MNIST is found as everywhere in the project: --data-root, else $MNIST_ROOT, else ./data.
@@ -40,7 +40,6 @@ Writes table.md and results.json (every epoch's seconds) to --out.
 
 import argparse
 import contextlib
-import io
 import itertools
 import json
 import math
@@ -330,7 +329,9 @@ def time_recipe(job: dict) -> dict:
     argv = [*shlex.split(RECIPE), "--device", device, "--data-root", str(root)]
     if job["pipeline"] == "recipe compare.py":  # on as many threads as the other recipe jobs
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
-        with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
+        # a real file, not io.StringIO: compare.main reconfigures sys.stdout (line buffering)
+        with (tempfile.TemporaryDirectory() as out, open(os.devnull, "w") as quiet,
+              contextlib.redirect_stdout(quiet)):
             start = time.perf_counter()
             status = compare.main([*argv, "--quiet", "--no-plots", "--out", out])
             seconds = time.perf_counter() - start

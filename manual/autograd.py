@@ -35,6 +35,7 @@ import heapq
 import itertools
 import re
 import warnings
+import weakref
 
 import torch
 
@@ -93,13 +94,15 @@ class Variable:
         """Keep dLoss/d(this non-leaf) in .grad: the gradient its grad_fn receives."""
         if not self.is_leaf and not self.retains_grad:
             self.retains_grad = True
-            self.grad_fn.retained.append(self)
+            self.grad_fn.retained.append(weakref.ref(self))  # weak, as torch's hook: no cycle
 
     def grad_accumulator(self) -> "AccumulateGrad":
         """The leaf's AccumulateGrad node, one per leaf, made when an op first uses it."""
-        if self.accumulator is None:
-            self.accumulator = AccumulateGrad(self)
-        return self.accumulator
+        accumulator = self.accumulator and self.accumulator()
+        if accumulator is None:  # weak, as torch's: the graph holds it, and it holds the leaf
+            accumulator = AccumulateGrad(self)
+            self.accumulator = weakref.ref(accumulator)
+        return accumulator
 
     def backward(self, gradient: torch.Tensor | None = None, retain_graph: bool = False):
         backward(self, gradient, retain_graph)
@@ -121,6 +124,7 @@ class Node:
                  sequence_nr: int | None = None):
         self._name, self.formula = name, formula
         self.next_functions = tuple(edge(variable) for variable in inputs)
+        self.needs = tuple(node is not None for node, _ in self.next_functions)  # fixed from now
         self.saved = {}  # name -> (value, version when saved, the op that made it)
         for key, value in (saved or {}).items():
             if isinstance(value, Variable):  # an input: made by its grad_fn, or a leaf
@@ -128,7 +132,6 @@ class Node:
             else:  # this node's own output (result, result1, ...), or a plain tensor or value
                 maker = name if key.startswith("result") else None
             version = value._version if isinstance(value, torch.Tensor) else None
-            maker = maker and re.sub(r"Backward\d*$", "", maker)  # the op: "Relu", as torch says
             self.saved[key] = (value, version, maker)
         self.sequence_nr = next(sequence_numbers) if sequence_nr is None else sequence_nr
         self.prehooks, self.hooks, self.retained = [], [], []
@@ -159,7 +162,8 @@ class Node:
         if not isinstance(value, torch.Tensor):
             return value
         if value._version != version:
-            of = f", which is output 0 of {maker}," if maker else ""
+            op = maker and re.sub(r"Backward\d*$", "", maker)  # the op: "Relu", as torch says
+            of = f", which is output 0 of {op}," if op else ""
             raise RuntimeError(
                 "one of the variables needed for gradient computation has been modified by an "
                 f"inplace operation: [{value.type()} {list(value.shape)}]{of} is at version "
@@ -167,18 +171,23 @@ class Node:
         return value
 
     def needs_input_grad(self) -> tuple[bool, ...]:
-        return tuple(node is not None for node, _ in self.next_functions)
+        return self.needs
 
     def __call__(self, *grad_outputs: torch.Tensor) -> tuple:
         """One gradient per edge, from dLoss/d(output) (grad_outputs[0]; the others, for the
         outputs no gradient flows into, are None)."""
-        saved = {key: self.unpack(key) for key in self.saved}
-        return tuple(self.formula(grad_outputs[0], self.needs_input_grad(), **saved))
+        saved = {}
+        for key, (value, version, _) in self.saved.items():  # unpack(key), inline: the fast case
+            if value is FREED or (version is not None and value._version != version):
+                self.unpack(key)  # raises torch's error
+            saved[key] = value
+        return tuple(self.formula(grad_outputs[0], self.needs, **saved))
 
     def release(self) -> None:
         """Free the saved tensors (retain_graph=False): drop them, keep the other values."""
-        self.saved = {key: (FREED if isinstance(value, torch.Tensor) else value, version, maker)
-                      for key, (value, version, maker) in self.saved.items()}
+        for key, (_, version, maker) in self.saved.items():
+            if version is not None:  # a tensor (a number or None has no version)
+                self.saved[key] = FREED, version, maker
 
     def register_prehook(self, hook) -> None:
         """hook(grad_outputs) before the node runs; what it returns, if not None, replaces them."""
@@ -192,8 +201,11 @@ class Node:
 class AccumulateGrad(Node):
     """The node at the end of every path to a leaf: adds dLoss/dleaf into leaf.grad.
 
-    leaf.grad = g when it is None (a copy, so that no other tensor shares it), else
-    leaf.grad += g: the sum over backward() calls, as over paths."""
+    leaf.grad = g when it is None, else leaf.grad + g: the sum over backward() calls, as
+    over paths. g is stored as it is (a copy only if it is not contiguous, an expanded sum's
+    gradient), and the sum is a new tensor: the engine never writes into a gradient, so
+    nothing that shares one can change under it. Torch stores g as it is too when nothing
+    else holds it (use_count), else a copy, and adds in place."""
 
     def __init__(self, variable: Variable):
         super().__init__("AccumulateGrad", None, [], sequence_nr=ACCUMULATE_GRAD_SEQUENCE_NR)
@@ -202,9 +214,9 @@ class AccumulateGrad(Node):
     def __call__(self, *grad_outputs: torch.Tensor) -> tuple:
         leaf, grad = self.variable.data, grad_outputs[0]
         if leaf.grad is None:
-            leaf.grad = grad.clone(memory_format=torch.contiguous_format)
+            leaf.grad = grad if grad.is_contiguous() else grad.contiguous()
         else:
-            leaf.grad += grad
+            leaf.grad = leaf.grad + grad
         return ()
 
 
@@ -271,9 +283,12 @@ def run(node: Node, grad: torch.Tensor, retain_graph: bool) -> tuple:
     """One node: its retained gradients, its prehooks, its formula, its hooks; then free it."""
     if grad is None:  # no gradient reached it (every edge into it delivered None)
         return (None,) * len(node.next_functions)
-    for variable in node.retained:  # retain_grad(): dLoss/d(output), kept, summed over calls
+    for variable in filter(None, (ref() for ref in node.retained)):  # the live ones
         kept = variable.retained
-        variable.retained = grad.clone() if kept is None else kept + grad
+        if kept is None:  # the gradient itself, which nothing changes after; a copy if a hook might
+            variable.retained = grad.clone() if node.prehooks or node.hooks else grad
+        else:
+            variable.retained = kept + grad
     grads = (grad,)
     for hook in node.prehooks:  # after retain_grad's, as torch runs them
         grads = hook(grads) or grads
