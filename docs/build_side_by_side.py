@@ -319,16 +319,12 @@ NOTES = {
         "the same message, once release_variables() has reset its data; and, when the tensor's "
         "version counter has moved on since it was saved, the same \"modified by an inplace "
         "operation\" error, followed in torch by a hint about anomaly detection.",
-    "autograd.Node.needs_input_grad":
-        "Node::task_should_compute_output(i) (torch/csrc/autograd/node.h): whether edge i is "
-        "valid (and needed by this backward); the generated apply() evaluates an input's "
-        "formula only when it is, passing it on as grad_input_mask, and leaves the other "
-        "gradients undefined.",
     "autograd.Node.__call__":
         "Node::operator() calls apply(), which each node defines in "
         "torch/csrc/autograd/generated/Functions.cpp: it unpacks its SavedVariables and "
-        "evaluates, for each input that needs a gradient, its formula from "
-        "tools/autograd/derivatives.yaml (addmm's mat1: mm_mat1_backward(grad, mat2, ...)).",
+        "evaluates, for each input that needs a gradient (task_should_compute_output(i): edge "
+        "i is valid; here needs_input_grad), its formula from tools/autograd/derivatives.yaml "
+        "(addmm's mat1: mm_mat1_backward(grad, mat2, ...)), leaving the others undefined.",
     "autograd.Node.release":
         "Node::release_variables(), generated per node: AddmmBackward0's resets mat1_ and "
         "mat2_ and keeps alpha and beta. engine.cpp's evaluate_function calls it once the node "

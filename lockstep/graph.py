@@ -18,6 +18,7 @@ next_functions, the two graphs are paired node by node and held against each oth
 """
 
 import itertools
+import math
 import textwrap
 from dataclasses import dataclass, field
 
@@ -53,11 +54,10 @@ INPUTS = {"AddmmBackward0": ("bias", "input", "weight"), "MmBackward0": ("input"
 
 @dataclass
 class Pair:
-    """One node of each graph, paired: depth in the walk, layer, and what was found."""
+    """One node of each graph, paired: its layer, and what was found."""
 
     manual: object
     torch: object
-    depth: int
     layer: str = ""
     problems: list[str] = field(default_factory=list)
     saved: dict[str, str] = field(default_factory=dict)  # name -> "=", "~" or "X"
@@ -71,8 +71,9 @@ def name(node) -> str:
 
 
 def record(learner: Learner, x: torch.Tensor, y: torch.Tensor):
-    """(the loss, {node: layer name}) of learner's forward on (x, y), recorded by its
-    package's engine: manual/functions.py, or autograd for torch_impl."""
+    """(the loss, {node: the layer whose output it made}, {id(parameter): its name}) of
+    learner's forward on (x, y), recorded by its package's engine: manual/functions.py, or
+    autograd for torch_impl."""
     package, model = learner.package, learner.model
     logits, hidden = package.functions.forward(model, package.autograd.Variable(
         learner.as_input(x)))
@@ -86,12 +87,12 @@ def record(learner: Learner, x: torch.Tensor, y: torch.Tensor):
 def walk(roots: tuple, labels: tuple) -> list[Pair]:
     """The two graphs paired, depth first from the roots along next_functions in order;
     each node once. A pair's problems: another name, or edges that do not match torch's."""
-    pairs, seen, stack = [], {}, [(*roots, 0)]
+    pairs, seen, stack = [], {}, [roots]
     while stack:
-        a, b, depth = stack.pop()
+        a, b = stack.pop()
         if b in seen:
             continue
-        pair = seen[b] = Pair(a, b, depth, layer_of(a, b, labels))
+        pair = seen[b] = Pair(a, b, layer_of(a, b, labels))
         pairs.append(pair)
         if name(a) != name(b):
             pair.problems.append(f"named {name(a)} where torch's is {name(b)}")
@@ -108,7 +109,7 @@ def walk(roots: tuple, labels: tuple) -> list[Pair]:
             elif t is not None and t in seen and seen[t].manual is not m:
                 pair.problems.append(f"edge {index} leads to another node than torch's")
             elif t is not None:
-                stack.append((m, t, depth + 1))
+                stack.append((m, t))
     return pairs
 
 
@@ -155,10 +156,12 @@ def compare_saved(pairs: list[Pair], limit: float) -> None:
                 pair.problems.append(f"saves {key} as {what(ours)} where torch's saves "
                                      f"{what(theirs)}")
             elif theirs is not None:
-                pair.saved[key] = level(ours, theirs, limit)
+                apart = gap(ours, theirs)
+                pair.saved[key] = mark(apart, limit)
                 if pair.saved[key] == "X":
-                    pair.problems.append(f"saved {key} differs from torch's by "
-                                         f"{distance(ours, theirs):.1e}")
+                    pair.problems.append(f"saved {key} differs from torch's" + (
+                        f" by {apart:.1e}" if math.isfinite(apart) else
+                        ": in its shape, or in its integers"))
         if "~" in pair.saved.values():
             pair.reason = KERNELS.get(name(pair.torch)) or (
                 f"it saved what {upstream} computed, within rounding" if upstream else "")
@@ -181,13 +184,24 @@ def same_value(ours, theirs) -> bool:
     return ours == theirs
 
 
-def level(ours: torch.Tensor, theirs: torch.Tensor, limit: float) -> str:
-    if ours.shape == theirs.shape and torch.equal(ours, theirs):
-        return "="
-    if ours.shape == theirs.shape and ours.is_floating_point() and \
-            distance(ours, theirs) <= limit:
-        return "~"
-    return "X"
+def gap(ours: torch.Tensor | None, theirs: torch.Tensor | None) -> float | None:
+    """How far manual's tensor is from torch's: None where both are None, 0.0 where they are
+    torch.equal, the distance (max|a - b| / max|b|) of floating ones of one shape, else inf."""
+    if ours is None or theirs is None:
+        return None if ours is theirs else math.inf
+    if ours.shape != theirs.shape:
+        return math.inf
+    if torch.equal(ours, theirs):
+        return 0.0
+    return distance(ours, theirs) if ours.is_floating_point() else math.inf
+
+
+def mark(apart: float | None, limit: float) -> str:
+    """A gap as the table shows it: "=" bit-identical, "~" within the limit, "X" over it, "-"
+    none (no tensor on either side)."""
+    if apart is None:
+        return "-"
+    return "=" if apart == 0 else "~" if apart <= limit else "X"
 
 
 def hooked(root) -> tuple[list, dict, dict]:
@@ -211,7 +225,7 @@ def hooked(root) -> tuple[list, dict, dict]:
         if node is not None and node not in seen:
             seen.add(node)
             watch(node)
-            stack += [target for target, _ in node.next_functions]
+            stack += targets(node.next_functions)
     return order, incoming, outgoing
 
 
@@ -223,12 +237,7 @@ def fed(pairs: list[Pair], incoming: dict, outgoing: dict, limit: float) -> None
             continue
         ours = pair.manual(*incoming[pair.torch])  # an error is the learner's to see
         for index, (a, b) in enumerate(zip(ours, outgoing[pair.torch], strict=False)):
-            if a is None or b is None:
-                pair.grads.append(None if a is None and b is None else float("inf"))
-            elif a.shape != b.shape:
-                pair.grads.append(float("inf"))
-            else:
-                pair.grads.append(0.0 if torch.equal(a, b) else distance(a, b))
+            pair.grads.append(gap(a, b))
             if pair.grads[-1] is not None and pair.grads[-1] > limit:
                 pair.problems.append(f"fed torch's gradient, its gradient for the "
                                      f"{input_name(pair, index)} differs")
@@ -302,8 +311,7 @@ def table(result: Check) -> list[str]:
     for row, pair in enumerate(result.runs, 1):
         saved = " ".join(f"{sum(mark == kind for mark in pair.saved.values())}{kind}"
                          for kind in "=~X" if kind in pair.saved.values())
-        grads = " ".join("-" if d is None else "=" if d == 0 else "~" if d <= result.limit else "X"
-                         for d in pair.grads)
+        grads = " ".join(mark(apart, result.limit) for apart in pair.grads)
         mine, theirs = cells[row - 1]
         lines.append(f"{row:>3}  {mine:<{width}} {theirs:<{width}} "
                      f"{pair.layer:<16} {saved or '-':<9} {grads or '-'}")

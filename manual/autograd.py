@@ -124,7 +124,7 @@ class Node:
                  sequence_nr: int | None = None):
         self._name, self.formula = name, formula
         self.next_functions = tuple(edge(variable) for variable in inputs)
-        self.needs = tuple(node is not None for node, _ in self.next_functions)  # fixed from now
+        self.needs_input_grad = tuple(node is not None for node, _ in self.next_functions)
         self.saved = {}  # name -> (value, version when saved, the op that made it)
         for key, value in (saved or {}).items():
             if isinstance(value, Variable):  # an input: made by its grad_fn, or a leaf
@@ -170,9 +170,6 @@ class Node:
                 f"{value._version}; expected version {version} instead.")
         return value
 
-    def needs_input_grad(self) -> tuple[bool, ...]:
-        return self.needs
-
     def __call__(self, *grad_outputs: torch.Tensor) -> tuple:
         """One gradient per edge, from dLoss/d(output) (grad_outputs[0]; the others, for the
         outputs no gradient flows into, are None)."""
@@ -181,7 +178,7 @@ class Node:
             if value is FREED or (version is not None and value._version != version):
                 self.unpack(key)  # raises torch's error
             saved[key] = value
-        return tuple(self.formula(grad_outputs[0], self.needs, **saved))
+        return tuple(self.formula(grad_outputs[0], self.needs_input_grad, **saved))
 
     def release(self) -> None:
         """Free the saved tensors (retain_graph=False): drop them, keep the other values."""

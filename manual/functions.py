@@ -90,10 +90,18 @@ def addmm(bias: Variable, mat1: Variable, mat2: Variable) -> Variable:
 
 
 def addmm_backward(grad, needs, alpha, beta, mat1, mat2):
-    weight = holder(grad, grad.shape[1], mat1.shape[1]) if mat2 is None else mat2.T
-    layer = holding(Linear, input=mat1, weight=weight, bias=holder(grad, grad.shape[1]))
-    grad_input = layer.backward(grad, needs[1])
-    return layer.bias.grad, grad_input, layer.weight.grad.T
+    grad_input, grad_weight_t, grad_bias = linear_backward(grad, needs[1], mat1, mat2, True)
+    return grad_bias, grad_input, grad_weight_t
+
+
+def linear_backward(grad, needs_input_grad: bool, x, mat2, bias: bool) -> tuple:
+    """Linear.backward on x and W = mat2^T (a holder where the node saved no mat2):
+    (dLoss/dx or None, (dLoss/dW)^T, which is dLoss/dmat2, dLoss/db or None)."""
+    weight = holder(grad, grad.shape[1], x.shape[1]) if mat2 is None else mat2.T
+    layer = holding(Linear, input=x, weight=weight,
+                    bias=holder(grad, grad.shape[1]) if bias else None)
+    grad_input = layer.backward(grad, needs_input_grad)
+    return grad_input, layer.weight.grad.T, layer.bias.grad if bias else None
 
 
 def mm(mat1: Variable, mat2: Variable) -> Variable:
@@ -104,10 +112,8 @@ def mm(mat1: Variable, mat2: Variable) -> Variable:
 
 
 def mm_backward(grad, needs, mat2, self):
-    weight = holder(grad, grad.shape[1], self.shape[1]) if mat2 is None else mat2.T
-    layer = holding(Linear, input=self, weight=weight, bias=None)
-    grad_input = layer.backward(grad, needs[0])
-    return grad_input, layer.weight.grad.T
+    grad_input, grad_weight_t, _ = linear_backward(grad, needs[0], self, mat2, False)
+    return grad_input, grad_weight_t
 
 
 def relu(layer: ReLU, x: Variable) -> Variable:
