@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = flags.parse_args(argv, description=__doc__.splitlines()[0])
     made: list[Path] = []  # the folders this run made, for report.discard
     try:
-        with threads.for_model(args.model):
+        with threads.for_model(args.model, args.engine):
             return run(args, made)
     except KeyboardInterrupt:  # what was printed and written stays; an empty folder goes
         report.discard(made)

@@ -168,19 +168,22 @@ def test_a_softmax_without_its_max_is_named_with_the_check_that_catches_it(monke
     assert f"def {test}(" in (ROOT / test_file).read_text()  # the check named exists
 
 
-@pytest.mark.parametrize(("model", "threads"), [("softmax", 1), ("mlp", None), ("cnn", None)])
+@pytest.mark.parametrize(("model", "threads"), [
+    ("softmax", 1), ("mlp", None), ("cnn", None), ("softmax --engine", 1), ("mlp --engine", 1),
+    ("cnn --engine", None)])
 def test_softmax_regression_runs_on_one_thread_unless_told(monkeypatch, model, threads):
-    """--model softmax on one torch thread (docs/speed.md, "A busy machine"), the others on
-    torch's own; the process's count is restored after, and OMP_NUM_THREADS is obeyed."""
+    """--model softmax on one torch thread (docs/speed.md, "A busy machine"), and the MLP
+    through the engine (lockstep.threads), the others on torch's own; the process's count is
+    restored after, and OMP_NUM_THREADS is obeyed."""
     seen = []
     monkeypatch.setattr(compare, "run", lambda args, made: seen.append(torch.get_num_threads()))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        compare.main(["--model", model])
+        compare.main(["--model", *model.split()])
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
-        compare.main(["--model", model])
+        compare.main(["--model", *model.split()])
         assert seen == [threads or 2, 2] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
