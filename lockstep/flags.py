@@ -15,6 +15,7 @@ from common.data import NUM_PIXELS
 
 DEFAULT_HIDDEN = 128  # --model mlp without --hidden
 DEFAULT_CHANNELS = (16, 32)  # --model cnn without --channels
+DEFAULT_RESNET_CHANNELS = (16, 32)  # --model resnet without --channels
 # --optimizer: the class in manual/optim.py and torch_impl/optim.py, the flags that are its
 # options, and the defaults of those not given (Adam's and AdamW's are torch's own).
 OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
@@ -34,6 +35,8 @@ MODEL_DEFAULTS = {
             "sgd": {"lr": 0.2, "momentum": 0.9}},
     "cnn": {"epochs": 3, "lr_schedule": "cosine", "label_smoothing": 0.1,
             "sgd": {"lr": 0.05, "momentum": 0.9}},
+    "resnet": {"epochs": 3, "lr_schedule": "cosine", "label_smoothing": 0.1,
+               "sgd": {"lr": 0.05, "momentum": 0.9}},
 }
 
 
@@ -64,8 +67,8 @@ def parse_args(argv: list[str] | None = None,
         parser.error(problem)
     if args.model == "mlp" and args.hidden is None:
         args.hidden = DEFAULT_HIDDEN
-    if args.model == "cnn" and args.channels is None:
-        args.channels = DEFAULT_CHANNELS
+    if args.model in ("cnn", "resnet") and args.channels is None:
+        args.channels = DEFAULT_CHANNELS if args.model == "cnn" else DEFAULT_RESNET_CHANNELS
     args.channels = None if args.channels is None else tuple(args.channels)
     if args.plots is None:  # an exercise run is for its verdict: plots only when asked
         args.plots = args.manual is None
@@ -76,16 +79,20 @@ def make_parser(description: str | None = None) -> ArgumentParser:
     """compare.py's flags, each with its help: what it does, and its default."""
     parser = ArgumentParser(description=description, epilog=defaults_table(),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("softmax", "mlp", "cnn"), default="softmax",
-                        help="softmax regression, an MLP with one hidden layer and ReLU, or a "
-                             "CNN: 5x5 convolutions, ReLU and 2x2 max pooling "
-                             "(default %(default)s)")
+    parser.add_argument("--model", choices=("softmax", "mlp", "cnn", "resnet"),
+                        default="softmax",
+                        help="softmax regression, an MLP with one hidden layer and ReLU, a "
+                             "CNN: 5x5 convolutions, ReLU and 2x2 max pooling, or a ResNet: "
+                             "convolutions with BatchNorm2d and residual blocks, trained "
+                             "through the engine (default %(default)s)")
     parser.add_argument("--hidden", type=int, help="hidden units of --model mlp (default 128)")
     parser.add_argument("--batchnorm", action="store_true",
                         help="--model mlp: BatchNorm1d between the hidden Linear and the ReLU")
     parser.add_argument("--channels", type=int, nargs="+", metavar="C",
                         help="--model cnn: the output channels of each convolution, one block "
-                             "(Conv2d, ReLU, MaxPool2d) per number (default 16 32)")
+                             "(Conv2d, ReLU, MaxPool2d) per number (default 16 32); --model "
+                             "resnet: the width of each stage (Conv2d, BatchNorm2d, ReLU, "
+                             "MaxPool2d, a residual block) (default 16 32)")
     parser.add_argument("--epochs", type=int,
                         help="passes over the training set (default: the model's, below)")
     parser.add_argument("--batch-size", type=int, default=100,
@@ -202,8 +209,8 @@ def usage_problem(args: argparse.Namespace) -> str | None:
     if args.model != "mlp" and (args.hidden is not None or args.batchnorm):
         flag = "--hidden" if args.hidden is not None else "--batchnorm"
         return f"{flag} applies to --model mlp only, not {args.model}"
-    if args.model != "cnn" and args.channels is not None:
-        return f"--channels applies to --model cnn only, not {args.model}"
+    if args.model not in ("cnn", "resnet") and args.channels is not None:
+        return f"--channels applies to --model cnn and resnet only, not {args.model}"
     if args.hidden is not None and args.hidden < 1:
         return f"--hidden must be positive, got {args.hidden}"
     if args.channels is not None and not all(c > 0 for c in args.channels):
@@ -214,6 +221,9 @@ def usage_problem(args: argparse.Namespace) -> str | None:
                 "(at most 4)")
     if args.batchnorm and args.batch_size == 1:
         return "--batchnorm needs --batch-size 2 or more (a batch of 1 has no variance)"
+    if args.model == "resnet" and args.batch_size == 1 and last_side(args) == 1:
+        return ("--model resnet with 4 stages needs --batch-size 2 or more (its last "
+                "BatchNorm2d sees 1 x 1 images: one value a channel has no variance)")
     for flag in ("epochs", "batch_size", "lr"):
         if not getattr(args, flag) > 0:
             return f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}"
@@ -266,10 +276,18 @@ def dtype_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def last_side(args: argparse.Namespace) -> int:
+    """The side of the images the ResNet's last stage sees: 28 halved once a stage."""
+    return math.isqrt(NUM_PIXELS) >> len(args.channels or DEFAULT_RESNET_CHANNELS)
+
+
 def data_problem(args: argparse.Namespace, train_size: int) -> str | None:
     """What is impossible about these flags for a training set of train_size images, or None."""
-    if args.batchnorm and train_size % args.batch_size == 1:
-        return (f"--batchnorm needs 2 or more examples in every batch, but --batch-size "
+    flag = ("--batchnorm" if args.batchnorm else
+            "--model resnet with 4 stages" if args.model == "resnet" and last_side(args) == 1
+            else None)
+    if flag and train_size % args.batch_size == 1:
+        return (f"{flag} needs 2 or more examples in every batch, but --batch-size "
                 f"{args.batch_size} leaves a last batch of 1 from {train_size} training "
                 "images: change --batch-size or --subset")
     return None

@@ -87,12 +87,12 @@ def record(learner: Learner, x: torch.Tensor, y: torch.Tensor):
 def walk(roots: tuple, labels: tuple) -> list[Pair]:
     """The two graphs paired, depth first from the roots along next_functions in order;
     each node once. A pair's problems: another name, or edges that do not match torch's."""
-    pairs, seen, stack = [], {}, [roots]
+    pairs, seen, stack, inherited = [], {}, [roots], {}
     while stack:
         a, b = stack.pop()
         if b in seen:
             continue
-        pair = seen[b] = Pair(a, b, layer_of(a, b, labels))
+        pair = seen[b] = Pair(a, b, layer_of(a, b, labels) or inherited.get(b, "loss"))
         pairs.append(pair)
         if name(a) != name(b):
             pair.problems.append(f"named {name(a)} where torch's is {name(b)}")
@@ -110,6 +110,7 @@ def walk(roots: tuple, labels: tuple) -> list[Pair]:
                 pair.problems.append(f"edge {index} leads to another node than torch's")
             elif t is not None:
                 stack.append((m, t))
+                inherited.setdefault(t, block(pair.layer))
     return pairs
 
 
@@ -117,18 +118,26 @@ def targets(edges: tuple) -> list:
     return [node for node, _ in edges]
 
 
-def layer_of(a, b, labels: tuple) -> str:
+def layer_of(a, b, labels: tuple) -> str | None:
     """The layer a node belongs to: the layer whose output it made, a parameter's name, or
-    the layer of the parameter its single edge leads to (TBackward0); else "loss"."""
+    the layer of the parameters its edges lead to (TBackward0, a convolution in a residual
+    block: "layers.4.conv1"); else None (walk then takes its parent's block, or "loss")."""
     layers, params = labels
     if a in layers:
         return layers[a]
     if name(a) == "AccumulateGrad":
         return params.get(id(a.variable.data), "?")
-    if len(a.next_functions) == 1 and name(a.next_functions[0][0]) == "AccumulateGrad":
-        param = params.get(id(a.next_functions[0][0].variable.data), "?")
-        return param.rpartition(".")[0] or "linear"  # softmax regression's "weight"
-    return "loss"
+    for node in targets(a.next_functions):
+        if name(node) == "AccumulateGrad":
+            param = params.get(id(node.variable.data), "?")
+            return param.rpartition(".")[0] or "linear"  # softmax regression's "weight"
+    return None
+
+
+def block(layer: str) -> str:
+    """The layer a node inside it inherits from the node above: "layers.4.conv2" ->
+    "layers.4" (a residual block's ReLU and add), "loss" -> "loss"."""
+    return ".".join(layer.split(".")[:2])
 
 
 def saved_names(node) -> list[str]:
@@ -177,8 +186,9 @@ def what(saved: torch.Tensor | None) -> str:
 
 def same_value(ours, theirs) -> bool:
     """A saved number, flag or list of sizes, as torch's (a list and a tuple alike)."""
-    if isinstance(theirs, (tuple, list)):
-        return ours is not None and list(ours) == list(theirs)
+    if isinstance(theirs, (tuple, list)):  # mean's dims -1, -2 show as 2^64 - 1, 2^64 - 2
+        return (isinstance(ours, (tuple, list)) and len(ours) == len(theirs)
+                and all(map(same_value, ours, theirs)))
     if isinstance(theirs, int) and isinstance(ours, int):  # torch shows int64 -100 as the
         return (ours - theirs) % 2**64 == 0               # uint64 2^64 - 100
     return ours == theirs
@@ -306,7 +316,8 @@ def table(result: Check) -> list[str]:
 
     cells = [(cell(pair.manual, 0), cell(pair.torch, 1)) for pair in result.runs]
     width = max(len(text) for row in cells for text in row) + 1
-    lines = [HEADER, f"{'#':>3}  {'manual':<{width}} {'torch':<{width}} {'layer':<16} "
+    layer = max(16, *(len(pair.layer) + 1 for pair in result.runs))
+    lines = [HEADER, f"{'#':>3}  {'manual':<{width}} {'torch':<{width}} {'layer':<{layer}} "
                      f"{'saved':<9} fed torch's"]
     for row, pair in enumerate(result.runs, 1):
         saved = " ".join(f"{sum(mark == kind for mark in pair.saved.values())}{kind}"
@@ -314,7 +325,7 @@ def table(result: Check) -> list[str]:
         grads = " ".join(mark(apart, result.limit) for apart in pair.grads)
         mine, theirs = cells[row - 1]
         lines.append(f"{row:>3}  {mine:<{width}} {theirs:<{width}} "
-                     f"{pair.layer:<16} {saved or '-':<9} {grads or '-'}")
+                     f"{pair.layer:<{layer}} {saved or '-':<9} {grads or '-'}")
     return lines
 
 
@@ -413,7 +424,6 @@ def node_sentence(pair: Pair, package, limit: float) -> str:
 
 
 def formula(node, package):
-    """The function that holds a manual node's formula: the backward of the layer it runs
-    (functions.LAYER_BACKWARD), else the node's own."""
-    layer = getattr(package.functions, "LAYER_BACKWARD", {}).get(name(node))
-    return layer.backward if layer else node.formula
+    """The function that holds a manual node's formula: the backward of the layer it runs,
+    else the node's own (functions.formula_of)."""
+    return package.functions.formula_of(node)

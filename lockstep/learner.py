@@ -31,7 +31,8 @@ class Learner:
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  anneal_steps: int | None = None, hidden: int | None = None,
                  batchnorm: bool = False, optimizer: str = "SGD",
-                 channels: tuple[int, ...] | None = None, engine: bool = False):
+                 channels: tuple[int, ...] | None = None, engine: bool = False,
+                 resnet: bool = False):
         """optimizer: the name of the package's optimizer class ("SGD", "Adam", "AdamW"),
         built with optimizer_options.
         anneal_steps: cosine-anneal the learning rate to 0 over that many optimizer
@@ -43,13 +44,16 @@ class Learner:
         sees it (as_input).
         engine: compute the gradients through the package's engine
         (train.forward_backward_engine: the recorded graph, walked by autograd.backward), not
-        the model's own backward."""
+        the model's own backward.
+        resnet: with channels, a ResNet (its stages' widths) in place of the CNN; it always
+        trains through the engine (a residual block is not a chain)."""
+        engine = engine or resnet
         self.name = package.__name__
         self.package = package
         self.settings = dict(in_features=in_features, num_classes=num_classes,  # for twin()
                              optimizer_options=optimizer_options, label_smoothing=label_smoothing,
                              device=device, hidden=hidden, batchnorm=batchnorm, optimizer=optimizer,
-                             channels=channels, engine=engine)
+                             channels=channels, engine=engine, resnet=resnet)
         kinds = dict(device=device, dtype=dtype)
         self.image_shape = None  # (1, H, W) for the CNN: what a flat row of x becomes
         if channels is not None:
@@ -57,8 +61,10 @@ class Learner:
             if side * side != in_features:
                 raise ValueError(f"a CNN needs square images, not {in_features} pixels")
             self.image_shape = (1, side, side)
-            self.model = package.model.CNN(1, tuple(channels), num_classes, image_size=side,
-                                           **kinds)
+            self.model = (package.model.ResNet(1, tuple(channels), num_classes, **kinds)
+                          if resnet else
+                          package.model.CNN(1, tuple(channels), num_classes, image_size=side,
+                                            **kinds))
         elif hidden is None:
             self.model = package.model.SoftmaxRegression(in_features, num_classes, **kinds)
         else:
@@ -287,5 +293,6 @@ def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
         learners.append(Learner(package, NUM_PIXELS, NUM_CLASSES, options,
                                 args.label_smoothing, device, dtype, anneal_steps,
                                 args.hidden, args.batchnorm, OPTIMIZERS[args.optimizer],
-                                args.channels, getattr(args, "engine", False)))
+                                args.channels, getattr(args, "engine", False),
+                                args.model == "resnet"))
     return learners

@@ -18,7 +18,8 @@ import torch
 
 from manual import functional
 from manual.autograd import Node, Variable, is_grad_enabled
-from manual.layers import BatchNorm1d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from manual.layers import (AdaptiveAvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear,
+                           MaxPool2d, ReLU, per_channel)
 
 IGNORE_INDEX = -100  # F.cross_entropy's default: a target never ignored here
 
@@ -128,7 +129,8 @@ def relu_backward(grad, needs, result):
 
 def batch_norm(layer: BatchNorm1d, x: Variable) -> Variable:
     """NativeBatchNormBackward0, saves input, weight, the running statistics, result1 (the
-    batch mean) and result2 (1 / sqrt(var + eps)): BatchNorm1d.backward."""
+    batch mean) and result2 (1 / sqrt(var + eps)): BatchNorm1d.backward, or BatchNorm2d's
+    for images (N, C, H, W)."""
     output = layer.forward(x.data)
     saved = {"eps": layer.eps, "input": x, "result1": layer.mean, "result2": layer.inv_std,
              "running_mean": layer.running_mean, "running_var": layer.running_var,
@@ -139,8 +141,11 @@ def batch_norm(layer: BatchNorm1d, x: Variable) -> Variable:
 
 def batch_norm_backward(grad, needs, eps, input, result1, result2, running_mean, running_var,
                         training, weight):
-    layer = holding(BatchNorm1d, weight=weight.detach(), bias=holder(grad, grad.shape[1]),
-                    inv_std=result2, x_hat=(input - result1) * result2,
+    images = input.dim() == 4
+    x = input.flatten(2) if images else input  # as the layer's forward normalized it
+    layer = holding(BatchNorm2d if images else BatchNorm1d, weight=weight.detach(),
+                    bias=holder(grad, grad.shape[1]), inv_std=result2,
+                    x_hat=(x - per_channel(result1, x)) * per_channel(result2, x),
                     batch_statistics=training)
     grad_input = layer.backward(grad)
     return grad_input, layer.weight.grad, layer.bias.grad
@@ -149,7 +154,7 @@ def batch_norm_backward(grad, needs, eps, input, result1, result2, running_mean,
 def conv2d(layer: Conv2d, x: Variable) -> Variable:
     """ConvolutionBackward0, saves input and weight: Conv2d.backward."""
     output = layer.forward(x.data)
-    saved = {"bias_sym_sizes_opt": None if layer.bias is None else list(layer.bias.shape),
+    saved = {"bias_sym_sizes_opt": [0] if layer.bias is None else list(layer.bias.shape),
              "dilation": [1, 1], "groups": 1, "input": x, "output_padding": [0, 0],
              "padding": list(layer.padding), "stride": list(layer.stride), "transposed": False,
              "weight": layer.weight}
@@ -160,7 +165,7 @@ def conv2d(layer: Conv2d, x: Variable) -> Variable:
 def convolution_backward(grad, needs, bias_sym_sizes_opt, dilation, groups, input,
                          output_padding, padding, stride, transposed, weight):
     layer = holding(Conv2d, input=input, weight=weight.detach(), stride=tuple(stride),
-                    bias=bias_sym_sizes_opt and holder(grad, *bias_sym_sizes_opt),
+                    bias=holder(grad, *bias_sym_sizes_opt) if needs[2] else None,
                     padding=tuple(padding), kernel_size=tuple(weight.shape[2:]))
     grad_input = layer.backward(grad, needs[0])
     return grad_input, layer.weight.grad, None if layer.bias is None else layer.bias.grad
@@ -193,8 +198,32 @@ def view_backward(grad, needs, self_sym_sizes):
     return (holding(Flatten, input_shape=torch.Size(self_sym_sizes)).backward(grad),)
 
 
+def mean(layer: AdaptiveAvgPool2d, x: Variable) -> Variable:
+    """MeanBackward1, saves dim, keepdim and the input's sizes: nn.AdaptiveAvgPool2d((1, 1))
+    is x.mean((-1, -2), keepdim=True) in torch; AdaptiveAvgPool2d.backward."""
+    output = layer.forward(x.data)
+    saved = {"dim": [-1, -2], "keepdim": True, "self_sym_numel": x.data.numel(),
+             "self_sym_sizes": list(x.shape)}
+    return record("MeanBackward1", mean_backward, output, [x], saved)
+
+
+def mean_backward(grad, needs, dim, keepdim, self_sym_numel, self_sym_sizes):
+    return (holding(AdaptiveAvgPool2d, input_shape=torch.Size(self_sym_sizes)).backward(grad),)
+
+
+def basic_block(block, x: Variable) -> Variable:
+    """The residual block, recorded: conv1, bn1, relu, conv2 and bn2 make f(x); x + f(x) is an
+    AddBackward0 whose first input is x itself, which also feeds conv1: x forks, and the
+    engine adds its two gradients; then relu (manual/model.py, BasicBlock)."""
+    branch = x
+    for layer in (block.conv1, block.bn1, block.relu, block.conv2, block.bn2):
+        branch = LAYER_OPS[layer_kind(layer)](layer, branch)
+    return relu(block.relu, add(x, branch))
+
+
 LAYER_OPS = {"Linear": linear, "ReLU": relu, "BatchNorm1d": batch_norm, "Conv2d": conv2d,
-             "MaxPool2d": max_pool2d, "Flatten": flatten}
+             "MaxPool2d": max_pool2d, "Flatten": flatten, "AdaptiveAvgPool2d": mean,
+             "BasicBlock": basic_block}
 
 
 # F.cross_entropy: log_softmax, then nll_loss; with label smoothing eps, as torch composes it:
@@ -288,11 +317,27 @@ def mul(x: Variable, other: float) -> Variable:
 
 
 def add(x: Variable, other: Variable) -> Variable:
-    """AddBackward0, saves alpha (1): x + other, so both get g, unchanged."""
-    return record("AddBackward0", lambda grad, needs, alpha: (grad, grad), x.data + other.data,
-                  [x, other], {"alpha": 1})
+    """AddBackward0, saves alpha (1): x + other. The residual block's skip, x + f(x)."""
+    return record("AddBackward0", add_backward, x.data + other.data, [x, other], {"alpha": 1})
+
+
+def add_backward(grad, needs, alpha):
+    """s = x + alpha other moves one for one with x and alpha for one with other:
+    (dLoss/dx, dLoss/dother) = (g, alpha g). The skip passes g to x as it is; where x also
+    feeds another path (the residual block's f), the engine adds this share to that path's."""
+    return grad, grad if alpha == 1 else alpha * grad
 
 # The layer whose backward each layer node runs: its formula, for the tutor to point at.
 LAYER_BACKWARD = {"AddmmBackward0": Linear, "MmBackward0": Linear, "ReluBackward0": ReLU,
                   "NativeBatchNormBackward0": BatchNorm1d, "ConvolutionBackward0": Conv2d,
-                  "MaxPool2DWithIndicesBackward0": MaxPool2d, "ViewBackward0": Flatten}
+                  "MaxPool2DWithIndicesBackward0": MaxPool2d, "ViewBackward0": Flatten,
+                  "MeanBackward1": AdaptiveAvgPool2d}
+
+
+def formula_of(node):
+    """The function that holds a node's formula, for the tutor to point at: the backward of
+    the layer it runs (BatchNorm2d's for images), else the node's own formula."""
+    layer = LAYER_BACKWARD.get(node.name())
+    if layer is BatchNorm1d and node._saved_input.dim() == 4:
+        layer = BatchNorm2d
+    return node.formula if layer is None else layer.backward

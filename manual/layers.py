@@ -109,9 +109,11 @@ class ReLU:
 
 
 class BatchNorm1d:
-    """y = gamma * x_hat + beta, x_hat = (x - mean) / sqrt(var + eps), per feature.
+    """y = gamma * x_hat + beta, x_hat = (x - mean) / sqrt(var + eps), per feature (channel).
 
-    x: (N, F) -> y (N, F); gamma = weight (F,), initialized to ones, beta = bias (F,), zeros.
+    x: (N, C) -> y (N, C), or (N, C, L) -> y (N, C, L) as nn.BatchNorm1d takes it: channel c's
+    statistics are over its N (N L) values. gamma = weight (C,), initialized to ones,
+    beta = bias (C,), zeros.
     Training mode (train()): mean and var are the batch's, over the N examples, and var
     is the biased one, sum_n (x_n - mean)^2 / N. Each call also updates the estimates
     used in eval mode, with the unbiased variance (divided by N - 1), as torch does:
@@ -140,56 +142,74 @@ class BatchNorm1d:
         return self.train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, F) -> y (N, F), with the batch's statistics or, in eval mode, the running ones."""
+        """x: (N, C) or (N, C, L) -> y, x's shape, with the batch's statistics or, in eval
+        mode, the running ones. Each per-channel vector v (C,) meets x as v[c] at x[:, c]:
+        per_channel(v, x).
+
+        The arithmetic is torch's CPU kernel's, step for step, so that on images (N, C, L)
+        the output is bit-identical to nn's: the sums in float64, then
+            y = x alpha + (beta - mean alpha),   alpha = gamma / s,
+        each a fused multiply-add (addcmul). gamma x_hat + beta is the same number, rounded
+        otherwise; a ReLU after a BatchNorm would then see an input within rounding of 0 on
+        one side only, now and then, and let its gradient through there alone.
+        """
         self.batch_statistics = self.training
+        over = batch_dims(x)  # (0,) or (0, 2): a channel's values
         if self.training:
-            n = len(x)
+            n = x.numel() // x.shape[1]  # values per channel: N, or N L
             if n < 2:
                 raise ValueError("Expected more than 1 value per channel when training, "
                                  f"got input size {list(x.shape)}")
-            mean = x.mean(dim=0)
-            centered = x - mean
-            var = centered.square().mean(dim=0)  # biased: divided by N
+            mean = (x.double().sum(dim=over) / n).to(x.dtype)
+            centered = x - per_channel(mean, x)
+            var = centered.square().double().sum(dim=over).to(x.dtype) / n  # biased: / n
+            inv_std = (1 / (var.double() + self.eps).sqrt()).to(x.dtype)
             # running <- (1 - momentum) running + momentum new, in one call: lerp_
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(var * (n / (n - 1)), self.momentum)  # unbiased
             self.num_batches_tracked += 1
         else:
             mean, var = self.running_mean, self.running_var
-            centered = x - mean
-        self.mean = mean
-        self.inv_std = (var + self.eps).rsqrt()
-        self.x_hat = centered * self.inv_std
-        return torch.addcmul(self.bias, self.x_hat, self.weight)  # beta + x_hat gamma in one call
+            centered = x - per_channel(mean, x)
+            inv_std = 1 / (var + self.eps).sqrt()
+        self.mean, self.inv_std = mean, inv_std
+        self.x_hat = centered * per_channel(inv_std, x)
+        alpha = self.weight * inv_std
+        beta = torch.addcmul(self.bias, -mean, alpha)  # beta - mean alpha
+        return torch.addcmul(per_channel(beta, x), x, per_channel(alpha, x))
 
     __call__ = forward
 
     def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
-        """Chain rule through BatchNorm, given g = dLoss/dy: (N, F), feature by feature.
+        """Chain rule through BatchNorm, given g = dLoss/dy: (N, C) or (N, C, L), channel by
+        channel, each sum and mean over the channel's n values (n = N, or N L):
 
-        weight.grad = sum_n g_n x_hat_n     (F,)
-        bias.grad   = sum_n g_n             (F,)
-        returns dLoss/dx (N, F):
+        weight.grad = sum_n g_n x_hat_n     (C,)
+        bias.grad   = sum_n g_n             (C,)
+        returns dLoss/dx, g's shape:
             training: gamma / s * (g - mean_m g_m - x_hat mean_m g_m x_hat_m)
             eval:     gamma / s * g         (mean and s = sqrt(var + eps) are constants)
-        Derivation, for one feature (drop its index), with s = sqrt(var + eps) and
+        Derivation, for one channel (drop its index), with s = sqrt(var + eps) and
         d = dLoss/dx_hat = gamma g. x_n moves the output through three paths: its own
         x_hat_n directly, and every x_hat_m through the batch mean and the batch var:
-            dx_hat_m/dx_n = ([m == n] - 1/N) / s - x_hat_m (x_n - mean) / (N s^2)
-        (from dmean/dx_n = 1/N and dvar/dx_n = 2 (x_n - mean) / N). Summed over m:
+            dx_hat_m/dx_n = ([m == n] - 1/n) / s - x_hat_m (x_n - mean) / (n s^2)
+        (from dmean/dx_n = 1/n and dvar/dx_n = 2 (x_n - mean) / n). Summed over m:
             dLoss/dx_n = sum_m d_m dx_hat_m/dx_n
                        = (d_n - mean_m d_m - x_hat_n mean_m d_m x_hat_m) / s
-        which is the line above (d = gamma g). The mean term removes what shifts every example
+        which is the line above (d = gamma g). The mean term removes what shifts every value
         alike; the x_hat term, what scales them alike: the batch's own statistics
         absorb both, so they cannot change the output.
         """
-        self.weight.grad = (grad_output * self.x_hat).sum(dim=0)
-        self.bias.grad = grad_output.sum(dim=0)
-        scale = self.weight * self.inv_std
+        over, g = batch_dims(grad_output), grad_output
+        self.weight.grad = (g * self.x_hat).sum(dim=over)
+        self.bias.grad = g.sum(dim=over)
+        scale = per_channel(self.weight * self.inv_std, g)
         if not self.batch_statistics:
-            return grad_output * scale
-        mean_terms = (self.bias.grad + self.x_hat * self.weight.grad) / len(grad_output)
-        return scale * (grad_output - mean_terms)
+            return g * scale
+        n = g.numel() // g.shape[1]
+        mean_terms = (per_channel(self.bias.grad, g)
+                      + self.x_hat * per_channel(self.weight.grad, g)) / n
+        return scale * (g - mean_terms)
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
         """[("weight", gamma), ("bias", beta)], nn.BatchNorm1d's names and order."""
@@ -202,6 +222,44 @@ class BatchNorm1d:
         """The state that is not learned by gradient, nn.BatchNorm1d's names and order."""
         return [("running_mean", self.running_mean), ("running_var", self.running_var),
                 ("num_batches_tracked", self.num_batches_tracked)]
+
+
+def batch_dims(x: torch.Tensor) -> tuple[int, ...]:
+    """The dimensions of x that hold one channel's values: every one but dim 1, the channels.
+    (N, C) -> (0,); (N, C, L) -> (0, 2)."""
+    return (0, *range(2, x.dim()))
+
+
+def per_channel(vector: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """vector (C,) viewed to broadcast along x's channels (dim 1): (C,) for x (N, C),
+    (C, 1) for x (N, C, L)."""
+    return vector.view(-1, *[1] * (x.dim() - 2))
+
+
+class BatchNorm2d(BatchNorm1d):
+    """BatchNorm per channel of images: x (N, C, H, W) -> y (N, C, H, W), each channel's
+    statistics over its N H W values, as nn.BatchNorm2d:
+        y[n, c, h, w] = gamma[c] (x[n, c, h, w] - mean[c]) / sqrt(var[c] + eps) + beta[c]
+    A channel's pixels are its examples: the running variance is unbiased over N H W
+    values. This is BatchNorm1d's (N, C, L) case with L = H W, each image a row of pixels:
+    a view, no copy. Parameters, buffers, train() and eval() are BatchNorm1d's.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, C, H, W) -> y (N, C, H, W): BatchNorm1d.forward on the view (N, C, H W)."""
+        if x.dim() != 4:
+            raise ValueError(f"expected 4D input (got {x.dim()}D input)")
+        return super().forward(x.flatten(2)).view_as(x)
+
+    __call__ = forward
+
+    def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
+        """dLoss/dx (N, C, H, W) from g = dLoss/dy (N, C, H, W): BatchNorm1d's formula, its
+        sums and means over each channel's N H W values, on the view (N, C, H W):
+            weight.grad = sum_{n,h,w} g x_hat, bias.grad = sum_{n,h,w} g          (C,)
+            dLoss/dx = gamma / s (g - mean g - x_hat mean(g x_hat))   (training)
+        """
+        return super().backward(grad_output.flatten(2)).view_as(grad_output)
 
 
 class Conv2d:
@@ -368,6 +426,37 @@ class Flatten:
         """dLoss/dx (N, C, H, W): g (N, C H W) put back in the input's shape, in the same order
         (the entries only move, so their gradients move with them)."""
         return grad_output.reshape(self.input_shape)
+
+    def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        return []
+
+    def parameters(self) -> list[torch.Tensor]:
+        return []
+
+
+class AdaptiveAvgPool2d:
+    """y = the mean of each plane: x (N, C, H, W) -> y (N, C, 1, 1), global average pooling,
+    nn.AdaptiveAvgPool2d((1, 1)) (the only output size written here). No parameters.
+        y[n, c] = sum_{h, w} x[n, c, h, w] / (H W)
+    """
+
+    def __init__(self, output_size: int | tuple[int, int] = (1, 1)):
+        if pair(output_size) != (1, 1):
+            raise ValueError(f"only output_size (1, 1) is written here, not {output_size}")
+        self.output_size = (1, 1)
+        self.input_shape = None  # saved by forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.input_shape = x.shape
+        return x.mean(dim=(-2, -1), keepdim=True)
+
+    __call__ = forward
+
+    def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
+        """dLoss/dx (N, C, H, W): each of a plane's H W entries moves its mean by 1 / (H W),
+        so each gets g[n, c] / (H W), g: (N, C, 1, 1) spread over the plane."""
+        height, width = self.input_shape[-2:]
+        return (grad_output / (height * width)).expand(self.input_shape)
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
         return []

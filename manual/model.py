@@ -1,5 +1,5 @@
 """The models, by hand: softmax regression first, then a multi-layer perceptron, then a
-convolutional network.
+convolutional network, then a residual network.
 
 Twin of torch_impl/model.py. The softmax itself lives in the loss
 (manual.functional.cross_entropy), exactly as with nn.Linear + nn.CrossEntropyLoss.
@@ -8,7 +8,8 @@ The layers, each with its backward written out, are in manual/layers.py.
 
 import torch
 
-from manual.layers import BatchNorm1d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from manual.layers import (AdaptiveAvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear,
+                           MaxPool2d, ReLU)
 
 
 class SoftmaxRegression(Linear):
@@ -80,16 +81,17 @@ class Chain:
         return [param for _, param in self.named_parameters()]
 
     def named_buffers(self) -> list[tuple[str, torch.Tensor]]:
-        """BatchNorm1d's running statistics, named as in torch: "layers.1.running_mean", ..."""
+        """The BatchNorm layers' running statistics, named as in torch:
+        "layers.1.running_mean", ..., "layers.4.bn1.running_var" (in a block)."""
         return [(f"layers.{i}.{name}", buffer) for i, layer in enumerate(self.layers)
-                if isinstance(layer, BatchNorm1d) for name, buffer in layer.named_buffers()]
+                for name, buffer in getattr(layer, "named_buffers", list)()]
 
     def train(self, mode: bool = True) -> "Chain":
-        """Training mode, or eval mode with mode=False: only BatchNorm1d acts differently
+        """Training mode, or eval mode with mode=False: only BatchNorm acts differently
         (batch statistics or running ones)."""
         self.training = mode
         for layer in self.layers:
-            if isinstance(layer, BatchNorm1d):
+            if hasattr(layer, "train"):
                 layer.train(mode)
         return self
 
@@ -137,3 +139,86 @@ class CNN(Chain):
             size = (size + 2 * (kernel_size // 2) - kernel_size + 1) // 2
         super().__init__([*layers, Flatten(),
                           Linear(channels[-1] * size * size, num_classes, **kinds)])
+
+
+class BasicBlock:
+    """The residual block: y = relu(x + f(x)), f(x) = bn2(conv2(relu(bn1(conv1(x))))).
+
+    x: (N, C, H, W) -> y (N, C, H, W). conv1 and conv2 are 3 x 3, padded by 1, without a
+    bias (the BatchNorm2d after each brings its own shift), as torchvision's BasicBlock.
+    x forks: it feeds f and, unchanged, the skip. Backward meets the fork from the other
+    side: dLoss/dx is the sum of the two paths' gradients,
+        dLoss/dx = dLoss/ds + (df/dx)^T dLoss/ds,   s = x + f(x), dLoss/ds = g where y > 0
+    the skip's share first, passed on as it is (however deep the stack, a gradient reaches
+    x undamped), the branch's second. The block has no backward of its own: its forward is
+    recorded (manual/functions.py, basic_block) and the engine (manual/autograd.py) walks
+    it, adding the two shares where they meet, as torch's engine does.
+    """
+
+    def __init__(self, channels: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        kinds = dict(device=device, dtype=dtype)
+        self.conv1 = Conv2d(channels, channels, 3, padding=1, bias=False, **kinds)
+        self.bn1 = BatchNorm2d(channels, **kinds)
+        self.relu = ReLU()
+        self.conv2 = Conv2d(channels, channels, 3, padding=1, bias=False, **kinds)
+        self.bn2 = BatchNorm2d(channels, **kinds)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(x + branch)
+
+    __call__ = forward
+
+    def named_children(self) -> list[tuple[str, object]]:
+        return [(name, getattr(self, name)) for name in ("conv1", "bn1", "relu", "conv2", "bn2")]
+
+    def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """"conv1.weight", "bn1.weight", "bn1.bias", ...: nn.Module's names and order."""
+        return [(f"{child}.{name}", param) for child, layer in self.named_children()
+                for name, param in layer.named_parameters()]
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [param for _, param in self.named_parameters()]
+
+    def named_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        return [(f"{child}.{name}", buffer) for child, layer in self.named_children()
+                for name, buffer in getattr(layer, "named_buffers", list)()]
+
+    def train(self, mode: bool = True) -> "BasicBlock":
+        self.bn1.train(mode)
+        self.bn2.train(mode)
+        return self
+
+
+class ResNet(Chain):
+    """x (N, 1, 28, 28) -> a stem, then per entry of channels after the first a wider stage,
+    each followed by a residual block -> global average pooling -> Linear -> logits (N, C).
+
+    stem:  Conv2d 5 x 5 (padded by 2) -> BatchNorm2d -> ReLU -> MaxPool2d 2, then a BasicBlock
+    stage: Conv2d 3 x 3 (padded by 1) to the next width -> BatchNorm2d -> ReLU -> MaxPool2d 2,
+           then a BasicBlock
+    The convolutions before a BatchNorm2d have no bias. With the defaults, channels (16, 32):
+        (N, 1, 28, 28) -> (N, 16, 14, 14) -> block -> (N, 32, 7, 7) -> block
+                       -> (N, 32, 1, 1) -> (N, 32) -> (N, 10)
+    The chain's backward does not apply (a block is not a chain): it trains through the
+    engine, manual/train.py's forward_backward_engine.
+    """
+
+    def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (16, 32),
+                 num_classes: int = 10, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        kinds = dict(device=device, dtype=dtype)
+        layers = []
+        for index, (inputs, outputs) in enumerate(zip((in_channels, *channels[:-1]), channels,
+                                                      strict=True)):
+            k = 5 if index == 0 else 3
+            layers += [Conv2d(inputs, outputs, k, padding=k // 2, bias=False, **kinds),
+                       BatchNorm2d(outputs, **kinds), ReLU(), MaxPool2d(2),
+                       BasicBlock(outputs, **kinds)]
+        super().__init__([*layers, AdaptiveAvgPool2d((1, 1)), Flatten(),
+                          Linear(channels[-1], num_classes, **kinds)])
+
+    def backward(self, grad_logits: torch.Tensor, needs_input_grad: bool = True):
+        raise NotImplementedError("a ResNet is not a chain: its backward goes through the "
+                                  "engine (train.forward_backward_engine)")

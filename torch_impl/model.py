@@ -1,5 +1,5 @@
 """The models the idiomatic way: softmax regression first, then a multi-layer perceptron, then
-a convolutional network.
+a convolutional network, then a residual network.
 
 Twin of manual/model.py. The softmax itself lives in the loss
 (nn.CrossEntropyLoss / F.cross_entropy), which takes raw logits.
@@ -101,3 +101,53 @@ class CNN(Chain):
                           nn.Linear(channels[-1] * size * size, num_classes, **kinds)])
 
     # backward: written by autograd (manual/layers.py: Conv2d, MaxPool2d, Flatten).
+
+
+class BasicBlock(nn.Module):
+    """The residual block: y = relu(x + f(x)), f(x) = bn2(conv2(relu(bn1(conv1(x))))), as
+    torchvision's BasicBlock (without its downsampling); x: (N, C, H, W) -> y, x's shape.
+
+    x feeds f and the skip; autograd records the add (AddBackward0), and its engine adds the
+    two gradients that meet at x (manual/model.py, BasicBlock).
+    """
+
+    def __init__(self, channels: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        kinds = dict(device=device, dtype=dtype)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False, **kinds)
+        self.bn1 = nn.BatchNorm2d(channels, **kinds)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False, **kinds)
+        self.bn2 = nn.BatchNorm2d(channels, **kinds)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(x + branch)
+
+
+class ResNet(Chain):
+    """x (N, 1, 28, 28) -> a stem, then per entry of channels after the first a wider stage,
+    each followed by a residual block -> global average pooling -> Linear -> logits (N, C),
+    an nn.Sequential (manual/model.py, ResNet, gives the shapes).
+
+    stem:  Conv2d 5 x 5 -> BatchNorm2d -> ReLU -> MaxPool2d 2, then a BasicBlock
+    stage: Conv2d 3 x 3 to the next width -> BatchNorm2d -> ReLU -> MaxPool2d 2, then a
+           BasicBlock
+    """
+
+    def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (16, 32),
+                 num_classes: int = 10, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        kinds = dict(device=device, dtype=dtype)
+        layers = []
+        for index, (inputs, outputs) in enumerate(zip((in_channels, *channels[:-1]), channels,
+                                                      strict=True)):
+            k = 5 if index == 0 else 3
+            layers += [nn.Conv2d(inputs, outputs, k, padding=k // 2, bias=False, **kinds),
+                       nn.BatchNorm2d(outputs, **kinds), nn.ReLU(), nn.MaxPool2d(2),
+                       BasicBlock(outputs, **kinds)]
+        super().__init__([*layers, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
+                          nn.Linear(channels[-1], num_classes, **kinds)])
+
+    # backward: written by autograd, which meets each block's fork (manual/model.py, ResNet).
