@@ -77,7 +77,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 # the items.
 LONGEST = ("test_exercises.py", "hidden_layer_and_batchnorm.ipynb",
            "Digit_Classification_with_Softmax.ipynb", "test_data_rule.py", "convolutions.ipynb",
-           "adam_and_adamw.ipynb", "tutor.ipynb", "what_loss_backward_does.ipynb")
+           "adam_and_adamw.ipynb", "tutor.ipynb", "what_loss_backward_does.ipynb",
+           "residual_networks.ipynb")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

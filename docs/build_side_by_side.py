@@ -17,7 +17,8 @@ such definition, the torch side shows what it has instead, found in this order:
    and Optimizer, so the manual class `SGD` faces the line `from torch.optim import SGD,
    Adam, AdamW, Optimizer`, and
    torch_impl/layers.py re-exports nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.Conv2d,
-   nn.MaxPool2d and nn.Flatten; or a module's attribute given that name, as
+   nn.MaxPool2d, nn.Flatten, nn.BatchNorm2d and nn.AdaptiveAvgPool2d; or a module's
+   attribute given that name, as
    torch_impl/autograd.py's `no_grad = torch.no_grad`;
 2. a comment naming it inside the twin class, `# name:` or `# name():`, or several
    names separated by commas or slashes before the colon; it runs on over the comment
@@ -210,9 +211,77 @@ NOTES = {
         "yields nothing.",
     "layers.Flatten.parameters":
         "nn.Module.parameters(), inherited: nothing to yield, as here.",
+    "layers.batch_dims":
+        "No twin: torch's batch-norm CPU kernel (batch_norm_cpu_collect_stats_contiguous_impl, "
+        "aten/src/ATen/native/cpu/batch_norm_kernel.cpp) takes any input (N, C, *) as "
+        "(N, C, image_size), image_size = numel / (N C), and loops over each channel's N "
+        "image_size values itself.",
+    "layers.per_channel":
+        "No twin: torch's kernel (batch_norm_cpu_transform_input_template, "
+        "aten/src/ATen/native/cpu/batch_norm_kernel.cpp) computes each channel's alpha and "
+        "beta once, then runs over that channel's values: no broadcasting.",
+    "layers.BatchNorm2d.forward":
+        "torch.nn.BatchNorm2d.forward() is _BatchNorm.forward (torch/nn/modules/batchnorm.py), "
+        "after _check_input_dim raised the same ValueError for an input that is not 4-D: "
+        "F.batch_norm, which on the CPU runs native_batch_norm (batch_norm_cpu, "
+        "aten/src/ATen/native/Normalization.cpp) and its kernel "
+        "(aten/src/ATen/native/cpu/batch_norm_kernel.cpp): each channel's mean and variance over "
+        "its N H W values, summed in float64 (float's accumulate type), then "
+        "y = x alpha + (beta - mean alpha), alpha = gamma / sqrt(var + eps), a fused multiply-add: "
+        "the arithmetic the manual forward follows, so that the two outputs are bit-identical. "
+        "running_var takes the unbiased variance over the N H W values.",
+    "layers.BatchNorm2d.backward":
+        "nn.BatchNorm2d has no backward method: autograd runs what F.batch_norm recorded, "
+        "NativeBatchNormBackward0, as for nn.BatchNorm1d: native_batch_norm_backward "
+        "(batch_norm_backward_cpu in aten/src/ATen/native/Normalization.cpp, its kernel in "
+        "aten/src/ATen/native/cpu/batch_norm_kernel.cpp), the native_batch_norm entry of "
+        "tools/autograd/derivatives.yaml: the same formula, each channel's two sums over its "
+        "N H W values, in the kernel's own order.",
+    "layers.AdaptiveAvgPool2d.forward":
+        "torch.nn.AdaptiveAvgPool2d.forward() (torch/nn/modules/pooling.py) returns "
+        "F.adaptive_avg_pool2d(x, output_size); for an output of 1 x 1, aten's "
+        "adaptive_avg_pool2d (aten/src/ATen/native/AdaptiveAveragePooling.cpp) computes "
+        "input.mean({-1, -2}, keepdim=true), the call the manual method makes.",
+    "layers.AdaptiveAvgPool2d.backward":
+        "nn.AdaptiveAvgPool2d has no backward method: autograd runs what the mean recorded, "
+        "MeanBackward1, the mean.dim entry of tools/autograd/derivatives.yaml: "
+        "mean_backward(grad, sizes, dim, numel, keepdim), g expanded over each plane and "
+        "divided by H W.",
+    "layers.AdaptiveAvgPool2d.named_parameters":
+        "nn.Module.named_parameters(), inherited: nn.AdaptiveAvgPool2d registers no parameter, "
+        "so it yields nothing.",
+    "layers.AdaptiveAvgPool2d.parameters":
+        "nn.Module.parameters(), inherited: nothing to yield, as here.",
     "model.Chain.parameters":
         "parameters(), inherited from nn.Module like named_parameters(): the same tensors in "
         "the same order, without their names.",
+    "model.BasicBlock":
+        "torchvision's BasicBlock (torchvision/models/resnet.py) is the same block, with a "
+        "stride for conv1 and an optional downsample for the skip (a 1 x 1 convolution and a "
+        "BatchNorm2d, where the block halves the size or changes the width); here the stages "
+        "between the blocks do that, so the skip is always x itself. torchvision adds in place, "
+        "out += identity, the branch first: its AddBackward0's edges come in the other order.",
+    "model.BasicBlock.named_children":
+        "nn.Module.named_children(), inherited: (name, module) for conv1, bn1, relu, conv2 and "
+        "bn2, in the order __init__ assigned them; a generator, not a list.",
+    "model.BasicBlock.named_parameters":
+        "nn.Module.named_parameters(), inherited: each submodule's parameters under its name, "
+        "\"conv1.weight\", \"bn1.weight\", \"bn1.bias\", ..., in that order; a generator, not "
+        "a list.",
+    "model.BasicBlock.parameters":
+        "nn.Module.parameters(), inherited: the same tensors in the same order, without their "
+        "names.",
+    "model.BasicBlock.named_buffers":
+        "nn.Module.named_buffers(), inherited: bn1's and bn2's running_mean, running_var and "
+        "num_batches_tracked, as \"bn1.running_mean\", ...",
+    "model.BasicBlock.train":
+        "nn.Module.train(mode=True), inherited: sets .training on the block and on every "
+        "submodule (only the two BatchNorm2d act on it), and returns the block.",
+    "model.ResNet":
+        "torchvision's ResNet (torchvision/models/resnet.py) has the same parts at a larger "
+        "scale: a 7 x 7 stem with stride 2, BatchNorm2d, ReLU and 3 x 3 max pooling, four "
+        "stages of blocks, each stage after the first opening with a strided block whose skip "
+        "is downsampled, then AdaptiveAvgPool2d((1, 1)), flatten and one Linear, fc.",
     "optim.Optimizer.zero_grad":
         "torch.optim.Optimizer.zero_grad(), inherited by SGD, Adam and AdamW: with its default "
         "set_to_none=True it sets every p.grad to None, as the manual method does.",
@@ -428,7 +497,7 @@ NOTES = {
         "NativeBatchNormBackward0, recorded by F.batch_norm, which on the CPU runs "
         "native_batch_norm: saves input, weight, running_mean, running_var, result1 and "
         "result2 (the batch mean and 1/sqrt(var + eps)), training and eps; its edges go to "
-        "input, weight and bias.",
+        "input, weight and bias. The same node for nn.BatchNorm1d and nn.BatchNorm2d.",
     "functions.batch_norm_backward":
         "NativeBatchNormBackward0::apply: native_batch_norm_backward(grad, input, weight, "
         "running_mean, running_var, result1, result2, training, eps, grad_input_mask), one "
@@ -497,8 +566,35 @@ NOTES = {
         "(1 - label_smoothing) * nllloss + ret * (label_smoothing / n_classes): self: "
         "mul_tensor_backward(grad, other, ...), g other; saves other, the number.",
     "functions.add":
-        "AddBackward0 (add.Tensor), the + of that return: self: grad; other: "
-        "maybe_multiply(grad, alpha), g again with alpha = 1; saves alpha.",
+        "AddBackward0 (add.Tensor), the + of that return, and the residual block's x + f "
+        "(torch_impl/model.py, BasicBlock.forward): saves alpha; its edges lead to self's node "
+        "and other's, in that order.",
+    "functions.add_backward":
+        "AddBackward0::apply, from the add.Tensor entry of tools/autograd/derivatives.yaml: "
+        "self: grad; other: maybe_multiply(grad, alpha), g again with alpha = 1 (each through "
+        "handle_r_to_c, which does nothing to a real tensor).",
+    "functions.mean":
+        "MeanBackward1 (mean.dim), recorded by nn.AdaptiveAvgPool2d((1, 1)), whose aten "
+        "adaptive_avg_pool2d computes input.mean({-1, -2}, keepdim=true) "
+        "(aten/src/ATen/native/AdaptiveAveragePooling.cpp): saves dim, keepdim, self_sym_numel "
+        "and self_sym_sizes, no tensor.",
+    "functions.mean_backward":
+        "MeanBackward1::apply: derivatives.yaml's mean.dim entry, mean_backward(grad, "
+        "self.sym_sizes(), dim, self.sym_numel(), keepdim) "
+        "(torch/csrc/autograd/FunctionsManual.cpp): sum_backward's expand over the averaged "
+        "dims, divided by how many values each mean took.",
+    "functions.basic_block":
+        "No twin: torch_impl's BasicBlock.forward (torch_impl/model.py) runs its modules, and "
+        "autograd records each operation as it runs: conv1's ConvolutionBackward0, "
+        "NativeBatchNormBackward0, ReluBackward0, ..., bn2's, then AddBackward0 for x + f, "
+        "whose edges lead to x's node and to bn2's, and ReluBackward0. x's node then has two "
+        "edges into it, from the add and from conv1: the engine "
+        "(torch/csrc/autograd/engine.cpp) adds what each delivers in the node's InputBuffer "
+        "(torch/csrc/autograd/input_buffer.cpp) and runs it once both have.",
+    "functions.formula_of":
+        "No twin: it serves the tutor, which names the file and line of a node's formula; "
+        "torch's formulas are the entries of tools/autograd/derivatives.yaml, generated into "
+        "torch/csrc/autograd/generated/Functions.cpp.",
 }
 
 
@@ -931,16 +1027,17 @@ def build_page(root: Path = REPO_ROOT) -> str:
         "<main>",
         '<header class="page">',
         "<h1>What does <code>loss.backward()</code> compute? Read it side by side</h1>",
-        '<p class="lead">The same MNIST classifiers, softmax regression, a small MLP and a '
-        "small CNN, written twice. Left, <code>manual/</code>: plain tensor operations with "
-        "every gradient derived by hand. Right, <code>torch_impl/</code>: "
+        '<p class="lead">The same MNIST classifiers, softmax regression, a small MLP, a '
+        "small CNN and a small ResNet, written twice. Left, <code>manual/</code>: plain tensor "
+        "operations with every gradient derived by hand. Right, <code>torch_impl/</code>: "
         "<code>nn.Linear</code>, <code>nn.BatchNorm1d</code>, <code>nn.Conv2d</code>, "
-        "<code>nn.MaxPool2d</code>, <code>F.cross_entropy</code>, autograd, "
+        "<code>nn.MaxPool2d</code>, <code>nn.BatchNorm2d</code>, "
+        "<code>nn.AdaptiveAvgPool2d</code>, <code>F.cross_entropy</code>, autograd, "
         "<code>torch.optim.SGD</code>, <code>Adam</code> and <code>AdamW</code>. Each pair "
         "has the same name in the same file, under the formula from its docstring. "
         "Generated from the source by "
         "<code>docs/build_side_by_side.py</code> (<code>make docs</code>).</p>",
-        '<p class="lead">It shows the body of every function of <code>manual/</code>, the eleven '
+        '<p class="lead">It shows the body of every function of <code>manual/</code>, the fourteen '
         "exercises' included: it is the answer key. To write the exercises yourself, start with "
         '<a href="try_it_yourself.md">Try it yourself</a>, and come back here to compare.</p>',
         '<nav class="toc">', toc, "</nav>",

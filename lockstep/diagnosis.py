@@ -21,6 +21,9 @@ The kinds, tried in this order, for manual's tensor a against torch's b:
     scale       a = k b for one constant k (k = N, the batch size; 1/N; -1, the sign)
     shifted     dLoss/dlogits differs at the target's column and at one other in every row
     partial     only some rows, columns or entries differ (max pooling: only its ties)
+    fork        (a residual block's input) manual's dLoss/dx is torch's less one path's share
+    block       (a residual block's output) its forward under a known mistake
+    statistics  (BatchNorm2d) statistics over other dimensions, or another running divisor
     other
 A diagnosis is {"step", "tensor", "kind", "factor", "message"}; factor is k for scale.
 
@@ -29,12 +32,14 @@ epoch. The rest of the tutor, by what it does:
     lockstep.kinds      the kind, from the two tensors alone
     lockstep.reference  rounding or not, by a float64 twin of the step
     lockstep.replay     a failed step replayed on a recording copy; an update replayed
+    lockstep.blocks     the fork, the residual block's forward, BatchNorm2d's statistics
     lockstep.graph      of no simpler pattern: the first node whose backward is wrong when
                         fed torch's own gradient (else lockstep.culprit: the layer)
 """
 
 import torch
 
+from lockstep.blocks import block_sentence, fork_sentence, skip_share, statistics_sentence
 from lockstep.checks import REL
 from lockstep.culprit import responsible
 from lockstep.graph import first_wrong_node
@@ -55,8 +60,11 @@ def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.T
     comes before them all: the loss and every gradient below it follow from it (not with
     independent, where each learner's own parameters make its own forward pass)."""
     forward = zip(*(learner.named_hidden_outputs() for learner in learners), strict=True)
-    for (_, a), (name, b) in [] if independent else forward:  # --independent: they drift
+    for index, ((_, a), (name, b)) in enumerate([] if independent else forward):  # they drift
         if a.shape != b.shape or not agrees(a, b, limit):
+            named = a.shape == b.shape and residual(a, learners[1].model, index, limit)
+            if named:
+                return make(step, name, *named)
             kind, factor, sentence = classify(a, b, limit, len(x), axes_of(name),
                                               layout=around(learners[1].model, name).get("layout"))
             return make(step, name, kind, sentence, factor)
@@ -66,6 +74,10 @@ def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.T
     index = over.index(True) if any(over) else max(
         range(len(pairs)), key=lambda i: distance(pairs[i][0][1], pairs[i][1][1]))
     (name, a), (_, b) = pairs[index]
+    share = around(learners[1].model, name).get("skip")
+    fork = share is not None and a.shape == b.shape and fork_sentence(a, b, share, limit)
+    if fork:
+        return make(step, tensor_key("grad", name), "fork", fork)
     references = {}
 
     def rounding():
@@ -86,14 +98,28 @@ def of_gradients(step: int, learners: list[Learner], x: torch.Tensor, y: torch.T
     return make(step, tensor_key("loss" if index == 0 else "grad", name), kind, sentence, factor)
 
 
+def residual(a: torch.Tensor, model, index: int, limit: float) -> tuple[str, str] | None:
+    """(kind, sentence) where manual's hidden output `index` (a) is a residual block's output
+    under a known mistake ("block"), or a BatchNorm2d's normalized over other dimensions
+    ("statistics"): lockstep.blocks; else None."""
+    said = block_sentence(a, model, index, limit)
+    if said:
+        return "block", said
+    said = statistics_sentence(a, model, index, limit)
+    return ("statistics", said) if said else None
+
+
 def around(model, name: str) -> dict:
     """What the tutor knows of the layers next to hidden output `name` of `model` (torch's,
     after its forward): {"ties": the tied maxima of a max pooling it is the input of},
-    {"layout": (C, H, W) of the image a Flatten made it from}, or {}."""
+    {"layout": (C, H, W) of the image a Flatten made it from}, {"skip": the skip's share of
+    its gradient, dLoss/ds, where it is a residual block's input}, or {}."""
     names = hidden_names(model)
     if name not in names:
         return {}
     index, outputs = names.index(name), model.hidden_outputs
+    if skip_share(model, index) is not None:
+        return {"skip": skip_share(model, index)}
     above = model.layers[index + 1]
     if type(above).__name__ == "MaxPool2d":
         return {"ties": tied_maxima(outputs[index].detach(), above.kernel_size, above.stride)}

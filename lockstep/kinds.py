@@ -22,7 +22,8 @@ import torch
 
 from lockstep.checks import agreement, shape_of
 
-KINDS = ("shape", "scale", "non-finite", "permuted", "shifted", "partial", "rounding", "other")
+KINDS = ("shape", "scale", "non-finite", "permuted", "shifted", "partial", "rounding", "fork",
+         "block", "statistics", "other")  # the last three ask lockstep.blocks
 SCALE_FIT = 1e-3  # a = k b: every entry within this fraction of the largest
 WRONG_ORDER = "the product is taken in the wrong order (x^T g where g^T x belongs?)."
 SWAPPED = "the in and out channels are swapped (nn.Conv2d's weight is (out, in, k, k))."

@@ -104,7 +104,7 @@ class Learner:
                       if layer_index(name) == index]
             if index:
                 name, output = hidden[index - 1]
-                named.append((name, output.grad))
+                named.append((name, getattr(output, "grad", None)))
         return named
 
     def named_hidden_outputs(self) -> list[tuple[str, torch.Tensor]]:
@@ -112,8 +112,10 @@ class Learner:
         "hidden.batchnorm1d", "hidden.relu" (none for softmax regression). Where a kind of
         layer comes more than once, as in the CNN, every name ends in its layer's index
         (layers.3 -> "hidden.conv2d.3"): hidden_names."""
-        outputs = getattr(self.model, "hidden_outputs", [])  # the last layer's is the logits
-        return list(zip(hidden_names(self.model), outputs, strict=True))
+        outputs = list(getattr(self.model, "hidden_outputs", []))  # the logits are not one
+        names = hidden_names(self.model)
+        outputs += [None] * (len(names) - len(outputs))  # a forward that failed midway
+        return list(zip(names, outputs, strict=True))
 
     def named_buffers(self) -> list[tuple[str, torch.Tensor]]:
         """The floating-point buffers (BatchNorm1d's running_mean, running_var), by name."""

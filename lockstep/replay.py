@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from lockstep.blocks import running_var_sentence
 from lockstep.kinds import agrees, classify, distance, make, shape_sentence, tensor_key
 from lockstep.learner import Learner
 from lockstep.tracebacks import first_line, lies_in, place
@@ -108,6 +109,9 @@ def of_update(step: int, group: str, name: str, learners: list[Learner], limit: 
             " (the learning-rate schedule?)."))
     if agrees(a, b, limit) and a.isfinite().all() == b.isfinite().all():
         return agreeing_replay(step, tensor, group, what, a, b, learners, independent)
+    divisor = group == "buffer" and running_var_sentence(learners, name, limit)
+    if divisor:
+        return make(step, tensor, "statistics", divisor)
     kind, factor, sentence = classify(a, b, limit, batch_size=0)
     sentence = sentence.replace("manual's", f"manual's {what}", 1)
     return make(step, tensor, kind, sentence, factor)

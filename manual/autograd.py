@@ -135,6 +135,7 @@ class Node:
             self.saved[key] = (value, version, maker)
         self.sequence_nr = next(sequence_numbers) if sequence_nr is None else sequence_nr
         self.prehooks, self.hooks, self.retained = [], [], []
+        self.metadata = {}  # free for the caller's use, as torch's Node.metadata
 
     def name(self) -> str:
         return self._name

@@ -18,8 +18,17 @@ import torch
 
 from manual import functional
 from manual.autograd import Node, Variable, is_grad_enabled
-from manual.layers import (AdaptiveAvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear,
-                           MaxPool2d, ReLU, per_channel)
+from manual.layers import (
+    AdaptiveAvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    per_channel,
+)
 
 IGNORE_INDEX = -100  # F.cross_entropy's default: a target never ignored here
 
@@ -136,7 +145,10 @@ def batch_norm(layer: BatchNorm1d, x: Variable) -> Variable:
              "running_mean": layer.running_mean, "running_var": layer.running_var,
              "training": layer.training, "weight": layer.weight}
     inputs = [x, parameter(layer.weight), parameter(layer.bias)]
-    return record("NativeBatchNormBackward0", batch_norm_backward, output, inputs, saved)
+    result = record("NativeBatchNormBackward0", batch_norm_backward, output, inputs, saved)
+    if result.grad_fn is not None:  # BatchNorm1d or BatchNorm2d: whose backward it runs
+        result.grad_fn.metadata["layer"] = type(layer)
+    return result
 
 
 def batch_norm_backward(grad, needs, eps, input, result1, result2, running_mean, running_var,
@@ -336,8 +348,7 @@ LAYER_BACKWARD = {"AddmmBackward0": Linear, "MmBackward0": Linear, "ReluBackward
 
 def formula_of(node):
     """The function that holds a node's formula, for the tutor to point at: the backward of
-    the layer it runs (BatchNorm2d's for images), else the node's own formula."""
-    layer = LAYER_BACKWARD.get(node.name())
-    if layer is BatchNorm1d and node._saved_input.dim() == 4:
-        layer = BatchNorm2d
+    the layer it runs (a batch norm's: the layer's class, kept in its metadata), else the
+    node's own formula."""
+    layer = node.metadata.get("layer") or LAYER_BACKWARD.get(node.name())
     return node.formula if layer is None else layer.backward

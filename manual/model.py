@@ -8,8 +8,16 @@ The layers, each with its backward written out, are in manual/layers.py.
 
 import torch
 
-from manual.layers import (AdaptiveAvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear,
-                           MaxPool2d, ReLU)
+from manual.layers import (
+    AdaptiveAvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+)
 
 
 class SoftmaxRegression(Linear):

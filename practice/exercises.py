@@ -21,8 +21,10 @@ MANUAL = ROOT / "manual"
 NOT_WRITTEN = " is not written yet"  # how a stub's message starts, after the function's name
 
 # (file in manual/, function, one-line hint), in the order to write them: each one's checks
-# use only those before it, and after SGD.step, compare.py trains softmax regression. The last,
-# autograd.py's backward, walks the graph manual/functions.py records (compare.py --engine).
+# use only those before it, and after SGD.step, compare.py trains softmax regression.
+# autograd.py's backward walks the graph manual/functions.py records (compare.py --engine);
+# the last two, BatchNorm2d.backward and functions.py's basic_block, make the ResNet, which
+# trains through that engine (compare.py --model resnet).
 EXERCISES = [
     ("functional.py", "softmax",
      "exponentiate z minus each row's max (amax, keepdim=True), then divide by the row sums"),
@@ -59,6 +61,13 @@ EXERCISES = [
      "gradient defaults to ones; dependencies(root), then a heap of (-sequence_nr, arrival, "
      "node): pop, run(node, ...), add (+) each gradient into its target's buffer, push a "
      "target once its count reaches 0"),
+    ("layers.py", "BatchNorm2d.backward",
+     "view g as (N, C, H W), the (N, C, L) input BatchNorm1d.backward takes, call it "
+     "(super().backward), and view the result back as (N, C, H, W)"),
+    ("functions.py", "basic_block",
+     "record f(x) with conv1, bn1, relu, conv2, bn2 through LAYER_OPS, then "
+     "relu(block.relu, add(x, branch)): x itself, not a copy, goes into the add, so it forks "
+     "and the engine adds its two gradients"),
 ]
 NAMES = [name for _, name, _ in EXERCISES]
 HINTS = {name: hint for _, name, hint in EXERCISES}
@@ -119,20 +128,24 @@ def write(folder: Path, names: list[str] = NAMES, source: Path = MANUAL) -> None
 def needed(model: str = "softmax", batchnorm: bool = False, optimizer: str = "sgd",
            engine: bool = False) -> list[str]:
     """The exercises a compare.py run calls, in EXERCISES order, by its flags: --model
-    ("softmax", "mlp", "cnn"), --batchnorm, --optimizer ("sgd", "adam", "adamw") and
-    --engine. Softmax regression: 1-5 and the optimizer's step (SGD.step, or Adam.step, which
-    AdamW's is); the MLP adds ReLU.backward (and BatchNorm1d.backward), the CNN ReLU.backward,
-    Conv2d.backward and MaxPool2d.backward; --engine, autograd.py's backward, which runs the
-    layers' backwards."""
+    ("softmax", "mlp", "cnn", "resnet"), --batchnorm, --optimizer ("sgd", "adam", "adamw")
+    and --engine. Softmax regression: 1-5 and the optimizer's step (SGD.step, or Adam.step,
+    which AdamW's is); the MLP adds ReLU.backward (and BatchNorm1d.backward), the CNN
+    ReLU.backward, Conv2d.backward and MaxPool2d.backward; --engine, autograd.py's backward,
+    which runs the layers' backwards. The ResNet trains through the engine, whatever
+    --engine says: the CNN's, BatchNorm1d.backward (BatchNorm2d's calls it), backward,
+    BatchNorm2d.backward and basic_block."""
     names = {*NAMES[:5], "SGD.step" if optimizer == "sgd" else "Adam.step"}
-    if engine:
+    if engine or model == "resnet":
         names.add("backward")
-    if model in ("mlp", "cnn"):
+    if model in ("mlp", "cnn", "resnet"):
         names.add("ReLU.backward")
-    if batchnorm:
+    if batchnorm or model == "resnet":
         names.add("BatchNorm1d.backward")
-    if model == "cnn":
+    if model in ("cnn", "resnet"):
         names |= {"Conv2d.backward", "MaxPool2d.backward"}
+    if model == "resnet":
+        names |= {"BatchNorm2d.backward", "basic_block"}
     return [name for name in NAMES if name in names]
 
 
@@ -161,7 +174,7 @@ def commands(folder: Path) -> list[str]:
             f"  python -m pytest {flag}    the gradient checks, exercise by exercise",
             f"  python compare.py {flag}   the lock step against torch (softmax regression "
             "needs 1-6; --model mlp 7, --batchnorm 8, --model cnn 9-10, --optimizer adam 11, "
-            "--engine 12)"]
+            "--engine 12, --model resnet 13-14)"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

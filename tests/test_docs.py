@@ -224,7 +224,7 @@ def test_side_by_side_formulas_keep_their_displayed_blocks(page: str):
     """The displayed block of a docstring reaches the page indented, inside its sentence."""
     backward = formula_of(page, "layers.BatchNorm1d.backward")
     assert "\nweight.grad = sum_n g_n x_hat_n" in backward
-    assert "\nreturns dLoss/dx (N, F):\n" in backward
+    assert "\nreturns dLoss/dx, g's shape:\n" in backward
     assert ("\n    training: gamma / s * (g - mean_m g_m - x_hat mean_m g_m x_hat_m)"
             in backward)
     assert "\n    eval:     gamma / s * g" in backward

@@ -333,7 +333,7 @@ def test_not_written_line_is_the_line_the_stub_gives_when_it_runs(tmp_path):
 
 
 CONFIGURATIONS = [("softmax", False, "sgd"), ("mlp", False, "sgd"), ("mlp", True, "adam"),
-                  ("cnn", False, "adamw")]
+                  ("cnn", False, "adamw"), ("resnet", False, "sgd")]
 
 
 @pytest.mark.parametrize("engine", [False, True], ids=["chain", "engine"])
@@ -341,25 +341,32 @@ CONFIGURATIONS = [("softmax", False, "sgd"), ("mlp", False, "sgd"), ("mlp", True
 def test_needed_lists_the_exercises_a_run_calls(tmp_path, model, batchnorm, optimizer, engine):
     """exercises.needed (what compare.py looks for with first_not_written) against the calls a
     training step of compare.py's Learner makes, for the model and optimizer of its flags.
-    --engine adds backward (autograd.py's). Its step calls the rest but three of the loss's
-    functions: the loss is functions.cross_entropy, which calls functional's log_softmax
-    and whose gradient is the graph's, not cross_entropy_grad; compare.py needs them all the
-    same (the validation loss, the tutor)."""
+    --engine adds backward (autograd.py's); the ResNet trains through the engine either way,
+    and calls BatchNorm2d.backward and basic_block (through functions.LAYER_OPS, which
+    loader.load points at the wrapper). Its step calls the rest but
+    three of the loss's functions: the loss is functions.cross_entropy, which calls
+    functional's log_softmax and whose gradient is the graph's, not cross_entropy_grad;
+    compare.py needs them all the same (the validation loss, the tutor)."""
     exercises.write(tmp_path / "ex", names=[])
     calls = set()
     package = loader.load(tmp_path / "ex", calls=calls)
+    images = model in ("cnn", "resnet")
     learner = Learner(package, 64, 10, {"lr": 0.01}, hidden=16 if model == "mlp" else None,
                       batchnorm=batchnorm, optimizer={"sgd": "SGD", "adam": "Adam",
                                                       "adamw": "AdamW"}[optimizer],
-                      channels=(2, 3) if model == "cnn" else None, dtype=torch.float64,
-                      engine=engine)
+                      channels=(2, 3) if images else None, dtype=torch.float64,
+                      engine=engine, resnet=model == "resnet")
     x, y = torch.rand(8, 64, dtype=torch.float64), torch.arange(8) % 10
     learner.gradients(x, y)
     learner.step()
     needed = exercises.needed(model, batchnorm, optimizer, engine)
-    assert needed == exercises.needed(model, batchnorm, optimizer) + ["backward"] * engine
-    loss = ["softmax", "cross_entropy", "cross_entropy_grad"] if engine else []
+    through_engine = engine or model == "resnet"
+    assert needed == exercises.needed(model, batchnorm, optimizer) + [
+        "backward"] * (engine and model != "resnet")
+    loss = ["softmax", "cross_entropy", "cross_entropy_grad"] if through_engine else []
     assert sorted(calls, key=NAMES.index) == [name for name in needed if name not in loss]
+    if model == "resnet":
+        assert needed[-3:] == ["backward", "BatchNorm2d.backward", "basic_block"]
 
 
 # -- loading it as the package manual ----------------------------------------------------------
@@ -567,7 +574,7 @@ def test_the_first_stub_a_run_reaches_is_another_exercise(graded, tmp_path):
 def test_what_is_written_passes_and_the_rest_is_not_written_yet(graded, case, written):
     """One at a time, in any state: each exercise written passes its checks (cross_entropy
     without log_softmax too), each other one is reported not written yet, nothing fails.
-    All twelve written: every check of the suite passes, none is skipped."""
+    All fourteen written: every check of the suite passes, none is skipped."""
     status, output, rows = graded[case]
     assert status == 0, output
     for name in NAMES:

@@ -212,7 +212,7 @@ def test_a_wrong_flag_a_wrong_value_and_a_wrong_target_are_refused():
     assert "--momentum must be in [0, 1)" in refused("python compare.py --momentum 1.5")
     assert "--lr" in refused("python benchmarks/bench.py --lr 1")
     assert refused("make demos") == "the Makefile has no target demos"
-    assert "--model" in refused('make demo ARGS="--model resnet"')
+    assert "--model" in refused('make demo ARGS="--model vgg"')
     assert refused("python -m pytest --manul exercises") == "pytest has no --manul here"
     assert refused("python -m pytest --manual exercises --tb=short -q") is None
     shown = commands("```sh\nMNIST_ROOT=/x python compare.py \\\n  --hiden 3\n```")

@@ -15,8 +15,16 @@ Twin of manual/layers.py, which writes out each forward and its backward:
 autograd records each forward and runs the matching backward in loss.backward().
 """
 
-from torch.nn import (AdaptiveAvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear,
-                      MaxPool2d, ReLU)
+from torch.nn import (
+    AdaptiveAvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+)
 
 __all__ = ["AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Flatten", "Linear",
            "MaxPool2d", "ReLU"]
