@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py                  # about 7-9 minutes on 2 CPU cores
     python benchmarks/bench.py --device cuda    # the same on a GPU
+    python benchmarks/bench.py --variants resnet --no-recipe   # one variant's rows alone
 
 MNIST is found as everywhere in the project: --data-root, else $MNIST_ROOT, else ./data.
 
@@ -12,16 +13,20 @@ Pipelines, each timed at batch sizes 32, 100, 1000 and the whole training set:
   manual      the hand-written twin on the same batches
   lockstep    compare.py's lock-step run of both, checking every step (the cost of checking)
 All train on the same 55,000 images with plain SGD, lr 0.5, in float32. Then, at batch
-100 only, the same three project pipelines for four variants (VARIANT_FLAGS):
+100 only, the same three project pipelines for six variants (VARIANT_FLAGS):
   mlp torch_impl, mlp manual, mlp lockstep    --model mlp (128 hidden units), SGD lr 0.1
   mlp-bn ...                                  the same with BatchNorm1d
   adam ...                                    softmax regression with Adam, lr 1e-3
   mlp-adam ...                                the MLP with Adam, lr 1e-3
   cnn ...                                     --model cnn (16 and 32 channels), SGD lr 0.05,
                                               momentum 0.9: about 7 s an epoch for one model
+  resnet ...                                  --model resnet (16 and 32 channels), SGD lr
+                                              0.05, momentum 0.9, label smoothing 0.1; its
+                                              manual side always runs through the engine
 and for the MLP and the CNN, manual's gradients through its engine (ENGINE_PIPELINES):
   mlp manual-engine, mlp lockstep-engine      manual through manual/autograd.py, alone and
   cnn manual-engine, cnn lockstep-engine      in lock step (compare.py --engine)
+--pipelines picks pipelines by name, --variants every pipeline of the variants named.
 
 Each (pipeline, batch size) runs in a process of its own, which reports its peak
 resident memory: a warm-up of 100 steps, then --epochs timed epochs (more for a fast
@@ -88,11 +93,17 @@ VARIANT_FLAGS = {"mlp": ["--model", "mlp", "--lr", "0.1", "--momentum", "0", *CO
                             *CONSTANT],
                  "adam": ["--optimizer", "adam", "--lr", "1e-3"],
                  "mlp-adam": ["--model", "mlp", "--optimizer", "adam", "--lr", "1e-3", *CONSTANT],
-                 "cnn": ["--model", "cnn", "--lr", "0.05", "--momentum", "0.9", *CONSTANT]}
-VARIANT_GOALS = {"mlp": 0.9, "mlp-bn": 0.9, "adam": 1.1, "mlp-adam": 1.1, "cnn": 1.1}
+                 "cnn": ["--model", "cnn", "--lr", "0.05", "--momentum", "0.9", *CONSTANT],
+                 # its default label smoothing (6 small nodes of the loss), a constant lr:
+                 # --lr-schedule cosine needs the run's length, and costs a scalar a step
+                 "resnet": ["--model", "resnet", "--lr", "0.05", "--momentum", "0.9",
+                            "--lr-schedule", "constant", "--label-smoothing", "0.1"]}
+VARIANT_GOALS = {"mlp": 0.9, "mlp-bn": 0.9, "adam": 1.1, "mlp-adam": 1.1, "cnn": 1.1,
+                 "resnet": 1.0}
 # manual's gradients through its engine (manual/autograd.py: the recorded graph, walked), alone
 # and in lock step: compare.py --engine. For these variants, with the target for their
-# manual-engine / torch_impl ratio.
+# manual-engine / torch_impl ratio. (The ResNet's manual side always runs through the engine:
+# its "resnet manual" is the engine, and it has no chain to set it against.)
 ENGINE = "-engine"
 ENGINE_PIPELINES = ("manual" + ENGINE, "lockstep" + ENGINE)
 ENGINE_GOALS = {"mlp": 1.0, "cnn": 1.0}
@@ -131,15 +142,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="timed epochs at least, after the warm-up")
     parser.add_argument("--batch-sizes", nargs="+", type=batch_size, default=BATCH_SIZES,
                         help="positive numbers, or 'full' for the whole training set")
-    parser.add_argument("--pipelines", nargs="+", choices=PIPELINES + VARIANT_PIPELINES,
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--pipelines", nargs="+", choices=PIPELINES + VARIANT_PIPELINES,
                         default=PIPELINES + VARIANT_PIPELINES, metavar="PIPELINE",
-                        help="the mlp, adam and cnn ones run at batch 100 only; "
-                             "one of: " + ", ".join(map(repr, PIPELINES + VARIANT_PIPELINES)))
+                        help="the variants' (mlp, adam, cnn, resnet, ...) run at batch 100 "
+                             "only; one of: "
+                             + ", ".join(map(repr, PIPELINES + VARIANT_PIPELINES)))
+    chosen.add_argument("--variants", nargs="+", choices=tuple(VARIANT_FLAGS), metavar="VARIANT",
+                        help="in place of --pipelines: every pipeline of these variants, and "
+                             "nothing else; of: " + ", ".join(VARIANT_FLAGS))
     parser.add_argument("--threads", type=positive, default=os.cpu_count(),
                         help="torch.set_num_threads (default: every core)")
     parser.add_argument("--no-recipe", action="store_true", help="skip the 92.6 %% recipe runs")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.variants:
+        args.pipelines = [pipeline for pipeline in VARIANT_PIPELINES
+                          if pipeline.rpartition(" ")[0] in args.variants]
+    return args
 
 
 # -- the machine's ceilings and the epoch's floor ------------------------------------------
