@@ -141,7 +141,7 @@ def torch_rounding(step: int, learners: list[Learner], x: torch.Tensor, y: torch
     names = [name for name, _ in learners[0].named_loss() + learners[0].named_gradients()]
     sides = [[t for _, t in learner.named_loss() + learner.named_gradients()]
              for learner in learners]
-    over = (levels(stats, stats.dtype)[:, REL] > limit).nonzero().flatten().tolist()
+    over = (~(levels(stats, stats.dtype)[:, REL] <= limit)).nonzero().flatten().tolist()
     references = float64_references(learners, x, y, independent=False)
     held, found = stats.clone(), {}
     for index in over:
@@ -152,4 +152,4 @@ def torch_rounding(step: int, learners: list[Learner], x: torch.Tensor, y: torch
         found[names[index]] = off
         held[index] = named_stats([("", sides[0][index].double())],
                                   [("", reference)])[0].to(stats.dtype)
-    return held, {"step": step, "tensors": found}
+    return (held, {"step": step, "tensors": found}) if found else None
