@@ -15,7 +15,7 @@ from common.data import NUM_PIXELS
 
 DEFAULT_HIDDEN = 128  # --model mlp without --hidden
 DEFAULT_CHANNELS = (16, 32)  # --model cnn without --channels
-DEFAULT_RESNET_CHANNELS = (16, 32)  # --model resnet without --channels
+DEFAULT_RESNET_CHANNELS = (24, 48)  # --model resnet without --channels
 # --optimizer: the class in manual/optim.py and torch_impl/optim.py, the flags that are its
 # options, and the defaults of those not given (Adam's and AdamW's are torch's own).
 OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
@@ -35,7 +35,7 @@ MODEL_DEFAULTS = {
             "sgd": {"lr": 0.2, "momentum": 0.9}},
     "cnn": {"epochs": 3, "lr_schedule": "cosine", "label_smoothing": 0.1,
             "sgd": {"lr": 0.05, "momentum": 0.9}},
-    "resnet": {"epochs": 3, "lr_schedule": "cosine", "label_smoothing": 0.1,
+    "resnet": {"epochs": 6, "lr_schedule": "cosine", "label_smoothing": 0.1,
                "sgd": {"lr": 0.05, "momentum": 0.9}},
 }
 
@@ -92,7 +92,7 @@ def make_parser(description: str | None = None) -> ArgumentParser:
                         help="--model cnn: the output channels of each convolution, one block "
                              "(Conv2d, ReLU, MaxPool2d) per number (default 16 32); --model "
                              "resnet: the width of each stage (Conv2d, BatchNorm2d, ReLU, "
-                             "MaxPool2d, a residual block) (default 16 32)")
+                             "MaxPool2d, a residual block) (default 24 48)")
     parser.add_argument("--epochs", type=int,
                         help="passes over the training set (default: the model's, below)")
     parser.add_argument("--batch-size", type=int, default=100,

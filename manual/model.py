@@ -206,14 +206,15 @@ class ResNet(Chain):
     stem:  Conv2d 5 x 5 (padded by 2) -> BatchNorm2d -> ReLU -> MaxPool2d 2, then a BasicBlock
     stage: Conv2d 3 x 3 (padded by 1) to the next width -> BatchNorm2d -> ReLU -> MaxPool2d 2,
            then a BasicBlock
-    The convolutions before a BatchNorm2d have no bias. With the defaults, channels (16, 32):
-        (N, 1, 28, 28) -> (N, 16, 14, 14) -> block -> (N, 32, 7, 7) -> block
-                       -> (N, 32, 1, 1) -> (N, 32) -> (N, 10)
+    The convolutions before a BatchNorm2d have no bias. With the defaults, channels (24, 48),
+    the recipe's (README):
+        (N, 1, 28, 28) -> (N, 24, 14, 14) -> block -> (N, 48, 7, 7) -> block
+                       -> (N, 48, 1, 1) -> (N, 48) -> (N, 10)
     The chain's backward does not apply (a block is not a chain): it trains through the
     engine, manual/train.py's forward_backward_engine.
     """
 
-    def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (16, 32),
+    def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (24, 48),
                  num_classes: int = 10, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
         kinds = dict(device=device, dtype=dtype)

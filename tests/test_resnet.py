@@ -39,6 +39,7 @@ from lockstep import graph
 from lockstep.kinds import tensor_key
 from lockstep.learner import Learner
 from tests.helpers import Differs, assert_agrees, assert_matches_torch, one_thread, tutor
+from tests.test_graph import overwriting
 
 IMAGES = (4, 3, 5, 6)  # (N, C, H, W): small, H != W, so that a row and a column differ
 SEQUENCES = (4, 3, 7)  # (N, C, L)
@@ -389,25 +390,6 @@ def test_the_resnets_graph_matches_torchs_node_by_node(dtype):
 
 
 # Broken twins: each check above can fail -----------------------------------------------------
-
-def overwriting(tensor, gradient=None, retain_graph=False):
-    """A broken twin of autograd.backward: torch's order, but each edge's gradient replaces
-    (=) what its node's buffer holds: at a fork the later share, the branch's, is kept."""
-    autograd = manual.autograd
-    waiting = autograd.dependencies(tensor.grad_fn)
-    buffers, ready = {tensor.grad_fn: torch.ones_like(tensor.data)}, [tensor.grad_fn]
-    while ready:
-        node = max(ready, key=lambda node: node.sequence_nr)
-        ready.remove(node)
-        grads = autograd.run(node, buffers.pop(node, None), retain_graph)
-        for (target, _), grad in zip(node.next_functions, grads, strict=True):
-            if target is not None:
-                if grad is not None:
-                    buffers[target] = grad
-                waiting[target] -= 1
-                if waiting[target] == 0:
-                    ready.append(target)
-
 
 def detached_skip(block, x):
     """A broken twin of functions.basic_block: the add takes a copy of x that requires no

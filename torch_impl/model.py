@@ -136,7 +136,7 @@ class ResNet(Chain):
            BasicBlock
     """
 
-    def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (16, 32),
+    def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (24, 48),
                  num_classes: int = 10, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
         kinds = dict(device=device, dtype=dtype)
