@@ -20,7 +20,7 @@ All train on the same 55,000 images with plain SGD, lr 0.5, in float32. Then, at
   mlp-adam ...                                the MLP with Adam, lr 1e-3
   cnn ...                                     --model cnn (16 and 32 channels), SGD lr 0.05,
                                               momentum 0.9: about 7 s an epoch for one model
-  resnet ...                                  --model resnet (16 and 32 channels), SGD lr
+  resnet ...                                  --model resnet (24 and 48 channels), SGD lr
                                               0.05, momentum 0.9, label smoothing 0.1; its
                                               manual side always runs through the engine
 and for the MLP and the CNN, manual's gradients through its engine (ENGINE_PIPELINES):
@@ -94,10 +94,11 @@ VARIANT_FLAGS = {"mlp": ["--model", "mlp", "--lr", "0.1", "--momentum", "0", *CO
                  "adam": ["--optimizer", "adam", "--lr", "1e-3"],
                  "mlp-adam": ["--model", "mlp", "--optimizer", "adam", "--lr", "1e-3", *CONSTANT],
                  "cnn": ["--model", "cnn", "--lr", "0.05", "--momentum", "0.9", *CONSTANT],
-                 # its default label smoothing (6 small nodes of the loss), a constant lr:
+                 # its defaults (channels 24 and 48, label smoothing), but a constant lr:
                  # --lr-schedule cosine needs the run's length, and costs a scalar a step
-                 "resnet": ["--model", "resnet", "--lr", "0.05", "--momentum", "0.9",
-                            "--lr-schedule", "constant", "--label-smoothing", "0.1"]}
+                 "resnet": ["--model", "resnet", "--channels", "24", "48", "--lr", "0.05",
+                            "--momentum", "0.9", "--lr-schedule", "constant",
+                            "--label-smoothing", "0.1"]}
 VARIANT_GOALS = {"mlp": 0.9, "mlp-bn": 0.9, "adam": 1.1, "mlp-adam": 1.1, "cnn": 1.1,
                  "resnet": 1.0}
 # manual's gradients through its engine (manual/autograd.py: the recorded graph, walked), alone

@@ -63,9 +63,10 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     at the end of the epoch. "worst": both first-layer weight gradients at the step where they
     differed most (lockstep.worst), for weights.png.
 
-    A step over the limit only because torch's own float32 result is further than the limit
-    from the exact math, where manual's is within it, holds manual to a float64 computation
-    of the step instead (reference.torch_rounding); "torch_rounding" lists those steps.
+    A step over the limit where torch's own float32 result is further than the limit from
+    the exact math holds manual to a float64 computation of the step instead: within the
+    limit beyond torch's own distance from it (reference.torch_rounding); "torch_rounding"
+    lists those steps.
 
     diagnose: find where the first mismatch starts ("diagnosis", lockstep.diagnosis; steps are
     numbered from first_step) and, in float32, how far each side's step 1 is from float64

@@ -298,8 +298,9 @@ def torch_rounding_line(found: list[dict], thresholds: dict) -> str:
     return (f"at {len(found)} step{'s' if len(found) > 1 else ''} ({steps}) torch's own float32 "
             f"result was further than {thresholds['max_grad_rel_diff']:.0e} from a float64 "
             f"computation of the same step (worst: {name}, torch {by_torch:.1e} from it, manual "
-            f"{by_hand:.1e}); there manual was held to the float64 one instead, and was within "
-            "it: a long sum that nearly cancels keeps float32's rounding of its terms.")
+            f"{by_hand:.1e}); there manual was held to the float64 one instead, within the "
+            "limit beyond torch's own distance from it: a long sum that nearly cancels keeps "
+            "float32's rounding of its terms.")
 
 
 def agreement_rows(title: str, agreement: dict) -> list[str]:

@@ -157,7 +157,7 @@ def batch_norm_backward(grad, needs, eps, input, result1, result2, running_mean,
     x = input.flatten(2) if images else input  # as the layer's forward normalized it
     layer = holding(BatchNorm2d if images else BatchNorm1d, weight=weight.detach(),
                     bias=holder(grad, grad.shape[1]), inv_std=result2,
-                    x_hat=(x - per_channel(result1, x)) * per_channel(result2, x),
+                    x_hat=(x - per_channel(result1, x)).mul_(per_channel(result2, x)),
                     batch_statistics=training)
     grad_input = layer.backward(grad)
     return grad_input, layer.weight.grad, layer.bias.grad

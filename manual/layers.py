@@ -154,15 +154,14 @@ class BatchNorm1d:
         one side only, now and then, and let its gradient through there alone.
         """
         self.batch_statistics = self.training
-        over = batch_dims(x)  # (0,) or (0, 2): a channel's values
         if self.training:
             n = x.numel() // x.shape[1]  # values per channel: N, or N L
             if n < 2:
                 raise ValueError("Expected more than 1 value per channel when training, "
                                  f"got input size {list(x.shape)}")
-            mean = (x.double().sum(dim=over) / n).to(x.dtype)
+            mean = (channel_sums(x) / n).to(x.dtype)
             centered = x - per_channel(mean, x)
-            var = centered.square().double().sum(dim=over).to(x.dtype) / n  # biased: / n
+            var = channel_sums(centered.square()).to(x.dtype) / n  # biased: / n
             inv_std = (1 / (var.double() + self.eps).sqrt()).to(x.dtype)
             # running <- (1 - momentum) running + momentum new, in one call: lerp_
             self.running_mean.lerp_(mean, self.momentum)
@@ -173,7 +172,7 @@ class BatchNorm1d:
             centered = x - per_channel(mean, x)
             inv_std = 1 / (var + self.eps).sqrt()
         self.mean, self.inv_std = mean, inv_std
-        self.x_hat = centered * per_channel(inv_std, x)
+        self.x_hat = centered.mul_(per_channel(inv_std, x))  # in place: centered is done
         alpha = self.weight * inv_std
         beta = torch.addcmul(self.bias, -mean, alpha)  # beta - mean alpha
         return torch.addcmul(per_channel(beta, x), x, per_channel(alpha, x))
@@ -203,13 +202,15 @@ class BatchNorm1d:
         over, g = batch_dims(grad_output), grad_output
         self.weight.grad = (g * self.x_hat).sum(dim=over)
         self.bias.grad = g.sum(dim=over)
-        scale = per_channel(self.weight * self.inv_std, g)
+        scale = self.weight * self.inv_std  # gamma / s, (C,)
         if not self.batch_statistics:
-            return g * scale
+            return g * per_channel(scale, g)
         n = g.numel() // g.shape[1]
-        mean_terms = (per_channel(self.bias.grad, g)
-                      + self.x_hat * per_channel(self.weight.grad, g)) / n
-        return scale * (g - mean_terms)
+        # gamma / s (g - mean g - x_hat mean(g x_hat)) = scale g + shift + slope x_hat, per
+        # channel: two fused multiply-adds, one new tensor
+        shift, slope = -scale * self.bias.grad / n, -scale * self.weight.grad / n
+        return torch.addcmul(per_channel(shift, g), g, per_channel(scale, g)).addcmul_(
+            self.x_hat, per_channel(slope, g))
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
         """[("weight", gamma), ("bias", beta)], nn.BatchNorm1d's names and order."""
@@ -228,6 +229,13 @@ def batch_dims(x: torch.Tensor) -> tuple[int, ...]:
     """The dimensions of x that hold one channel's values: every one but dim 1, the channels.
     (N, C) -> (0,); (N, C, L) -> (0, 2)."""
     return (0, *range(2, x.dim()))
+
+
+def channel_sums(x: torch.Tensor) -> torch.Tensor:
+    """Each channel's sum, (C,), in float64 as torch's CPU kernel sums: of x (N, C), over N;
+    of x (N, C, L), along each row of L first (a float64 result, not a float64 copy of x)."""
+    rows = x.sum(dim=2, dtype=torch.float64) if x.dim() == 3 else x.double()
+    return rows.sum(dim=0)
 
 
 def per_channel(vector: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
