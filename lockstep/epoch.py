@@ -63,10 +63,9 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     at the end of the epoch. "worst": both first-layer weight gradients at the step where they
     differed most (lockstep.worst), for weights.png.
 
-    A step over the limit where torch's own float32 result is further than the limit from
-    the exact math holds manual to a float64 computation of the step instead: within the
-    limit beyond torch's own distance from it (reference.torch_rounding); "torch_rounding"
-    lists those steps.
+    A step over the limit where manual's float32 result is within the limit of the exact math
+    holds manual to a float64 computation of the step instead of torch's float32 one, at the
+    same limit (reference.torch_rounding); "torch_rounding" lists those steps.
 
     diagnose: find where the first mismatch starts ("diagnosis", lockstep.diagnosis; steps are
     numbered from first_step) and, in float32, how far each side's step 1 is from float64
@@ -103,7 +102,7 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
         if exceeds(before, limit):  # the one host sync of the step: NaN and inf count too
             excused = (None if independent or dtype != torch.float32 else
                        torch_rounding(step, learners, x, y, before, limit))
-        if excused:  # torch's float32 rounding, not manual's: manual held to float64 there
+        if excused:  # rounding: manual is within the limit of the exact math there
             before = excused[0]
             torch_off.append(excused[1])
         stats["loss"].append(before[:1])

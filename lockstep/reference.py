@@ -180,20 +180,19 @@ def float64_errors(learners: list[Learner], x: torch.Tensor, y: torch.Tensor) ->
 @torch.no_grad()
 def torch_rounding(step: int, learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
                    stats: torch.Tensor, limit: float) -> tuple[torch.Tensor, dict] | None:
-    """A float32 step whose loss or gradients went over the limit where torch's own kernel
-    rounds further than the limit from the exact math: (stats with each such tensor held
-    against a float64 computation of the step instead of torch's float32 one, what was
-    found: {"step", "tensors": {name: [manual's distance from float64, torch's]}}), or None
-    where some tensor over the limit is not so.
+    """A float32 step whose loss or gradients went over the limit, manual's against torch's,
+    where manual's is within the limit of the exact math: (stats with each such tensor held
+    against a float64 computation of the step instead of torch's float32 one, what was found:
+    {"step", "tensors": {name: [manual's distance from float64, torch's]}}), or None where
+    some tensor over the limit is further than the limit from float64 on manual's side too.
 
     A long sum that nearly cancels (a convolution's weight gradient under BatchNorm2d: 19,600
     products a weight at 14 x 14, batch 100, adding to almost 0 late in training) keeps
-    float32's rounding of its terms: torch's kernel was measured 1.4e-4 from float64, and
-    manual's, another order of the same sum, 3.6e-5 there and 1.8e-4 at another step. Manual
-    is then held to the exact math: within the limit of it, beyond what torch's own rounding
-    is from it (by the triangle inequality, what manual's distance from torch's could be were
-    manual exact to the limit): off_manual <= limit + off_torch. stats (T, 3): the loss and
-    the gradients, manual's against torch's, the manual learner holding torch's state."""
+    float32's rounding of its terms: torch's kernel was measured 2.2e-4 from float64 where
+    manual's order of the same sum was 3.0e-5, and at another step 9.2e-5 and 1.7e-5, their
+    difference 1.2e-4. Manual is then held to the exact math, at the same limit. stats (T, 3):
+    the loss and the gradients, manual's against torch's, the manual learner holding torch's
+    state."""
     names = [name for name, _ in learners[0].named_loss() + learners[0].named_gradients()]
     sides = [[t for _, t in learner.named_loss() + learner.named_gradients()]
              for learner in learners]
@@ -203,7 +202,7 @@ def torch_rounding(step: int, learners: list[Learner], x: torch.Tensor, y: torch
     for index in over:
         reference = references[names[index]][1]
         off = [distance(side[index], reference) for side in sides]
-        if not (off[1] > limit and off[0] <= limit + off[1]):
+        if not off[0] <= limit:
             return None
         found[names[index]] = off
         held[index] = named_stats([("", sides[0][index].double())],

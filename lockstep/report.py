@@ -289,18 +289,18 @@ def reference_line(reference: dict) -> str:
 
 
 def torch_rounding_line(found: list[dict], thresholds: dict) -> str:
-    """The steps where torch's own float32 result was further than the limit from float64."""
+    """The steps where manual, over the limit from torch, was held to float64 instead."""
     worst = max(((name, off) for step in found for name, off in step["tensors"].items()),
                 key=lambda item: item[1][1])
     name, (by_hand, by_torch) = worst
     steps = ", ".join(str(step["step"]) for step in found[:5]) + (", ..." if len(found) > 5
                                                                    else "")
-    return (f"at {len(found)} step{'s' if len(found) > 1 else ''} ({steps}) torch's own float32 "
-            f"result was further than {thresholds['max_grad_rel_diff']:.0e} from a float64 "
-            f"computation of the same step (worst: {name}, torch {by_torch:.1e} from it, manual "
-            f"{by_hand:.1e}); there manual was held to the float64 one instead, within the "
-            "limit beyond torch's own distance from it: a long sum that nearly cancels keeps "
-            "float32's rounding of its terms.")
+    return (f"at {len(found)} step{'s' if len(found) > 1 else ''} ({steps}) manual's and torch's "
+            f"float32 results differed by more than {thresholds['max_grad_rel_diff']:.0e}, and "
+            "manual was held to a float64 computation of the same step instead, and was within "
+            f"it (worst: {name}, torch {by_torch:.1e} from it, manual {by_hand:.1e}): a long sum "
+            "that nearly cancels keeps float32's rounding of its terms, each side's in its own "
+            "order.")
 
 
 def agreement_rows(title: str, agreement: dict) -> list[str]:
