@@ -118,8 +118,9 @@ def around(model, name: str) -> dict:
     if name not in names:
         return {}
     index, outputs = names.index(name), model.hidden_outputs
-    if skip_share(model, index) is not None:
-        return {"skip": skip_share(model, index)}
+    share = skip_share(model, index)
+    if share is not None:
+        return {"skip": share}
     above = model.layers[index + 1]
     if type(above).__name__ == "MaxPool2d":
         return {"ties": tied_maxima(outputs[index].detach(), above.kernel_size, above.stride)}

@@ -98,16 +98,16 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
             raise Mismatch(replay.of_failure(step, learners, x, y, error, limit),
                            found) from None
         losses.append(torch.stack([manual_learner.loss, torch_learner.loss]))
-        excused = None
-        if exceeds(before, limit):  # the one host sync of the step: NaN and inf count too
-            excused = (None if independent or dtype != torch.float32 else
-                       torch_rounding(step, learners, x, y, before, limit))
+        over = exceeds(before, limit)  # the one host sync of the step: NaN and inf count too
+        excused = over and not independent and dtype == torch.float32 and torch_rounding(
+            step, learners, x, y, before, limit)
         if excused:  # rounding: manual is within the limit of the exact math there
             before = excused[0]
             torch_off.append(excused[1])
+            over = exceeds(before, limit)
         stats["loss"].append(before[:1])
         stats["grad"].append(before[1:])
-        if exceeds(before, limit):
+        if over:
             found = over_the_limit(step, learners, x, y, losses[-1], limit, found, diagnose,
                                    independent)
             if stop and found:

@@ -27,9 +27,10 @@ def float64_references(learners: list[Learner], x: torch.Tensor, y: torch.Tensor
     if independent:
         twins.insert(0, torch_learner.twin(torch.float64))
         twins[0].copy_state_from(manual_learner)
+    made = decisions(torch_learner, x)
     with torch.enable_grad():
         for twin in twins:
-            with decided(twin.model, decisions(torch_learner, x)):
+            with decided(twin.model, made):
                 twin.gradients(x.double(), y)
     names = [name for name, _ in manual_learner.named_loss() + manual_learner.named_gradients()]
     tensors = [[tensor for _, tensor in twin.named_loss() + twin.named_gradients()]

@@ -46,7 +46,7 @@ class History:
         self.diagnosis = None  # where the first mismatch starts (lockstep.diagnosis), if any
         self.worst = None  # the first layer's weight gradients at their worst step (worst.py)
         self.reference = None  # float32: step 1 against float64 (reference.float64_errors)
-        self.torch_rounding = []  # steps where torch's float32 was off (reference.torch_rounding)
+        self.torch_rounding = []  # steps manual was held to float64 (reference.torch_rounding)
 
     @property
     def grad_names(self) -> list[str]:
