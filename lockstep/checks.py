@@ -64,8 +64,9 @@ def named_stats(actual: list[tuple[str, torch.Tensor]],
                 expected: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
     """difference_stats of each named pair, stacked: (T, 3) for T tensors, in order.
 
-    All T pairs at once: torch's _foreach_ operations (as torch.optim's fast path uses)
-    take a list of tensors per call, so a step costs a few calls, not a few per tensor.
+    Tensor by tensor, each difference worked on in place while it is still in the cache: a
+    _foreach_ call per operation (as torch.optim's fast path uses) would first build every
+    difference, tens of MB for a ResNet's hidden outputs, and took 2.2 times as long.
     The names come from `actual`; a ShapeMismatch names the tensor.
     """
     if len(actual) != len(expected):
@@ -78,14 +79,16 @@ def named_stats(actual: list[tuple[str, torch.Tensor]],
                                 f"against {shape_of(b)}")
     if not actual:
         return torch.empty(0, 3)
-    a, b = [tensor for _, tensor in actual], [tensor for _, tensor in expected]
-    rtol, _ = DEFAULT_TOLERANCES[b[0].dtype]
-    diffs = torch._foreach_sub(a, b)
-    torch._foreach_abs_(diffs)  # |a - b|
-    sizes = torch._foreach_abs(b)  # |b|
-    margins = torch._foreach_sub(diffs, sizes, alpha=rtol)  # |a - b| - rtol |b|
-    return torch.stack([torch.stack(torch._foreach_max(each))
-                        for each in (diffs, sizes, margins)], dim=1)
+    rtol, _ = DEFAULT_TOLERANCES[expected[0][1].dtype]
+    return torch.stack([pair_stats(a, b, rtol)
+                        for (_, a), (_, b) in zip(actual, expected, strict=True)])
+
+
+def pair_stats(a: torch.Tensor, b: torch.Tensor, rtol: float) -> torch.Tensor:
+    """[max|a - b|, max|b|, max(|a - b| - rtol |b|)] (3,), on the tensors' device."""
+    diff, size = (a - b).abs_(), b.abs()
+    max_diff, max_size = diff.max(), size.max()  # before diff is overwritten
+    return torch.stack([max_diff, max_size, diff.sub_(size, alpha=rtol).max()])
 
 
 def exceeds(stats: torch.Tensor, limit: float) -> bool:
