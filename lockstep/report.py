@@ -75,7 +75,7 @@ class History:
     def all_steps(self, which: str) -> torch.Tensor:
         """(steps, tensors, 4) stats of every step so far; which: "loss", "grad", "param",
         "buffer" or "state"; "gate": (steps, 2), the ReLU gates open on one side only
-        (checks.relu_gate_flips)."""
+        (checks.relu_gate_flips), asked at the steps whose gradients went over the limit."""
         stats = self.stats[which]
         return torch.cat(stats) if stats else torch.full((1, 1, 4), float("nan"))
 
@@ -158,7 +158,9 @@ def levels(stats: torch.Tensor) -> dict:
 def gate_flips(history: History, limit: float) -> dict:
     """How many steps had a ReLU gate open on one side only, how many entries in all, how far
     from 0 such an input was at most (relative to the layer's largest output), and how many
-    of the steps whose gradients went over `limit` had a flipped gate."""
+    of the steps whose gradients went over `limit` had a flipped gate. The gates are asked
+    only where the loss or a gradient went over the limit (a flip that changed nothing is
+    not counted)."""
     flips, worst = history.all_steps("gate"), history.all_steps("grad")[..., REL].amax(dim=-1)
     flipped, over = flips[:, 0] > 0, ~(worst <= limit)  # NaN counts as over
     return {"steps": int(flipped.sum()), "entries": int(flips[:, 0].sum()),
