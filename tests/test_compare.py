@@ -18,7 +18,7 @@ import torch
 import compare
 import manual
 from common.data import RAW_FILES
-from lockstep import flags
+from lockstep import epoch, flags
 from lockstep.checks import ShapeMismatch, difference_stats, relu_gate_flips
 from lockstep.learner import Learner
 from tests.helpers import BatchNormWithoutMeanTerm, GradientLeakingReLU
@@ -459,3 +459,19 @@ def test_a_gate_shut_by_a_bug_is_not_called_rounding(capsys, mnist_root, tmp_pat
     flips = report["relu_gate_flips"]
     assert flips["steps"] == 20 and flips["entries"] >= 20 * 100
     assert flips["max_relative_distance"] > 0.1
+
+
+@pytest.mark.parametrize("broken", [False, pytest.param(True, marks=pytest.mark.twin)],
+                         ids=["within", "gate-shut"])
+def test_the_gates_are_asked_only_at_steps_over_the_limit(capsys, mnist_root, tmp_path,
+                                                          monkeypatch, broken):
+    """Detail once something went wrong: a run within the limit at every step never passes over
+    the ReLU outputs to ask their gates; the ReLU that shuts gates has them asked at all 20."""
+    asked, ask = [], epoch.relu_flips
+    monkeypatch.setattr(epoch, "relu_flips", lambda learners: asked.append(1) or ask(learners))
+    if broken:
+        monkeypatch.setattr(manual.layers.ReLU, "forward", shut_the_largest_gate)
+        monkeypatch.setattr(manual.layers.ReLU, "__call__", shut_the_largest_gate)
+    status, _, _, report = run(capsys, mnist_root, tmp_path, *QUICK, *MLP, "--no-plots")
+    assert status == int(broken)
+    assert len(asked) == report["relu_gate_flips"]["steps_over_limit"] == (20 if broken else 0)

@@ -211,9 +211,10 @@ def test_exceeds_flags_a_tensor_over_the_limit_or_not_finite(a, over):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-def test_named_stats_at_once_equal_the_formula_tensor_by_tensor(dtype):
-    """The _foreach_ path gives, for each pair, max|a - b|, max|b|, max(|a - b| - rtol |b|),
-    a scalar loss and an empty-free mix of shapes included."""
+def test_named_stats_equal_the_formula_tensor_by_tensor(dtype):
+    """named_stats gives, for each pair, max|a - b|, max|b|, max(|a - b| - rtol |b|) (the
+    difference worked on in place must not change the first two), a scalar loss and an
+    empty-free mix of shapes included."""
     generator = torch.Generator().manual_seed(3)
     b = [torch.randn(shape, generator=generator, dtype=dtype) for shape in ((), (7,), (3, 5))]
     a = [t + 1e-3 * torch.randn(t.shape, generator=generator, dtype=dtype) for t in b]
