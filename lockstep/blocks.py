@@ -58,8 +58,7 @@ def block_sentence(a: torch.Tensor, model, index: int, limit: float) -> str | No
     if type(block).__name__ != "BasicBlock" or index == 0:
         return None
     x = model.hidden_outputs[index - 1].detach()
-    branch = copy.deepcopy(block)  # its BatchNorm2d layers update their running statistics
-    f = branch.bn2(branch.conv2(branch.relu(branch.bn1(branch.conv1(x)))))
+    f = copy.deepcopy(block).branch(x)  # a copy: its BatchNorm2d layers update their statistics
     wrong = {"x + relu(f(x)): the ReLU comes before the add, where the block adds first, "
              "relu(x + f(x)) (torchvision's BasicBlock; the ReLU after the sum)": x + f.relu(),
              "relu(f(x)): the skip is missing; the block adds x first, relu(x + f(x))":

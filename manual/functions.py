@@ -228,7 +228,7 @@ def basic_block(block, x: Variable) -> Variable:
     AddBackward0 whose first input is x itself, which also feeds conv1: x forks, and the
     engine adds its two gradients; then relu (manual/model.py, BasicBlock)."""
     branch = x
-    for layer in (block.conv1, block.bn1, block.relu, block.conv2, block.bn2):
+    for _, layer in block.named_children():  # conv1, bn1, relu, conv2, bn2
         branch = LAYER_OPS[layer_kind(layer)](layer, branch)
     return relu(block.relu, add(x, branch))
 
@@ -339,9 +339,10 @@ def add_backward(grad, needs, alpha):
     feeds another path (the residual block's f), the engine adds this share to that path's."""
     return grad, grad if alpha == 1 else alpha * grad
 
-# The layer whose backward each layer node runs: its formula, for the tutor to point at.
+# The layer whose backward each layer node runs: its formula, for the tutor to point at. A
+# batch norm's node keeps its layer (BatchNorm1d or BatchNorm2d) in its metadata instead.
 LAYER_BACKWARD = {"AddmmBackward0": Linear, "MmBackward0": Linear, "ReluBackward0": ReLU,
-                  "NativeBatchNormBackward0": BatchNorm1d, "ConvolutionBackward0": Conv2d,
+                  "ConvolutionBackward0": Conv2d,
                   "MaxPool2DWithIndicesBackward0": MaxPool2d, "ViewBackward0": Flatten,
                   "MeanBackward1": AdaptiveAvgPool2d}
 

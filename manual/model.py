@@ -172,9 +172,12 @@ class BasicBlock:
         self.conv2 = Conv2d(channels, channels, 3, padding=1, bias=False, **kinds)
         self.bn2 = BatchNorm2d(channels, **kinds)
 
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """f(x) = bn2(conv2(relu(bn1(conv1(x))))), x's shape: the path beside the skip."""
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        return self.relu(x + branch)
+        return self.relu(x + self.branch(x))
 
     __call__ = forward
 

@@ -391,13 +391,19 @@ def test_the_resnets_graph_matches_torchs_node_by_node(dtype):
 
 # Broken twins: each check above can fail -----------------------------------------------------
 
+def recorded_branch(block, x):
+    """f(x) recorded as functions.basic_block records it, for its broken twins below."""
+    functions = manual.functions
+    for _, layer in block.named_children():
+        x = functions.LAYER_OPS[functions.layer_kind(layer)](layer, x)
+    return x
+
+
 def detached_skip(block, x):
     """A broken twin of functions.basic_block: the add takes a copy of x that requires no
     gradient, so the skip's share never reaches x."""
     functions = manual.functions
-    branch = x
-    for layer in (block.conv1, block.bn1, block.relu, block.conv2, block.bn2):
-        branch = functions.LAYER_OPS[functions.layer_kind(layer)](layer, branch)
+    branch = recorded_branch(block, x)
     return functions.relu(block.relu, functions.add(manual.autograd.Variable(x.data), branch))
 
 
@@ -465,10 +471,7 @@ def test_batchnorm2d_biased_running_variance_is_caught(monkeypatch):
 def relu_before_the_add(block, x):
     """A broken twin of functions.basic_block: y = x + relu(f(x))."""
     functions = manual.functions
-    branch = x
-    for layer in (block.conv1, block.bn1, block.relu, block.conv2, block.bn2):
-        branch = functions.LAYER_OPS[functions.layer_kind(layer)](layer, branch)
-    return functions.add(x, functions.relu(block.relu, branch))
+    return functions.add(x, functions.relu(block.relu, recorded_branch(block, x)))
 
 
 @pytest.mark.twin
