@@ -17,24 +17,29 @@ exits 0 on MATCH, 1 on MISMATCH or a diverging run, 2 on bad usage or bad data, 
     python compare.py --model mlp --engine # manual's gradients through its engine, by hand
     python compare.py --model mlp --graph  # step 1's graph, manual's beside torch's
     python compare.py --manual exercises   # your own code (python -m practice) as manual
+    python compare.py --world-size 2       # 2 processes, DistributedDataParallel by hand
+    torchrun --nproc-per-node 2 compare.py # the same, started by torchrun (any machines)
 
 This file only conducts: the flags, one epoch of the lock step, the checks, the tutor, the
-report and the plots are modules of lockstep/ named for what they do; the exercises are
+report and the plots are modules of lockstep/ named for what they do (a distributed run's:
+lockstep/launch.py starts the ranks, lockstep/ranks.py checks across them); the exercises are
 practice/'s; the data is common/data.py's.
 """
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from types import ModuleType
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from common.data import NUM_CLASSES, DataError, Splits, batches, load_splits, resolve_root
-from lockstep import alone, flags, graph, limits, report, threads
+from lockstep import alone, flags, graph, launch, limits, ranks, report, threads
 from lockstep.epoch import Diverged, Mismatch, train_epoch_lockstep
 from lockstep.learner import make_learners
 from practice import exercises, loader
@@ -44,6 +49,8 @@ from practice.exercises import ExerciseError
 def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # piped too, each line as it comes
     args = flags.parse_args(argv, description=__doc__.splitlines()[0])
+    if args.world_size > 1 and not ranks.launched():  # start the ranks, each this same command
+        return launch.start(sys.argv[1:] if argv is None else argv, args.world_size)
     made: list[Path] = []  # the folders this run made, for report.discard
     try:
         with threads.for_model(args.model, args.engine):
@@ -52,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         report.discard(made)
         print("stopped by Ctrl-C", file=sys.stderr)
         return 130
+    except torch.distributed.DistError as error:  # a rank that died, a collective timed out
+        print(f"error: {ranks.lost(error)}", file=sys.stderr)
+        return 1
+    finally:
+        ranks.leave()
 
 
 def run(args: argparse.Namespace, made: list[Path]) -> int:
@@ -76,8 +88,13 @@ def run(args: argparse.Namespace, made: list[Path]) -> int:
             raise DataError(problem)
         if args.graph:  # step 1's two graphs and their verdict: no run, no folder
             return graph_of_step_one(args, package, data, device, dtype)
-        made += report.prepare_folder(out, args.overwrite)  # last: no folder if it cannot start
-    except (ExerciseError, DataError, OSError) as error:
+        if ranks.launched():  # one rank of W: the others print nothing but their errors
+            ranks.init_process_group(device)
+            if dist.get_rank():
+                sys.stdout = open(os.devnull, "w")  # for the rest of the process
+        if not ranks.launched() or dist.get_rank() == 0:
+            made += report.prepare_folder(out, args.overwrite)  # last: no folder if it cannot start
+    except (ExerciseError, DataError, OSError, ranks.SetUpError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
@@ -108,8 +125,15 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
     """Train both learners in lock step, epoch by epoch; then the verdict, report and plots.
     The exit status: 0 on MATCH, 1 on MISMATCH or a diverging run."""
     start = time.perf_counter()
-    steps_per_epoch = math.ceil(len(data.train_x) / args.batch_size)
-    learners = make_learners(args, device, dtype, steps_per_epoch, package)
+    rank = dist.get_rank() if ranks.launched() else None  # None: one process
+    shard = math.ceil(len(data.train_x) / args.world_size)  # each rank's rows (all, for one)
+    steps_per_epoch = math.ceil(shard / (args.batch_size // args.world_size))
+    learners = make_learners(args, device, dtype, steps_per_epoch, package, rank)
+    across = rank is not None and ranks.Ranks(learners, args.batchnorm or args.model == "resnet")
+    unsynced = across and across.start()  # DDP's broadcast: every rank starts from rank 0's
+    if unsynced:
+        print(f"MISMATCH ({args.dtype}) before training: {unsynced['message']}")
+        return 1
     pairs = zip(*(learner.parameters() for learner in learners), strict=True)
     assert all(torch.equal(m, t) for m, t in pairs), "both must start from identical parameters"
     initial = [learner.evaluate(data.val_x, data.val_y)[0] for learner in learners]
@@ -122,7 +146,9 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
 
     history = report.History(args.independent, initial)
     for epoch in range(1, args.epochs + 1):
-        epoch_batches = batches(data.train_x, data.train_y, args.batch_size, args.seed, epoch)
+        epoch_batches = (across.epoch_batches(data, args.batch_size, args.seed, epoch) if across
+                         else batches(data.train_x, data.train_y, args.batch_size, args.seed,
+                                      epoch))
         with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
                   disable=args.quiet or not sys.stderr.isatty()) as progress:
             try:
@@ -131,7 +157,8 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
                                               (epoch - 1) * steps_per_epoch + 1,
                                               diagnose=history.diagnosis is None,
                                               stop=args.manual is not None
-                                              and not args.keep_going)
+                                              and not args.keep_going and not across,
+                                              ranks=across or None)
             except (Diverged, Mismatch) as error:
                 result = error
         if isinstance(result, Exception):
@@ -147,7 +174,12 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
 
     seconds = time.perf_counter() - start
     summary = report.summarize(args, device, learners, data, history, seconds,
-                               on_its_own(history.diagnosis))
+                               None if across else on_its_own(history.diagnosis))
+    if across:  # every rank's verdict and the checks across ranks, to rank 0, which reports
+        summary = across.finish(summary)
+        if summary is None:
+            return 0
+        print("\n".join(summary["parallel"]["lines"]))
     print(report.final_table(summary))
     for warning in (summary["not_learning"], summary["unseen"]):
         if warning:

@@ -41,7 +41,7 @@ COMPARED = {"loss": ("loss", Learner.named_loss),
 
 def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
                          independent: bool = False, first_step: int = 1,
-                         diagnose: bool = True, stop: bool = False) -> dict:
+                         diagnose: bool = True, stop: bool = False, ranks=None) -> dict:
     """One epoch of both learners on the same batches, checking every step.
 
     Before each step, the manual learner takes over torch's parameters, running
@@ -78,6 +78,11 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     stop: raise Mismatch, with its diagnosis, at the first step where a tensor went over the
     limit (compare.py --manual), instead of training the epoch to its end. That costs one
     more host sync a step, for the tensors compared after the update.
+
+    ranks: this process is one rank of a distributed run (lockstep.ranks.Ranks): its checks
+    across ranks run after the gradients and after the update, and its tutor diagnoses a step
+    over the limit. Neither float64 twin is asked then: a twin computes this rank's gradients
+    alone, which the all-reduced ones are not.
     """
     manual_learner, torch_learner = learners
     dtype = learners[0].parameters()[0].dtype
@@ -94,6 +99,8 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
             raise Mismatch(replay.of_failure(step, learners, x, y, error, limit),
                            found) from error  # compare.py: an exercise not written yet?
         torch_learner.gradients(x, y)
+        if ranks:
+            ranks.after_gradients(step)
         gradients = [learner.named_gradients() for learner in learners]
         try:
             before = named_stats(*(learner.named_loss() + named
@@ -105,7 +112,8 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
         over = exceeds(before, limit)  # the one host sync of the step: NaN and inf count too
         # detail, asked only where a tensor went over: ReLU gates open on one side only
         gate_flips.append(relu_flips(learners) if over else x.new_zeros(2, dtype=dtype))
-        excused = over and not independent and dtype == torch.float32 and torch_rounding(
+        excused = over and not independent and dtype == torch.float32 and not ranks and \
+            torch_rounding(
             step, learners, x, y, before, limit)
         if excused:  # rounding: manual is within the limit of the exact math there
             before = excused[0]
@@ -115,16 +123,18 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
         stats["grad"].append(before[1:])
         if over:
             found = over_the_limit(step, learners, x, y, losses[-1], limit, found, diagnose,
-                                   independent)
+                                   independent, ranks and ranks.tutor)
             if stop and found:
                 raise Mismatch(found)
         worst.update(step, before[1:], *gradients)
-        if diagnose and step == 1 and dtype == torch.float32:
+        if diagnose and step == 1 and dtype == torch.float32 and not ranks:
             reference = float64_errors(learners, x, y)
         if not independent:  # the update is checked on the same gradients, see above
             manual_learner.copy_gradients_from(torch_learner)
         for learner in learners:
             learner.step()  # the optimizer's, then the learning-rate schedule's
+        if ranks:
+            ranks.after_update(step)
         for which in AFTER:
             stats[which].append(compared(step, *COMPARED[which], learners, found))
         if stop and exceeds(torch.cat([stats[which][-1] for which in AFTER
@@ -168,16 +178,17 @@ def first_of(stats: dict, found: dict | None, learners: list[Learner], limit: fl
 
 def over_the_limit(step: int, learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
                    loss: torch.Tensor, limit: float, found: dict | None, diagnose: bool,
-                   independent: bool) -> dict | None:
+                   independent: bool, tutor=None) -> dict | None:
     """A step whose loss or gradients went over the limit. Both losses (loss: (2,)) NaN or
     infinite: training diverged (raises Diverged). Otherwise its diagnosis, unless the epoch
     already has one (found) or diagnose is off; and a loss NaN or infinite on one side only
-    is a mismatch that stops the run (raises Mismatch), whatever found."""
+    is a mismatch that stops the run (raises Mismatch), whatever found. tutor: in place of
+    diagnosis.of_gradients, with its arguments (a distributed run's, lockstep.ranks)."""
     finite = torch.isfinite(loss)
     if not finite.any():
         raise Diverged(f"step {step}: loss {loss.tolist()}")
     if (found is None and diagnose) or not finite.all():
-        now = diagnosis.of_gradients(step, learners, x, y, limit, independent)
+        now = (tutor or diagnosis.of_gradients)(step, learners, x, y, limit, independent)
         if not finite.all():
             raise Mismatch(now, found)
         found = found or now

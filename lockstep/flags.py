@@ -7,6 +7,7 @@ once each option of --optimizer that was not given has its default (usage_proble
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -62,7 +63,8 @@ def parse_args(argv: list[str] | None = None,
     """compare.py's flags, checked, with the defaults of --optimizer's options filled in."""
     parser = make_parser(description)
     args = parser.parse_args(argv)
-    problem = misplaced_flag(args) or usage_problem(with_defaults(args)) or dtype_problem(args)
+    problem = (world_size_problem(args) or misplaced_flag(args) or
+               usage_problem(with_defaults(args)) or dtype_problem(args))
     if problem:
         parser.error(problem)
     if args.model == "mlp" and args.hidden is None:
@@ -131,6 +133,11 @@ def make_parser(description: str | None = None) -> ArgumentParser:
     parser.add_argument("--independent", action="store_true",
                         help="never copy torch's state or gradients into the manual learner: "
                              "each follows its own trajectory (an MLP's drift apart in float32)")
+    parser.add_argument("--world-size", type=int, metavar="W",
+                        help="train on W processes of this machine (ranks, gloo on the CPU), "
+                             "each on 1/W of every batch: DistributedDataParallel against "
+                             "manual/parallel.py's, checked across the ranks too (default 1; "
+                             "under torchrun, the number of ranks it started)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds parameters, split, batches (default %(default)s)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
@@ -160,6 +167,26 @@ def make_parser(description: str | None = None) -> ArgumentParser:
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar (there is none when stderr is not a terminal)")
     return parser
+
+
+def world_size_problem(args: argparse.Namespace) -> str | None:
+    """Set args.world_size: --world-size, else torchrun's WORLD_SIZE, else 1. A problem: the
+    two disagree, or one rank's share of the batch is impossible. None otherwise."""
+    started = os.environ.get("WORLD_SIZE") if "RANK" in os.environ else None
+    if started is not None and args.world_size not in (None, int(started)):
+        return f"--world-size {args.world_size}, but {started} ranks were started (WORLD_SIZE)"
+    args.world_size = args.world_size or int(started or 1)
+    if args.world_size < 1:
+        return f"--world-size must be positive, got {args.world_size}"
+    if args.world_size == 1:
+        return None
+    if args.batch_size % args.world_size:
+        return (f"--batch-size {args.batch_size} cannot be split into {args.world_size} equal "
+                f"shards (--world-size {args.world_size}): choose a multiple of it")
+    for flag in ("graph", "independent"):
+        if getattr(args, flag):
+            return f"--{flag} applies to one process only, not --world-size {args.world_size}"
+    return None
 
 
 def misplaced_flag(args: argparse.Namespace) -> str | None:
@@ -282,7 +309,13 @@ def last_side(args: argparse.Namespace) -> int:
 
 
 def data_problem(args: argparse.Namespace, train_size: int) -> str | None:
-    """What is impossible about these flags for a training set of train_size images, or None."""
+    """What is impossible about these flags for a training set of train_size images, or None.
+    With --world-size W, each rank trains on its shard, ceil(train_size / W) images, in
+    batches of B / W."""
+    if args.world_size > 1:
+        train_size = -(-train_size // args.world_size)
+        args = argparse.Namespace(**vars(args) | {"batch_size": args.batch_size //
+                                                  args.world_size})
     flag = ("--batchnorm" if args.batchnorm else
             "--model resnet with 4 stages" if args.model == "resnet" and last_side(args) == 1
             else None)

@@ -32,7 +32,7 @@ class Learner:
                  anneal_steps: int | None = None, hidden: int | None = None,
                  batchnorm: bool = False, optimizer: str = "SGD",
                  channels: tuple[int, ...] | None = None, engine: bool = False,
-                 resnet: bool = False):
+                 resnet: bool = False, parallel: bool = False):
         """optimizer: the name of the package's optimizer class ("SGD", "Adam", "AdamW"),
         built with optimizer_options.
         anneal_steps: cosine-anneal the learning rate to 0 over that many optimizer
@@ -46,14 +46,18 @@ class Learner:
         (train.forward_backward_engine: the recorded graph, walked by autograd.backward), not
         the model's own backward.
         resnet: with channels, a ResNet (its stages' widths) in place of the CNN; it always
-        trains through the engine (a residual block is not a chain)."""
-        engine = engine or resnet
+        trains through the engine (a residual block is not a chain).
+        parallel: this process is one rank of a torch.distributed run: the model is wrapped
+        in the package's parallel.DistributedDataParallel (its parameters and buffers
+        broadcast from rank 0 here, its gradients all-reduced in each backward), and trained
+        through the engine, whose hooks hand the gradients over."""
+        engine = engine or resnet or parallel
         self.name = package.__name__
         self.package = package
         self.settings = dict(in_features=in_features, num_classes=num_classes,  # for twin()
                              optimizer_options=optimizer_options, label_smoothing=label_smoothing,
                              device=device, hidden=hidden, batchnorm=batchnorm, optimizer=optimizer,
-                             channels=channels, engine=engine, resnet=resnet)
+                             channels=channels, engine=engine, resnet=resnet, parallel=parallel)
         kinds = dict(device=device, dtype=dtype)
         self.image_shape = None  # (1, H, W) for the CNN: what a flat row of x becomes
         if channels is not None:
@@ -69,6 +73,8 @@ class Learner:
             self.model = package.model.SoftmaxRegression(in_features, num_classes, **kinds)
         else:
             self.model = package.model.MLP(in_features, hidden, num_classes, batchnorm, **kinds)
+        self.trained = (package.parallel.DistributedDataParallel(self.model) if parallel else
+                        self.model)  # what forward_backward runs
         self.optimizer = getattr(package.optim, optimizer)(self.model.parameters(),
                                                            **optimizer_options)
         self.scheduler = (None if anneal_steps is None else
@@ -161,7 +167,7 @@ class Learner:
         self.last_logits until the next call."""
         self.optimizer.zero_grad()
         self.loss, self.last_logits = self.forward_backward(
-            self.model, self.as_input(x), y, self.label_smoothing)
+            self.trained, self.as_input(x), y, self.label_smoothing)
         return self.loss
 
     def as_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -174,12 +180,14 @@ class Learner:
         """A new Learner of the same package and configuration, in `dtype` (default: this
         one's), holding a copy of this one's parameters, gradients, running statistics and
         optimizer state. It has no learning-rate schedule: its optimizer keeps this one's
-        current learning rate. Built without touching torch's random streams (the
-        parameters are copied anyway)."""
+        current learning rate, and no DistributedDataParallel: it computes this process's
+        gradients alone. Built without touching torch's random streams (the parameters are
+        copied anyway)."""
         options = self.settings["optimizer_options"] | {"lr": self.lr()}
         device = self.params[0].device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            twin = Learner(self.package, **self.settings | {"optimizer_options": options},
+            twin = Learner(self.package, **self.settings | {"optimizer_options": options,
+                                                            "parallel": False},
                            dtype=dtype or self.params[0].dtype)
         for mine, theirs in zip(twin.params, self.params, strict=True):
             mine.copy_(theirs)
@@ -277,8 +285,11 @@ def copied(value, dtype: torch.dtype):
 
 def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
                   steps_per_epoch: int | None = None,
-                  manual_package: ModuleType | None = None) -> list[Learner]:
+                  manual_package: ModuleType | None = None,
+                  rank: int | None = None) -> list[Learner]:
     """The manual and the torch learner, each built right after torch.manual_seed(seed).
+    rank: this process's in a distributed run (None: one process): each learner built after
+    torch.manual_seed(seed + rank), and wrapped in DistributedDataParallel (parallel).
 
     --lr-schedule cosine anneals over epochs * steps_per_epoch steps, so it needs the latter.
     manual_package: an exercise folder (practice.loader.load) in place of manual, or None.
@@ -291,10 +302,10 @@ def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
         anneal_steps = args.epochs * steps_per_epoch
     learners = []
     for package in (manual_package or manual, torch_impl):
-        torch.manual_seed(args.seed)
+        torch.manual_seed(args.seed + (rank or 0))
         learners.append(Learner(package, NUM_PIXELS, NUM_CLASSES, options,
                                 args.label_smoothing, device, dtype, anneal_steps,
                                 args.hidden, args.batchnorm, OPTIMIZERS[args.optimizer],
                                 args.channels, getattr(args, "engine", False),
-                                args.model == "resnet"))
+                                args.model == "resnet", rank is not None))
     return learners

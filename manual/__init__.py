@@ -1,5 +1,6 @@
 """MNIST classifiers by hand: plain tensors, hand-derived gradients and updates, no autograd."""
 
-from manual import autograd, functional, functions, lr_scheduler, model, optim, train
+from manual import autograd, functional, functions, lr_scheduler, model, optim, parallel, train
 
-__all__ = ["autograd", "functional", "functions", "lr_scheduler", "model", "optim", "train"]
+__all__ = ["autograd", "functional", "functions", "lr_scheduler", "model", "optim", "parallel",
+           "train"]

@@ -57,7 +57,11 @@ def holder(grad: torch.Tensor, *shape: int) -> torch.Tensor:
 
 def forward(model, x: Variable) -> tuple[Variable, list[Variable]]:
     """model's forward, recorded: each layer's ops in order. x: (N, D) or (N, 1, H, W) ->
-    (logits (N, C), the hidden outputs), as Chain.forward computes them."""
+    (logits (N, C), the hidden outputs), as Chain.forward computes them. A model wrapped in
+    DistributedDataParallel (manual/parallel.py): its work before forward, then the model's."""
+    if hasattr(model, "pre_forward"):
+        model.pre_forward()
+        model = model.module
     layers = getattr(model, "layers", [model])
     hidden = []
     for layer in layers:

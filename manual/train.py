@@ -35,6 +35,7 @@ def forward_backward_engine(model: SoftmaxRegression | MLP, x: torch.Tensor, y: 
         output.retain_grad()
     loss = functions.cross_entropy(logits, y, label_smoothing)
     autograd.backward(loss)
+    model = getattr(model, "module", model)  # the model a DistributedDataParallel wraps
     if hasattr(model, "hidden_outputs"):
         model.hidden_outputs = [kept(output) for output in hidden]
     return loss.data, kept(logits)

@@ -1,5 +1,6 @@
 """MNIST classifiers the idiomatic way: torch.nn layers, F.cross_entropy, autograd, torch.optim."""
 
-from torch_impl import autograd, functional, functions, lr_scheduler, model, optim, train
+from torch_impl import autograd, functional, functions, lr_scheduler, model, optim, parallel, train
 
-__all__ = ["autograd", "functional", "functions", "lr_scheduler", "model", "optim", "train"]
+__all__ = ["autograd", "functional", "functions", "lr_scheduler", "model", "optim", "parallel",
+           "train"]

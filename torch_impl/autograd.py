@@ -6,7 +6,9 @@ its node ("AddmmBackward0"), with next_functions (the edges to its inputs' nodes
 AccumulateGrad for a leaf), the tensors it saved (grad_fn._saved_mat1, ...) and a sequence
 number (grad_fn._sequence_nr()). loss.backward() runs the ready node with the largest
 sequence number first, adds the gradients at fan-out, adds into each leaf's .grad, and frees
-the saved tensors unless retain_graph=True.
+the saved tensors unless retain_graph=True. After AccumulateGrad has stored a leaf's
+gradient, the leaf's post-accumulate hooks run; once backward is done, the callbacks queued
+while it ran (DistributedDataParallel waits for its all-reduces there).
 """
 
 import torch
@@ -22,4 +24,15 @@ def Variable(data: torch.Tensor, requires_grad: bool = False) -> torch.Tensor:
     return data.detach().requires_grad_(requires_grad)
 
 
-__all__ = ["Variable", "backward", "is_grad_enabled", "no_grad"]
+def register_post_accumulate_grad_hook(tensor: torch.Tensor, hook) -> None:
+    """hook(tensor) after every backward stores tensor's gradient in tensor.grad."""
+    tensor.register_post_accumulate_grad_hook(hook)
+
+
+def queue_callback(callback) -> None:
+    """callback() once the running backward has run its last node."""
+    torch.autograd.Variable._execution_engine.queue_callback(callback)
+
+
+__all__ = ["Variable", "backward", "is_grad_enabled", "no_grad", "queue_callback",
+           "register_post_accumulate_grad_hook"]

@@ -1,0 +1,86 @@
+"""compare.py --world-size W on one machine: start W ranks of the same command, as torchrun does.
+
+Each rank is `python compare.py ARGS` with torchrun's environment: RANK, LOCAL_RANK,
+WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR (127.0.0.1) and MASTER_PORT (a free port, unless
+the environment names one), and OMP_NUM_THREADS: the cores shared out between the ranks, at
+least one each. Rank 0 prints to the terminal; the others' output is kept in a file, shown
+only if that rank is the first to fail. When a rank fails, the others are stopped within
+GRACE seconds; no rank outlives the launcher.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+COMPARE = Path(__file__).resolve().parent.parent / "compare.py"
+GRACE = 5.0  # seconds the other ranks get to end on their own once one has failed
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for rank 0's store."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def environment(rank: int, world_size: int, port: str) -> dict[str, str]:
+    """torchrun's variables for one rank of world_size on this machine."""
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1)
+                                                            // world_size))
+    return os.environ | {"RANK": str(rank), "LOCAL_RANK": str(rank),
+                         "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(world_size),
+                         "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                         "MASTER_PORT": port, "OMP_NUM_THREADS": threads}
+
+
+def start(argv: list[str], world_size: int) -> int:
+    """Run `compare.py argv` as world_size ranks and return rank 0's exit status (or the
+    status of the rank that failed first, when rank 0 was only stopped by it)."""
+    port = os.environ.get("MASTER_PORT") or str(free_port())
+    with tempfile.TemporaryDirectory(prefix="compare-ranks-") as folder:
+        logs = [open(Path(folder) / f"rank{rank}.txt", "w+") for rank in range(world_size)]
+        ranks = [subprocess.Popen([sys.executable, str(COMPARE), *argv],
+                                  env=environment(rank, world_size, port),
+                                  stdout=None if rank == 0 else logs[rank],
+                                  stderr=None if rank == 0 else logs[rank])
+                 for rank in range(world_size)]
+        try:
+            first = wait(ranks)
+        finally:
+            for process in ranks:
+                process.kill()  # a no-op for those that ended
+                process.wait()
+        status = ranks[0].returncode
+        if first not in (None, 0):  # rank 0's own words are on the terminal already
+            logs[first].seek(0)
+            told = [line for line in logs[first].read().splitlines() if line.strip()]
+            print(f"rank {first}: " + (told[-1] if told else
+                                       f"ended with exit status {ranks[first].returncode}"),
+                  file=sys.stderr)
+            status = status or ranks[first].returncode or 1
+        for log in logs:
+            log.close()
+        return status
+
+
+def wait(ranks: list[subprocess.Popen]) -> int | None:
+    """Wait for every rank; once one fails, give the others GRACE seconds, then return. The
+    number of the rank that failed first, else None."""
+    failed, deadline = None, None
+    while any(process.poll() is None for process in ranks):
+        if failed is None:
+            failed = next((rank for rank, process in enumerate(ranks)
+                           if process.returncode not in (None, 0)), None)
+            if failed is not None:
+                deadline = time.monotonic() + GRACE
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if failed is None:
+        failed = next((rank for rank, process in enumerate(ranks)
+                       if process.returncode not in (None, 0)), None)
+    return failed

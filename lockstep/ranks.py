@@ -1,0 +1,353 @@
+"""compare.py across processes: one rank of a torch.distributed run, and the checks across ranks.
+
+    python compare.py --world-size 2 ...                 # W processes on this machine, gloo
+    torchrun --nnodes N --nproc-per-node M compare.py ...  # the same code, N machines (NCCL
+                                                           # on GPUs, gloo on CPUs)
+
+Each rank builds its models from its own seed (seed + rank, as a script that seeds nothing
+gets different ones), wraps each in its package's DistributedDataParallel, which makes them
+rank 0's, and trains on its shard of every batch (DistributedSampler, B / W examples). The
+lock step runs on every rank between manual and torch, as in one process, on the all-reduced
+gradients. Across the ranks, every step:
+    all-reduce     manual's bucketed all-reduce (manual/parallel.py), fed this rank's own
+                   torch gradients, must give DDP's all-reduced gradients to the bit; a
+                   tutorial's per-parameter all-reduce, sum then / W, is measured beside it
+    identical      every rank's parameters the same after the update: checksums of their
+                   bits, gathered to rank 0 (and before step 1: DDP's broadcast)
+    one process    rank 0 holds DDP's gradients against one process's on the whole batch
+                   (its shards, rank by rank): equal up to rounding, the order of the sums,
+                   unless BatchNorm normalizes each shard with its own statistics
+Rank 0 prints and writes report.json; the other ranks print only their errors.
+"""
+
+import functools
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+import manual
+import torch_impl
+from lockstep import limits
+from lockstep.checks import exceeds, levels, named_stats
+from lockstep.kinds import make
+from lockstep.learner import Learner
+
+TIMEOUT = timedelta(seconds=120)  # a collective that waits longer fails: no run hangs
+
+
+class SetUpError(Exception):
+    """The process group could not be set up; the message is one line for the user."""
+
+
+def launched() -> bool:
+    """Whether this process is one rank of a run (torchrun, or compare.py --world-size): the
+    environment names its rank and the world size."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_process_group(device: str) -> None:
+    """Join the run the environment describes (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE):
+    gloo on the CPU, NCCL on CUDA, each collective failing after TIMEOUT. A port in use or a
+    peer that never comes raises SetUpError."""
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=TIMEOUT)
+    except (RuntimeError, ValueError) as error:  # DistNetworkError, DistStoreError among them
+        address = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        reason = "the port is in use" if "EADDRINUSE" in str(error) else first_line(error)
+        raise SetUpError(f"rank {os.environ['RANK']} cannot join the run at {address}: "
+                         f"{reason}") from None
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def lost(error: BaseException) -> str:
+    """The line for a collective that failed: a rank that stopped, or one that timed out."""
+    return f"rank {dist.get_rank()} lost the other ranks: {first_line(error)}"
+
+
+def leave() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shards(length: int, batch_size: int, seed: int, epoch: int):
+    """Every rank's row indices for one epoch, as DistributedSampler deals them: W lists,
+    rank by rank (the same lists on every rank), and manual's DistributedSampler held to it.
+    batch_size: the whole batch's, B; each rank's batches are B / W of its own rows."""
+    world_size = dist.get_world_size()
+    dealt = []
+    for package in (torch_impl, manual):
+        samplers = [package.parallel.DistributedSampler(range(length), world_size, rank,
+                                                         seed=seed) for rank in range(world_size)]
+        for sampler in samplers:
+            sampler.set_epoch(epoch)
+        dealt.append([list(sampler) for sampler in samplers])
+    if dealt[0] != dealt[1]:
+        wrong = next(rank for rank in range(world_size) if dealt[0][rank] != dealt[1][rank])
+        raise SetUpError(f"manual's DistributedSampler deals rank {wrong} other rows than "
+                         f"torch's in epoch {epoch}")
+    return [torch.tensor(rows) for rows in dealt[0]]
+
+
+def shard_batches(x: torch.Tensor, y: torch.Tensor, rows: list[torch.Tensor],
+                  batch_size: int):
+    """Yield (this rank's batch, the whole batch), each an (x, y) pair: the whole batch is
+    every rank's batch of that step, rank by rank, what one process would train on."""
+    local = batch_size // len(rows)
+    rank = dist.get_rank()
+    for start in range(0, len(rows[0]), local):
+        picked = [shard[start:start + local].to(x.device) for shard in rows]
+        everyone = torch.cat(picked)
+        yield ((x.index_select(0, picked[rank]), y.index_select(0, picked[rank])),
+               (x.index_select(0, everyone), y.index_select(0, everyone)))
+
+
+def checksum(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(2,) int64: two sums of the tensors' bits (plain, and weighted by position), equal for
+    tensors equal to the bit and, in practice, different otherwise."""
+    total = torch.zeros(2, dtype=torch.int64, device=tensors[0].device)
+    offset = 0
+    for tensor in tensors:
+        bits = tensor.detach().reshape(-1).view(BITS[tensor.element_size()]).long()
+        weights = torch.arange(offset + 1, offset + len(bits) + 1, device=bits.device)
+        total += torch.stack([bits.sum(), (bits * weights).sum()])
+        offset += len(bits)
+    return total
+
+
+BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # an integer type of each float's size
+
+
+def per_parameter(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The all-reduce a tutorial writes: each gradient summed over the ranks on its own, then
+    divided by W. Beside DDP's, for the size of the difference."""
+    summed = [grad.clone() for grad in grads]
+    for grad in summed:
+        dist.all_reduce(grad)
+    return [grad / dist.get_world_size() for grad in summed]
+
+
+class Ranks:
+    """The checks across ranks of one run, step by step (see the module's docstring). The
+    lock step (lockstep.epoch) calls after_gradients, after_update and, at a step over the
+    limit, tutor; compare.py calls start, set_epoch and finish."""
+
+    def __init__(self, learners: list[Learner], batch_norm: bool):
+        self.learners, self.batch_norm = learners, batch_norm
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.dtype = learners[0].params[0].dtype
+        self.limit = limits.limit(self.dtype)
+        self.own = {which: {} for which in ("manual", "torch")}  # this rank's own gradients
+        for which, learner in zip(self.own, learners, strict=True):
+            for index, param in enumerate(learner.params):
+                keep = functools.partial(self.keep, self.own[which], index)
+                if which == "torch":  # before AccumulateGrad, which DDP hooks after
+                    param.register_hook(keep)
+                else:  # after DDP's hook: the gradient is still this rank's own there
+                    manual.autograd.register_post_accumulate_grad_hook(
+                        param, lambda p, keep=keep: keep(p.grad))
+        self.whole = None  # rank 0: one process, trained on the whole batch (one_process)
+        if self.rank == 0:
+            self.whole = learners[1].twin()
+        self.steps = []  # per step: [bucketed vs DDP, per-parameter vs DDP] max abs diffs
+        self.whole_stats = []  # rank 0, per step: (parameters, 3) against one process
+        self.apart = []  # (step, rank, learner) where a rank's parameters were not rank 0's
+        self.batches = None
+
+    @staticmethod
+    def keep(store: dict, index: int, grad: torch.Tensor) -> None:
+        store[index] = grad.detach().clone()
+
+    def start(self) -> dict | None:
+        """Before step 1: every rank's parameters rank 0's (DDP's broadcast), for both. Rank
+        The diagnosis, on every rank, where some rank's are not; None where all are."""
+        self.after_update(0)
+        if self.apart:
+            _, rank, which = self.apart[0]
+            return make(1, "parameters", "broadcast", (
+                f"rank {rank}'s {which} parameters are not rank 0's before the first step: "
+                "DistributedDataParallel broadcasts the parameters and buffers from rank 0 "
+                "when it is built (each rank built its model from its own seed, seed + "
+                "rank), so that every rank trains the same model"))
+        return None
+
+    def epoch_batches(self, data, batch_size: int, seed: int, epoch: int):
+        """This rank's batches of one epoch, for the lock step (shard_batches); the whole
+        batch of each step is kept for the check against one process."""
+        rows = shards(len(data.train_x), batch_size, seed, epoch)
+        for mine, everyone in shard_batches(data.train_x, data.train_y, rows, batch_size):
+            self.batches = everyone
+            yield mine
+
+    def after_gradients(self, step: int) -> None:
+        """Both learners have their all-reduced gradients: hold manual's reducer, fed torch's
+        own gradients, and the per-parameter variant against DDP's; rank 0 also against one
+        process on the whole batch."""
+        torch_learner = self.learners[1]
+        own = [self.own["torch"][index] for index in range(len(torch_learner.params))]
+        ddp = [param.grad for param in torch_learner.params]
+        bucketed = self.learners[0].trained.all_reduced(own)
+        tutorial = per_parameter(own)
+        self.steps.append(torch.stack([
+            torch.stack([(a - b).abs().max() for a, b in zip(result, ddp, strict=True)]).max()
+            for result in (bucketed, tutorial)]))
+        if self.whole is not None:
+            self.whole.copy_state_from(torch_learner)
+            self.whole.gradients(*self.batches)
+            self.whole_stats.append(named_stats(
+                [(name, param.grad) for name, param in torch_learner.named_parameters()],
+                [(name, param.grad) for name, param in self.whole.named_parameters()]))
+
+    def after_update(self, step: int) -> None:
+        """Gather each rank's checksums of both learners' parameters, and note the ranks
+        whose parameters are not rank 0's (every rank notes the same)."""
+        mine = torch.stack([checksum(learner.params) for learner in self.learners])
+        gathered = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(gathered, mine)
+        for rank, theirs in enumerate(gathered):
+            for which, same in zip(("manual", "torch"), (theirs == gathered[0]).all(dim=1),
+                                   strict=True):
+                if not same:
+                    self.apart.append((step, rank, which))
+
+    def tutor(self, step: int, learners: list[Learner], x, y, limit: float,
+              independent: bool) -> dict:
+        """Why manual's all-reduced gradients are not DDP's, parameter by parameter: each is
+        the average (as it should be), W times it, this rank's own gradient, or its own
+        times 1/W; otherwise the difference starts before the all-reduce."""
+        W = self.world_size
+        names = [name for name, _ in learners[0].named_parameters()]
+        kinds = {}
+        for index, (name, mine, ddp) in enumerate(zip(
+                names, (p.grad for p in learners[0].params),
+                (p.grad for p in learners[1].params), strict=True)):
+            own = self.own["torch"][index]
+            kinds[name] = next((kind for kind, target in (
+                ("average", ddp), ("times W", W * ddp), ("own", own), ("own / W", own / W))
+                if close(mine, target, limit)), "other")
+        return make(step, *tutored(kinds, self.rank, W, self.own_differs(limit)))
+
+    def own_differs(self, limit: float) -> list[str]:
+        """The parameters whose gradient manual computed on this rank before the all-reduce
+        differs from torch's own: a mismatch that starts in backward, not in the reduce."""
+        names = [name for name, _ in self.learners[0].named_parameters()]
+        return [name for index, name in enumerate(names)
+                if not close(self.own["manual"][index], self.own["torch"][index], limit)]
+
+    def finish(self, summary: dict, sync_batch_norm: bool = False) -> dict | None:
+        """Gather every rank's verdict and findings to rank 0, which gets its summary with
+        the checks across ranks added ("parallel": their lines, numbers and verdict), the
+        run's verdict and the first diagnosis of any rank; the other ranks get None."""
+        found = {"steps": torch.stack(self.steps).double().cpu().tolist() if self.steps else [],
+                 "match": summary["match"], "diagnosis": summary["diagnosis"]}
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, found)
+        if self.rank != 0:
+            return None
+        results = cross_rank_results(gathered, self.apart, self.whole_stats, self.world_size,
+                                     self.limit, self.dtype, self.batch_norm, sync_batch_norm,
+                                     [name for name, _ in self.learners[0].named_parameters()])
+        summary["parallel"] = results["result"] | {"lines": results["lines"]}
+        summary["match"] = results["match"] and all(each["match"] for each in gathered)
+        told = [(rank, each["diagnosis"]) for rank, each in enumerate(gathered)
+                if each["diagnosis"]]
+        if not summary["match"] and told:
+            rank, first = min(told, key=lambda pair: pair[1]["step"])
+            summary["diagnosis"] = first | {"message": f"rank {rank}: {first['message']}"}
+        return summary
+
+
+def close(a: torch.Tensor, b: torch.Tensor, limit: float) -> bool:
+    return (a - b).abs().max().item() <= limit * b.abs().max().item()
+
+
+def tutored(kinds: dict[str, str], rank: int, W: int, differs: list[str]) -> tuple:
+    """(tensor, kind, sentence) for make: what the classification of each parameter's
+    gradient (Ranks.tutor) says went wrong."""
+    by_kind = {}
+    for name, kind in kinds.items():
+        by_kind.setdefault(kind, []).append(name)
+    first = next(name for name, kind in kinds.items() if kind != "average")
+    if differs:
+        return (f"{differs[0]}.grad", "backward", (
+            f"on rank {rank}, manual's own gradient of {', '.join(differs)} already differs "
+            "from torch's before the all-reduce: the mismatch starts in backward (run "
+            "without --world-size to find where)"))
+    if set(by_kind) == {"times W"}:
+        return (f"{first}.grad", "all-reduce", (
+            f"manual's gradients are {W} times DDP's, every one: the all-reduce summed the "
+            f"{W} ranks' gradients without dividing by the world size (DDP multiplies each "
+            "gradient by 1/W as it copies it into its bucket)"))
+    if "own / W" in by_kind:
+        late = ", ".join(by_kind["own / W"])
+        return (f"{by_kind['own / W'][0]}.grad", "all-reduce", (
+            f"{late} hold{'s' if ',' not in late else ''} rank {rank}'s own gradient times "
+            "1/W, not the average over the ranks: it reached its bucket after the bucket's "
+            "all-reduce had started. The all-reduce ran before backward had finished (DDP "
+            "starts a bucket's only once every gradient in it has arrived)"))
+    if "own" in by_kind:
+        left = ", ".join(by_kind["own"])
+        return (f"{by_kind['own'][0]}.grad", "all-reduce", (
+            f"{left} hold{'s' if ',' not in left else ''} rank {rank}'s own gradient, not "
+            f"the average over the {W} ranks: left out of the all-reduce (every parameter "
+            "must be in a bucket)"))
+    return (f"{first}.grad", "all-reduce", (
+        f"manual's all-reduced gradient of {first} is neither DDP's average nor a simple "
+        f"mistake's (W times it, or rank {rank}'s own), while manual's own gradients before "
+        "the all-reduce agree with torch's"))
+
+
+def cross_rank_results(gathered: list[dict], apart: list, whole_stats: list, W: int,
+                       limit: float, dtype: torch.dtype, batch_norm: bool,
+                       sync_batch_norm: bool, names: list[str]) -> dict:
+    """Rank 0's summary of the checks across ranks: the lines compare.py prints, whether
+    they all hold ("match"), and the numbers report.json keeps."""
+    steps = torch.tensor([found["steps"] for found in gathered], dtype=torch.float64)
+    bucketed, tutorial = steps[..., 0], steps[..., 1]  # (ranks, steps)
+    identical = int((bucketed == 0).all(dim=0).sum()) if steps.numel() else 0
+    count = steps.shape[1] if steps.numel() else 0
+    lines = [f"world size {W} (gloo)" if not torch.cuda.is_available() else f"world size {W}"]
+    lines.append(f"  all-reduce: manual's buckets, fed torch's own gradients, give DDP's "
+                 f"all-reduced gradients to the bit at {identical} of {count} steps on all "
+                 f"{W} ranks")
+    per_param = tutorial.max().item() if count else 0.0
+    lines.append(f"  per-parameter all-reduce, sum then / {W}: "
+                 + ("bit-identical too (W = 2: a + b = b + a, and / 2 is exact)"
+                    if per_param == 0 else
+                    f"up to {per_param:.1e} apart from DDP's (the sums in another order, "
+                    f"and / {W} after the sum)"))
+    first_apart = next(((step, rank, which) for step, rank, which in apart if step), None)
+    lines.append("  parameters: identical on every rank after every step" if first_apart is None
+                 else f"  parameters: rank {first_apart[1]}'s {first_apart[2]} parameters are "
+                      f"not rank 0's after step {first_apart[0]}")
+    result = {"world_size": W, "steps": count, "all_reduce_identical_steps": identical,
+              "per_parameter_max_abs_diff": per_param,
+              "ranks_apart": [list(entry) for entry in apart]}
+    match = identical == count and not apart
+    if whole_stats:
+        stats = levels(torch.stack(whole_stats), dtype)
+        worst = stats[..., 1].max(dim=0).values  # per parameter, the worst step
+        name = names[int(worst.argmax())]
+        within = not exceeds(torch.stack(whole_stats).reshape(-1, 3), limit)
+        result["one_process_max_rel_diff"] = worst.max().item()
+        result["one_process_within_rounding"] = within
+        line = (f"  against one process on the whole batch: gradients max rel diff "
+                f"{worst.max().item():.1e} ({name})")
+        if within:
+            lines.append(line + f" <= {limit:g}: within rounding (the sums in another order)")
+        elif batch_norm and not sync_batch_norm:
+            lines.append(line + f" > {limit:g}: not within rounding, as expected: each rank's "
+                         f"BatchNorm normalizes with its own shard's statistics, one process "
+                         f"with the whole batch's (--sync-batchnorm shares them)")
+        else:
+            lines.append(line + f" > {limit:g}: NOT within rounding")
+            match = False
+    result["match"] = match
+    return {"lines": lines, "match": match, "result": result}
