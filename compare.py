@@ -129,7 +129,8 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
     shard = math.ceil(len(data.train_x) / args.world_size)  # each rank's rows (all, for one)
     steps_per_epoch = math.ceil(shard / (args.batch_size // args.world_size))
     learners = make_learners(args, device, dtype, steps_per_epoch, package, rank)
-    across = rank is not None and ranks.Ranks(learners, args.batchnorm or args.model == "resnet")
+    across = rank is not None and ranks.Ranks(learners, args.batchnorm or args.model == "resnet",
+                                              args.sync_batchnorm)
     unsynced = across and across.start()  # DDP's broadcast: every rank starts from rank 0's
     if unsynced:
         print(f"MISMATCH ({args.dtype}) before training: {unsynced['message']}")

@@ -138,6 +138,9 @@ def make_parser(description: str | None = None) -> ArgumentParser:
                              "each on 1/W of every batch: DistributedDataParallel against "
                              "manual/parallel.py's, checked across the ranks too (default 1; "
                              "under torchrun, the number of ranks it started)")
+    parser.add_argument("--sync-batchnorm", action="store_true",
+                        help="--world-size: every BatchNorm normalizes with all ranks' examples "
+                             "(SyncBatchNorm), as one process on the whole batch does")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds parameters, split, batches (default %(default)s)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
@@ -178,6 +181,10 @@ def world_size_problem(args: argparse.Namespace) -> str | None:
     args.world_size = args.world_size or int(started or 1)
     if args.world_size < 1:
         return f"--world-size must be positive, got {args.world_size}"
+    if args.sync_batchnorm and (args.world_size == 1 or not (args.batchnorm or
+                                                             args.model == "resnet")):
+        return ("--sync-batchnorm applies to --world-size 2 or more, with BatchNorm (--model "
+                "mlp --batchnorm, --model resnet)")
     if args.world_size == 1:
         return None
     if args.batch_size % args.world_size:

@@ -32,7 +32,7 @@ class Learner:
                  anneal_steps: int | None = None, hidden: int | None = None,
                  batchnorm: bool = False, optimizer: str = "SGD",
                  channels: tuple[int, ...] | None = None, engine: bool = False,
-                 resnet: bool = False, parallel: bool = False):
+                 resnet: bool = False, parallel: bool = False, sync_batchnorm: bool = False):
         """optimizer: the name of the package's optimizer class ("SGD", "Adam", "AdamW"),
         built with optimizer_options.
         anneal_steps: cosine-anneal the learning rate to 0 over that many optimizer
@@ -50,14 +50,17 @@ class Learner:
         parallel: this process is one rank of a torch.distributed run: the model is wrapped
         in the package's parallel.DistributedDataParallel (its parameters and buffers
         broadcast from rank 0 here, its gradients all-reduced in each backward), and trained
-        through the engine, whose hooks hand the gradients over."""
+        through the engine, whose hooks hand the gradients over.
+        sync_batchnorm: with parallel, every BatchNorm made the package's
+        layers.SyncBatchNorm (statistics over all ranks' examples)."""
         engine = engine or resnet or parallel
         self.name = package.__name__
         self.package = package
         self.settings = dict(in_features=in_features, num_classes=num_classes,  # for twin()
                              optimizer_options=optimizer_options, label_smoothing=label_smoothing,
                              device=device, hidden=hidden, batchnorm=batchnorm, optimizer=optimizer,
-                             channels=channels, engine=engine, resnet=resnet, parallel=parallel)
+                             channels=channels, engine=engine, resnet=resnet, parallel=parallel,
+                             sync_batchnorm=sync_batchnorm)
         kinds = dict(device=device, dtype=dtype)
         self.image_shape = None  # (1, H, W) for the CNN: what a flat row of x becomes
         if channels is not None:
@@ -73,6 +76,8 @@ class Learner:
             self.model = package.model.SoftmaxRegression(in_features, num_classes, **kinds)
         else:
             self.model = package.model.MLP(in_features, hidden, num_classes, batchnorm, **kinds)
+        if sync_batchnorm:
+            self.model = package.layers.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.trained = (package.parallel.DistributedDataParallel(self.model) if parallel else
                         self.model)  # what forward_backward runs
         self.optimizer = getattr(package.optim, optimizer)(self.model.parameters(),
@@ -187,7 +192,8 @@ class Learner:
         device = self.params[0].device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             twin = Learner(self.package, **self.settings | {"optimizer_options": options,
-                                                            "parallel": False},
+                                                            "parallel": False,
+                                                            "sync_batchnorm": False},
                            dtype=dtype or self.params[0].dtype)
         for mine, theirs in zip(twin.params, self.params, strict=True):
             mine.copy_(theirs)
@@ -307,5 +313,6 @@ def make_learners(args: argparse.Namespace, device: str, dtype: torch.dtype,
                                 args.label_smoothing, device, dtype, anneal_steps,
                                 args.hidden, args.batchnorm, OPTIMIZERS[args.optimizer],
                                 args.channels, getattr(args, "engine", False),
-                                args.model == "resnet", rank is not None))
+                                args.model == "resnet", rank is not None,
+                                getattr(args, "sync_batchnorm", False)))
     return learners

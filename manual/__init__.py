@@ -1,6 +1,17 @@
 """MNIST classifiers by hand: plain tensors, hand-derived gradients and updates, no autograd."""
 
-from manual import autograd, functional, functions, lr_scheduler, model, optim, parallel, train
+from manual import (
+    autograd,
+    functional,
+    functions,
+    layers,
+    lr_scheduler,
+    model,
+    optim,
+    parallel,
+    train,
+)
 
-__all__ = ["autograd", "functional", "functions", "lr_scheduler", "model", "optim", "parallel",
+__all__ = ["autograd", "functional", "functions", "layers", "lr_scheduler", "model", "optim",
+           "parallel",
            "train"]

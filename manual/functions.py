@@ -27,6 +27,7 @@ from manual.layers import (
     Linear,
     MaxPool2d,
     ReLU,
+    SyncBatchNorm,
     per_channel,
 )
 
@@ -149,22 +150,31 @@ def batch_norm(layer: BatchNorm1d, x: Variable) -> Variable:
              "running_mean": layer.running_mean, "running_var": layer.running_var,
              "training": layer.training, "weight": layer.weight}
     inputs = [x, parameter(layer.weight), parameter(layer.bias)]
-    result = record("NativeBatchNormBackward0", batch_norm_backward, output, inputs, saved)
+    if isinstance(layer, SyncBatchNorm):  # torch's is a Python Function, nn.SyncBatchNorm's
+        result = record("SyncBatchNormBackward", sync_batch_norm_backward, output, inputs, saved)
+    else:
+        result = record("NativeBatchNormBackward0", batch_norm_backward, output, inputs, saved)
     if result.grad_fn is not None:  # BatchNorm1d or BatchNorm2d: whose backward it runs
         result.grad_fn.metadata["layer"] = type(layer)
     return result
 
 
 def batch_norm_backward(grad, needs, eps, input, result1, result2, running_mean, running_var,
-                        training, weight):
+                        training, weight, layer_class=None):
     images = input.dim() == 4
     x = input.flatten(2) if images else input  # as the layer's forward normalized it
-    layer = holding(BatchNorm2d if images else BatchNorm1d, weight=weight.detach(),
+    layer_class = layer_class or (BatchNorm2d if images else BatchNorm1d)
+    layer = holding(layer_class, weight=weight.detach(),
                     bias=holder(grad, grad.shape[1]), inv_std=result2,
                     x_hat=(x - per_channel(result1, x)).mul_(per_channel(result2, x)),
                     batch_statistics=training)
     grad_input = layer.backward(grad)
     return grad_input, layer.weight.grad, layer.bias.grad
+
+
+def sync_batch_norm_backward(grad, needs, **saved):
+    """SyncBatchNorm.backward: batch_norm_backward's, its two sums added up across the ranks."""
+    return batch_norm_backward(grad, needs, **saved, layer_class=SyncBatchNorm)
 
 
 def conv2d(layer: Conv2d, x: Variable) -> Variable:

@@ -11,6 +11,7 @@ Shapes: x (N, in), N examples; images x (N, C, H, W): C channels of H rows and W
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 
@@ -155,13 +156,13 @@ class BatchNorm1d:
         """
         self.batch_statistics = self.training
         if self.training:
-            n = x.numel() // x.shape[1]  # values per channel: N, or N L
+            n = self.count(x)  # values per channel: N, or N L
             if n < 2:
                 raise ValueError("Expected more than 1 value per channel when training, "
                                  f"got input size {list(x.shape)}")
-            mean = (channel_sums(x) / n).to(x.dtype)
+            mean = (self.total(channel_sums(x)) / n).to(x.dtype)
             centered = x - per_channel(mean, x)
-            var = channel_sums(centered.square()).to(x.dtype) / n  # biased: / n
+            var = self.total(channel_sums(centered.square())).to(x.dtype) / n  # biased: / n
             inv_std = (1 / (var.double() + self.eps).sqrt()).to(x.dtype)
             # running <- (1 - momentum) running + momentum new, in one call: lerp_
             self.running_mean.lerp_(mean, self.momentum)
@@ -205,12 +206,22 @@ class BatchNorm1d:
         scale = self.weight * self.inv_std  # gamma / s, (C,)
         if not self.batch_statistics:
             return g * per_channel(scale, g)
-        n = g.numel() // g.shape[1]
+        n = self.count(g)
         # gamma / s (g - mean g - x_hat mean(g x_hat)) = scale g + shift + slope x_hat, per
         # channel: two fused multiply-adds, one new tensor
-        shift, slope = -scale * self.bias.grad / n, -scale * self.weight.grad / n
+        shift = -scale * self.total(self.bias.grad) / n
+        slope = -scale * self.total(self.weight.grad) / n
         return torch.addcmul(per_channel(shift, g), g, per_channel(scale, g)).addcmul_(
             self.x_hat, per_channel(slope, g))
+
+    def count(self, x: torch.Tensor) -> int:
+        """The number of values each channel's statistics are over: N, or N L."""
+        return x.numel() // x.shape[1]
+
+    def total(self, sums: torch.Tensor) -> torch.Tensor:
+        """Per-channel sums (C,) over the batch, as they are: SyncBatchNorm's add every
+        rank's."""
+        return sums
 
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
         """[("weight", gamma), ("bias", beta)], nn.BatchNorm1d's names and order."""
@@ -471,3 +482,64 @@ class AdaptiveAvgPool2d:
 
     def parameters(self) -> list[torch.Tensor]:
         return []
+
+
+class SyncBatchNorm(BatchNorm1d):
+    """BatchNorm over the whole batch of a distributed run (manual/parallel.py): every rank
+    normalizes with the statistics of all ranks' examples, nn.SyncBatchNorm. x: (N, C),
+    (N, C, L) or (N, C, H, W) -> y, x's shape; the running statistics are the whole batch's.
+
+    BatchNorm1d's forward and backward, with each per-channel sum over the batch added up
+    across the ranks (an all-reduce SUM), and n the number of values a channel has on all
+    ranks together:
+        forward:   mean = sum_all x / n,  var = sum_all (x - mean)^2 / n      two all-reduces
+        backward:  dLoss/dx = gamma / s (g - sum_all g / n - x_hat sum_all(g x_hat) / n)
+                   two more, of the sums bias.grad and weight.grad hold before DDP's
+    weight.grad and bias.grad stay this rank's own sums: DDP's all-reduce averages them. Each
+    rank's g is dLoss_r/dy, W times the whole batch's dLoss/dy, so this rank's dLoss/dx is
+    W times one process's; DDP's 1/W brings every parameter's gradient back to one
+    process's (manual/parallel.py derives why the average is the whole batch's gradient).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, C, ...) -> y: BatchNorm1d.forward on the view (N, C, L), L the rest."""
+        return super().forward(x.flatten(2) if x.dim() > 3 else x).view_as(x)
+
+    __call__ = forward
+
+    def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
+        """dLoss/dx, grad_output's shape: BatchNorm1d.backward on the view (N, C, L)."""
+        g = grad_output
+        return super().backward(g.flatten(2) if g.dim() > 3 else g).view_as(g)
+
+    def count(self, x: torch.Tensor) -> int:
+        """The values a channel has on all ranks together."""
+        n = torch.tensor([super().count(x)], device=x.device)
+        dist.all_reduce(n)
+        return int(n)
+
+    def total(self, sums: torch.Tensor) -> torch.Tensor:
+        """sums (C,) added up over every rank: an all-reduce SUM of a copy."""
+        summed = sums.clone()
+        dist.all_reduce(summed)
+        return summed
+
+    @staticmethod
+    def convert_sync_batchnorm(model):
+        """model with each BatchNorm1d and BatchNorm2d layer made a SyncBatchNorm that holds
+        the same parameters and buffers: nn.SyncBatchNorm.convert_sync_batchnorm."""
+        for owner in [model, *getattr(model, "layers", [])]:
+            for name, layer in list(vars(owner).items()):
+                if isinstance(layer, BatchNorm1d):
+                    setattr(owner, name, SyncBatchNorm.like(layer))
+            layers = getattr(owner, "layers", None)
+            if isinstance(layers, list):
+                layers[:] = [SyncBatchNorm.like(layer) if isinstance(layer, BatchNorm1d)
+                             else layer for layer in layers]
+        return model
+
+    @staticmethod
+    def like(layer: BatchNorm1d) -> "SyncBatchNorm":
+        synced = SyncBatchNorm.__new__(SyncBatchNorm)
+        synced.__dict__ = layer.__dict__  # the same tensors
+        return synced

@@ -1,6 +1,17 @@
 """MNIST classifiers the idiomatic way: torch.nn layers, F.cross_entropy, autograd, torch.optim."""
 
-from torch_impl import autograd, functional, functions, lr_scheduler, model, optim, parallel, train
+from torch_impl import (
+    autograd,
+    functional,
+    functions,
+    layers,
+    lr_scheduler,
+    model,
+    optim,
+    parallel,
+    train,
+)
 
-__all__ = ["autograd", "functional", "functions", "lr_scheduler", "model", "optim", "parallel",
+__all__ = ["autograd", "functional", "functions", "layers", "lr_scheduler", "model", "optim",
+           "parallel",
            "train"]

@@ -12,9 +12,14 @@ Twin of manual/layers.py, which writes out each forward and its backward:
     BatchNorm2d: BatchNorm1d per channel over (N, H, W), its N H W values a channel
     Flatten:     (N, C, H, W) -> (N, C H W);  dLoss/dx = g reshaped back
     AdaptiveAvgPool2d((1, 1)): y = the mean of each plane;  dLoss/dx = g / (H W) everywhere
+    SyncBatchNorm: BatchNorm with each per-channel sum added up across the ranks
 autograd records each forward and runs the matching backward in loss.backward().
 """
 
+import torch
+from torch import nn
+from torch.distributed import all_reduce
+from torch.distributed.nn.functional import all_reduce as all_reduce_differentiable
 from torch.nn import (
     AdaptiveAvgPool2d,
     BatchNorm1d,
@@ -27,4 +32,47 @@ from torch.nn import (
 )
 
 __all__ = ["AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Flatten", "Linear",
-           "MaxPool2d", "ReLU"]
+           "MaxPool2d", "ReLU", "SyncBatchNorm"]
+
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over all ranks' examples. convert_sync_batchnorm gives nn.SyncBatchNorm
+    itself on CUDA. On the CPU its kernels (and DDP) refuse it, so there the layers become
+    this class: the same statistics from torch.distributed.nn.functional.all_reduce, an
+    all-reduce that autograd differentiates (its backward all-reduces the gradient), so
+    autograd derives the backward that manual/layers.py writes by hand. x: (N, C, ...), the
+    sums over all dimensions but 1:
+        mean = sum_all x / n,  var = sum_all (x - mean)^2 / n,  n: a channel's values on all
+        ranks;  y = (x - mean) / sqrt(var + eps) gamma + beta
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        """Any (N, C, ...), as nn.SyncBatchNorm takes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:  # the running statistics: no rank needs another's
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var,
+                                            self.weight, self.bias, False, 0.0, self.eps)
+        dims, shape = [0, *range(2, x.dim())], [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor(x.numel() // x.shape[1])
+        all_reduce(count)
+        n = int(count)
+        mean = all_reduce_differentiable(x.sum(dims)) / n
+        centered = x - mean.view(shape)
+        var = all_reduce_differentiable(centered.square().sum(dims)) / n
+        with torch.no_grad():  # as nn's: the unbiased variance in the running estimate
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * (n / (n - 1)), self.momentum)
+            self.num_batches_tracked += 1
+        return (centered * (var + self.eps).rsqrt().view(shape) * self.weight.view(shape)
+                + self.bias.view(shape))
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: nn.Module, process_group=None) -> nn.Module:
+        """nn.SyncBatchNorm.convert_sync_batchnorm: each BatchNorm an nn.SyncBatchNorm that
+        holds its parameters and buffers; on the CPU, one of this class."""
+        converted = nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
+        for layer in converted.modules():
+            if type(layer) is nn.SyncBatchNorm and not layer.weight.is_cuda:
+                layer.__class__ = cls
+        return converted
