@@ -77,7 +77,7 @@ def run(args: argparse.Namespace, made: list[Path]) -> int:
         package = loader.load(args.manual) if args.manual else None  # None: manual/
         first = args.manual and loader.first_not_written(  # the grader's "Next:" too
             args.manual, exercises.needed(args.model, args.batchnorm, args.optimizer,
-                                          args.engine or args.graph))
+                                          args.engine or args.graph or args.world_size > 1))
         if first:
             print(loader.not_written_line(args.manual, first), file=sys.stderr)
             return 1
@@ -171,7 +171,8 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
         history.add_epoch(result, accuracies, losses)
         print(history.epoch_line(epoch))
         if found and args.manual:  # --keep-going: the diagnosis now, not only at the end
-            print(f"MISMATCH ({args.dtype}), training goes on (--keep-going): {found['message']}")
+            why = "--keep-going" if args.keep_going else "every rank trains every epoch"
+            print(f"MISMATCH ({args.dtype}), training goes on ({why}): {found['message']}")
 
     seconds = time.perf_counter() - start
     summary = report.summarize(args, device, learners, data, history, seconds,

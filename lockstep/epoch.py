@@ -145,7 +145,8 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
                 "at the limit's edge.")))
         progress.update()
     names = named_in(manual_learner)
-    stats, found = first_of(stats, found, learners, limit, first_step, independent, diagnose)
+    stats, found = first_of(stats, found, learners, limit, first_step, independent,
+                            diagnose and not (ranks and found))  # the tutor's, across ranks
     return {"loss": torch.stack(losses).double().mean(dim=0).tolist(), "names": names,
             "stats": stats, "gate_flips": torch.stack(gate_flips).double().cpu(),
             "diagnosis": found, "reference": reference, "worst": worst.found(),

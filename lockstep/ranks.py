@@ -21,13 +21,13 @@ Rank 0 prints and writes report.json; the other ranks print only their errors.
 """
 
 import functools
+import math
 import os
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-import manual
 import torch_impl
 from lockstep import limits
 from lockstep.checks import exceeds, levels, named_stats
@@ -77,10 +77,10 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
-def shards(length: int, batch_size: int, seed: int, epoch: int):
-    """Every rank's row indices for one epoch, as DistributedSampler deals them: W lists,
-    rank by rank (the same lists on every rank), and manual's DistributedSampler held to it.
-    batch_size: the whole batch's, B; each rank's batches are B / W of its own rows."""
+def shards(manual, length: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """Every rank's row indices for one epoch, as torch's DistributedSampler deals them: W
+    lists, rank by rank (the same lists on every rank), and the manual package's
+    DistributedSampler held to it."""
     world_size = dist.get_world_size()
     dealt = []
     for package in (torch_impl, manual):
@@ -109,17 +109,15 @@ def shard_batches(x: torch.Tensor, y: torch.Tensor, rows: list[torch.Tensor],
                (x.index_select(0, everyone), y.index_select(0, everyone)))
 
 
-def checksum(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """(2,) int64: two sums of the tensors' bits (plain, and weighted by position), equal for
-    tensors equal to the bit and, in practice, different otherwise."""
-    total = torch.zeros(2, dtype=torch.int64, device=tensors[0].device)
-    offset = 0
+def checksums(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(tensors, 2) int64: two sums of each tensor's bits (plain, and weighted by position),
+    equal for tensors equal to the bit and, in practice, different otherwise."""
+    sums = []
     for tensor in tensors:
         bits = tensor.detach().reshape(-1).view(BITS[tensor.element_size()]).long()
-        weights = torch.arange(offset + 1, offset + len(bits) + 1, device=bits.device)
-        total += torch.stack([bits.sum(), (bits * weights).sum()])
-        offset += len(bits)
-    return total
+        weights = torch.arange(1, len(bits) + 1, device=bits.device)
+        sums.append(torch.stack([bits.sum(), (bits * weights).sum()]))
+    return torch.stack(sums)
 
 
 BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # an integer type of each float's size
@@ -151,7 +149,7 @@ class Ranks:
                 if which == "torch":  # before AccumulateGrad, which DDP hooks after
                     param.register_hook(keep)
                 else:  # after DDP's hook: the gradient is still this rank's own there
-                    manual.autograd.register_post_accumulate_grad_hook(
+                    learner.package.autograd.register_post_accumulate_grad_hook(
                         param, lambda p, keep=keep: keep(p.grad))
         self.whole = None  # rank 0: one process, trained on the whole batch (one_process)
         if self.rank == 0:
@@ -171,8 +169,9 @@ class Ranks:
         The diagnosis, on every rank, where some rank's are not; None where all are."""
         self.after_update(0)
         if self.apart:
-            _, rank, which = self.apart[0]
-            return make(1, "parameters", "broadcast", (
+            _, rank, which, index = self.apart[0]
+            name = self.learners[0].named_parameters()[index][0]
+            return make(1, name, "broadcast", (
                 f"rank {rank}'s {which} parameters are not rank 0's before the first step: "
                 "DistributedDataParallel broadcasts the parameters and buffers from rank 0 "
                 "when it is built (each rank built its model from its own seed, seed + "
@@ -182,7 +181,7 @@ class Ranks:
     def epoch_batches(self, data, batch_size: int, seed: int, epoch: int):
         """This rank's batches of one epoch, for the lock step (shard_batches); the whole
         batch of each step is kept for the check against one process."""
-        rows = shards(len(data.train_x), batch_size, seed, epoch)
+        rows = shards(self.learners[0].package, len(data.train_x), seed, epoch)
         for mine, everyone in shard_batches(data.train_x, data.train_y, rows, batch_size):
             self.batches = everyone
             yield mine
@@ -197,7 +196,8 @@ class Ranks:
         bucketed = self.learners[0].trained.all_reduced(own)
         tutorial = per_parameter(own)
         self.steps.append(torch.stack([
-            torch.stack([(a - b).abs().max() for a, b in zip(result, ddp, strict=True)]).max()
+            torch.stack([(a - b).abs().max() if a is not None else b.new_tensor(math.inf)
+                         for a, b in zip(result, ddp, strict=True)]).max()
             for result in (bucketed, tutorial)]))
         if self.whole is not None:
             self.whole_stats.append(self.one_process(torch_learner))
@@ -226,14 +226,14 @@ class Ranks:
     def after_update(self, step: int) -> None:
         """Gather each rank's checksums of both learners' parameters, and note the ranks
         whose parameters are not rank 0's (every rank notes the same)."""
-        mine = torch.stack([checksum(learner.params) for learner in self.learners])
+        mine = torch.stack([checksums(learner.params) for learner in self.learners])
         gathered = [torch.empty_like(mine) for _ in range(self.world_size)]
-        dist.all_gather(gathered, mine)
+        dist.all_gather(gathered, mine)  # (learners, parameters, 2) from each rank
         for rank, theirs in enumerate(gathered):
-            for which, same in zip(("manual", "torch"), (theirs == gathered[0]).all(dim=1),
+            for which, same in zip(("manual", "torch"), (theirs == gathered[0]).all(dim=2),
                                    strict=True):
-                if not same:
-                    self.apart.append((step, rank, which))
+                if not same.all():
+                    self.apart.append((step, rank, which, int((~same).nonzero()[0])))
 
     def tutor(self, step: int, learners: list[Learner], x, y, limit: float,
               independent: bool) -> dict:
@@ -241,6 +241,16 @@ class Ranks:
         the average (as it should be), W times it, this rank's own gradient, or its own
         times 1/W; otherwise the difference starts before the all-reduce."""
         W = self.world_size
+        if self.synced:  # SyncBatchNorm's forward: the whole batch's statistics, or its own?
+            pairs = zip(*(learner.named_hidden_outputs() for learner in learners), strict=True)
+            for (name, mine), (_, theirs) in pairs:
+                if "batchnorm" in name and not close(mine, theirs, limit):
+                    return make(step, name, "statistics", (
+                        f"manual's SyncBatchNorm output differs from torch's already in forward, "
+                        f"on rank {self.rank}: it normalizes with other statistics than the "
+                        f"whole batch's. Are its per-channel sums added up across the {W} "
+                        "ranks (an all-reduce SUM) and divided by n, the values a channel has "
+                        "on all ranks together? A rank alone has only its own shard's"))
         names = [name for name, _ in learners[0].named_parameters()]
         kinds = {}
         for index, (name, mine, ddp) in enumerate(zip(
@@ -342,7 +352,7 @@ def cross_rank_results(gathered: list[dict], apart: list, whole_stats: list, W: 
                     if per_param == 0 else
                     f"up to {per_param:.1e} apart from DDP's (the sums in another order, "
                     f"and / {W} after the sum)"))
-    first_apart = next(((step, rank, which) for step, rank, which in apart if step), None)
+    first_apart = next((entry for entry in apart if entry[0]), None)
     lines.append("  parameters: identical on every rank after every step" if first_apart is None
                  else f"  parameters: rank {first_apart[1]}'s {first_apart[2]} parameters are "
                       f"not rank 0's after step {first_apart[0]}")

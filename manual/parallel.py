@@ -128,28 +128,42 @@ class DistributedDataParallel:
         if self.broadcast_buffers:
             for buffer in self.buffers():
                 dist.broadcast(buffer, src=0)
-        if self.flats is None:  # a flat buffer per bucket, and where each gradient goes in it
+        self.prepare_buckets()
+        self.finishing = False
+
+    def prepare_buckets(self) -> None:
+        """Each bucket's flat buffer and where each gradient goes in it (made once per
+        layout), and its count of gradients still to come."""
+        if self.flats is None:
             self.flats = [self.params[0].new_zeros(sum(self.params[i].numel() for i in bucket))
                           for bucket in self.buckets]
             self.place = {}
             for number, bucket in enumerate(self.buckets):
                 sizes = [self.params[i].numel() for i in bucket]
                 offsets = itertools.accumulate(sizes[:-1], initial=0)  # laid end to end
-                self.place |= {i: (number, start) for i, start in zip(bucket, offsets, strict=True)}
+                self.place |= {i: (number, start)
+                               for i, start in zip(bucket, offsets, strict=True)}
         self.pending = [len(bucket) for bucket in self.buckets]
         self.handles = [None] * len(self.buckets)
-        self.finishing = False
 
     def ready(self, index: int, param: torch.Tensor) -> None:
         """The hook after AccumulateGrad: param (the index-th) has its gradient for this
-        backward. Into its bucket, times 1/W; the bucket's all-reduce once it is full."""
-        if not self.finishing:  # the first gradient of this backward: wait for all at its end
+        backward. Noted (the first iteration's order rebuilds the buckets), then into its
+        bucket; the first gradient of a backward also queues finalize_backward."""
+        if not self.finishing:
             self.finishing = True
             autograd.queue_callback(self.finalize_backward)
         if not self.rebuilt:
             self.arrived.append(index)
+        self.copy_into_bucket(index, param.grad)
+
+    def copy_into_bucket(self, index: int, grad: torch.Tensor) -> None:
+        """The all-reduce step: grad / W into the index-th parameter's place in its bucket,
+        multiplied while copied (one pass over grad); once the bucket's last gradient is in,
+        start its all-reduce SUM, asynchronously: backward goes on meanwhile.
+            bucket[place] = grad * (1 / W);   all_reduce(bucket) -> sum_r grad_r / W"""
         number = self.place[index][0]
-        torch.mul(param.grad, 1.0 / self.world_size, out=self.view(index))
+        torch.mul(grad, 1.0 / self.world_size, out=self.view(index))
         self.pending[number] -= 1
         if self.pending[number] == 0:
             self.handles[number] = dist.all_reduce(self.flats[number], async_op=True)
@@ -163,10 +177,17 @@ class DistributedDataParallel:
             raise RuntimeError("these parameters received no gradient in this backward, so "
                                "their buckets were never all-reduced: " +
                                ", ".join(names[i] for i in missing))
-        for number, bucket in enumerate(self.buckets):
-            self.handles[number].wait()
-            for index in bucket:
-                self.params[index].grad = self.view(index).clone()
+        for index, grad in enumerate(self.wait_for_buckets()):
+            if grad is not None:
+                self.params[index].grad = grad
+
+    def wait_for_buckets(self) -> list[torch.Tensor | None]:
+        """Each parameter's all-reduced gradient, a copy out of its bucket, once the
+        bucket's all-reduce has finished (None for a parameter in no bucket)."""
+        for handle in self.handles:
+            handle.wait()
+        return [self.view(index).clone() if index in self.place else None
+                for index in range(len(self.params))]
 
     def view(self, index: int) -> torch.Tensor:
         """The index-th parameter's place in its bucket's flat buffer, shaped as the parameter."""
@@ -175,19 +196,13 @@ class DistributedDataParallel:
         return self.flats[number][start:start + param.numel()].view_as(param)
 
     def all_reduced(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        """What backward's hooks compute, for these gradients (one per parameter), arriving
-        in this iteration's bucket order: each bucket filled times 1/W, all-reduced, read
-        back. lockstep/ranks.py feeds it torch's own gradients, to hold it against DDP's."""
-        flats = [torch.cat([grads[i].reshape(-1) * (1.0 / self.world_size) for i in bucket])
-                 for bucket in self.buckets]
-        for flat in flats:
-            dist.all_reduce(flat)
-        reduced = [None] * len(grads)
-        for bucket, flat in zip(self.buckets, flats, strict=True):
-            for index, piece in zip(bucket, flat.split([grads[i].numel() for i in bucket]),
-                                    strict=True):
-                reduced[index] = piece.view_as(grads[index])
-        return reduced
+        """What backward's hooks compute, for these gradients (one per parameter) arriving
+        in the buckets' order: copy_into_bucket each, then wait_for_buckets. lockstep/ranks.py
+        feeds it torch's own gradients, to hold it against DDP's to the bit."""
+        self.prepare_buckets()
+        for index in itertools.chain(*self.buckets):
+            self.copy_into_bucket(index, grads[index])
+        return self.wait_for_buckets()
 
 
 def compute_bucket_assignment_by_size(params: list[torch.Tensor], order: list[int],
