@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         report.discard(made)
         print("stopped by Ctrl-C", file=sys.stderr)
         return 130
-    except torch.distributed.DistError as error:  # a rank that died, a collective timed out
+    except Exception as error:  # a rank that died, a collective that timed out: one line
+        if not ranks.lost(error):
+            raise
         print(f"error: {ranks.lost(error)}", file=sys.stderr)
         return 1
     finally:
@@ -100,6 +102,8 @@ def run(args: argparse.Namespace, made: list[Path]) -> int:
     try:
         return train_and_compare(args, package, data, device, dtype, out)
     except Exception as error:  # a learner's code, --manual DIR, can raise anything
+        if ranks.lost(error):
+            raise  # main says it
         line = args.manual and loader.explained(error, args.manual, anywhere=True)
         if not line:
             raise

@@ -3,12 +3,15 @@
 Each rank is `python compare.py ARGS` with torchrun's environment: RANK, LOCAL_RANK,
 WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR (127.0.0.1) and MASTER_PORT (a free port, unless
 the environment names one), and OMP_NUM_THREADS: the cores shared out between the ranks, at
-least one each. Rank 0 prints to the terminal; the others' output is kept in a file, shown
-only if that rank is the first to fail. When a rank fails, the others are stopped within
-GRACE seconds; no rank outlives the launcher.
+least one each. Rank 0 prints to the terminal; the others' output is kept in a file, whose
+last line is shown if that rank is the first to fail. When rank 0 fails, the others are
+stopped at once; when another fails, rank 0 gets GRACE seconds to end on its own. No rank
+outlives the launcher.
 """
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +20,16 @@ import time
 from pathlib import Path
 
 COMPARE = Path(__file__).resolve().parent.parent / "compare.py"
-GRACE = 5.0  # seconds the other ranks get to end on their own once one has failed
+GRACE = 3.0  # seconds rank 0 gets to say its own line once another rank has failed
+PR_SET_PDEATHSIG = 1  # prctl's option: the signal a process gets when its parent dies
+
+
+def die_with_parent() -> None:
+    """In a rank, before it starts: on Linux, have the kernel kill it should the launcher
+    die first (prctl PR_SET_PDEATHSIG), so that a killed launcher leaves no rank behind.
+    Elsewhere the process group's timeout ends an orphaned rank."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -46,7 +58,8 @@ def start(argv: list[str], world_size: int) -> int:
         ranks = [subprocess.Popen([sys.executable, str(COMPARE), *argv],
                                   env=environment(rank, world_size, port),
                                   stdout=None if rank == 0 else logs[rank],
-                                  stderr=None if rank == 0 else logs[rank])
+                                  stderr=None if rank == 0 else logs[rank],
+                                  preexec_fn=die_with_parent)
                  for rank in range(world_size)]
         try:
             first = wait(ranks)
@@ -68,19 +81,22 @@ def start(argv: list[str], world_size: int) -> int:
 
 
 def wait(ranks: list[subprocess.Popen]) -> int | None:
-    """Wait for every rank; once one fails, give the others GRACE seconds, then return. The
-    number of the rank that failed first, else None."""
+    """Wait for every rank; once one fails, give rank 0 GRACE seconds (none if it is rank
+    0), then return. The number of the rank that failed first, else None."""
     failed, deadline = None, None
     while any(process.poll() is None for process in ranks):
-        if failed is None:
-            failed = next((rank for rank, process in enumerate(ranks)
-                           if process.returncode not in (None, 0)), None)
-            if failed is not None:
-                deadline = time.monotonic() + GRACE
+        failed = failed if failed is not None else first_failed(ranks)
+        if failed is not None and deadline is None:
+            deadline = time.monotonic() + (GRACE if failed else 0)
         if deadline is not None and time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    if failed is None:
-        failed = next((rank for rank, process in enumerate(ranks)
-                       if process.returncode not in (None, 0)), None)
-    return failed
+    return failed if failed is not None else first_failed(ranks)
+
+
+def first_failed(ranks: list[subprocess.Popen]) -> int | None:
+    """The rank that ended with a non-zero status, if any: of several seen at once, one
+    other than rank 0, whose failure is then most likely losing that one."""
+    failures = [rank for rank, process in enumerate(ranks)
+                if process.returncode not in (None, 0)]
+    return min(failures, key=lambda rank: (rank == 0, rank)) if failures else None

@@ -66,9 +66,16 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def lost(error: BaseException) -> str:
-    """The line for a collective that failed: a rank that stopped, or one that timed out."""
-    return f"rank {dist.get_rank()} lost the other ranks: {first_line(error)}"
+def lost(error: BaseException) -> str | None:
+    """The line for a collective that failed (a rank that stopped, or one that timed out), or
+    None for an error that is not one. gloo's and NCCL's errors are DistErrors or
+    RuntimeErrors that name them."""
+    told = str(error)
+    if not (dist.is_initialized() and (isinstance(error, dist.DistError) or any(
+            word in told.lower() for word in ("gloo", "nccl", "connection")))):
+        return None
+    reason = first_line(error).split("] ", 1)[-1].split(". ", 1)[0]  # past gloo's file:line
+    return f"rank {dist.get_rank()} lost the other ranks: {reason}"
 
 
 def leave() -> None:
@@ -159,6 +166,8 @@ class Ranks:
         self.held_to_float64 = 0  # rank 0: steps of those held to one process in float64
         self.apart = []  # (step, rank, learner) where a rank's parameters were not rank 0's
         self.batches = None
+
+    lost = staticmethod(lost)
 
     @staticmethod
     def keep(store: dict, index: int, grad: torch.Tensor) -> None:
