@@ -178,7 +178,8 @@ def world_size_problem(args: argparse.Namespace) -> str | None:
     started = os.environ.get("WORLD_SIZE") if "RANK" in os.environ else None
     if started is not None and args.world_size not in (None, int(started)):
         return f"--world-size {args.world_size}, but {started} ranks were started (WORLD_SIZE)"
-    args.world_size = args.world_size or int(started or 1)
+    if args.world_size is None:
+        args.world_size = int(started or 1)
     if args.world_size < 1:
         return f"--world-size must be positive, got {args.world_size}"
     if args.sync_batchnorm and (args.world_size == 1 or not (args.batchnorm or

@@ -63,6 +63,11 @@ def start(argv: list[str], world_size: int) -> int:
                  for rank in range(world_size)]
         try:
             first = wait(ranks)
+        except KeyboardInterrupt:  # Ctrl-C: each rank says it and cleans up, as one process
+            for process in ranks:
+                process.send_signal(signal.SIGINT)  # a no-op for one the terminal reached
+            wait(ranks, GRACE)
+            return 130
         finally:
             for process in ranks:
                 process.kill()  # a no-op for those that ended
@@ -70,24 +75,36 @@ def start(argv: list[str], world_size: int) -> int:
         status = ranks[0].returncode
         if first not in (None, 0):  # rank 0's own words are on the terminal already
             logs[first].seek(0)
-            told = [line for line in logs[first].read().splitlines() if line.strip()]
-            print(f"rank {first}: " + (told[-1] if told else
-                                       f"ended with exit status {ranks[first].returncode}"),
-                  file=sys.stderr)
+            line = said(logs[first].read(), ranks[first].returncode, status)
+            if line:
+                print(f"rank {first}: {line}", file=sys.stderr)
             status = status or ranks[first].returncode or 1
         for log in logs:
             log.close()
         return status
 
 
-def wait(ranks: list[subprocess.Popen]) -> int | None:
-    """Wait for every rank; once one fails, give rank 0 GRACE seconds (none if it is rank
-    0), then return. The number of the rank that failed first, else None."""
-    failed, deadline = None, None
+def said(log: str, status: int, rank_0_status: int) -> str | None:
+    """What to show of a failed rank: its last line on stderr, unless that only says it lost
+    the others; else its exit status, where it differs from rank 0's (a rank that was
+    killed, or ended on its own); None where rank 0 has said it all (the same verdict)."""
+    told = [line for line in log.splitlines() if line.strip()]
+    if told and "lost the other ranks" not in told[-1]:
+        return told[-1]
+    return None if status == rank_0_status else f"ended with exit status {status}"
+
+
+def wait(ranks: list[subprocess.Popen], seconds: float | None = None) -> int | None:
+    """Wait for every rank (at most `seconds`); once one fails, give rank 0 GRACE seconds
+    (none if it is rank 0), then return. The number of the rank that failed first, else
+    None."""
+    failed = None
+    deadline = None if seconds is None else time.monotonic() + seconds
     while any(process.poll() is None for process in ranks):
         failed = failed if failed is not None else first_failed(ranks)
-        if failed is not None and deadline is None:
-            deadline = time.monotonic() + (GRACE if failed else 0)
+        if failed is not None and seconds is None:
+            seconds = GRACE if failed else 0
+            deadline = time.monotonic() + seconds
         if deadline is not None and time.monotonic() > deadline:
             break
         time.sleep(0.05)

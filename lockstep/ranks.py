@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch_impl
 from lockstep import limits
 from lockstep.checks import exceeds, levels, named_stats
+from lockstep.epoch import Mismatch
 from lockstep.kinds import make
 from lockstep.learner import Learner
 
@@ -98,8 +99,10 @@ def shards(manual, length: int, seed: int, epoch: int) -> list[torch.Tensor]:
         dealt.append([list(sampler) for sampler in samplers])
     if dealt[0] != dealt[1]:
         wrong = next(rank for rank in range(world_size) if dealt[0][rank] != dealt[1][rank])
-        raise SetUpError(f"manual's DistributedSampler deals rank {wrong} other rows than "
-                         f"torch's in epoch {epoch}")
+        raise Mismatch(make(0, "DistributedSampler", "shard", (
+            f"manual's DistributedSampler deals rank {wrong} other rows than torch's in epoch "
+            f"{epoch}: rank r takes every W-th row of the padded permutation from the r-th, "
+            "indices[r::W], not a block of them")))
     return [torch.tensor(rows) for rows in dealt[0]]
 
 
