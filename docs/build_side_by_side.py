@@ -130,6 +130,14 @@ NOTES = {
         "nothing.",
     "layers.ReLU.parameters":
         "nn.Module.parameters(), inherited: nothing to yield, as here.",
+    "layers.BatchNorm1d.count":
+        "No such method in nn.BatchNorm1d: its kernel (native_batch_norm) counts a channel's "
+        "values itself. nn.SyncBatchNorm's forward gathers every rank's count "
+        "(torch/nn/modules/_functions.py, SyncBatchNorm.forward).",
+    "layers.BatchNorm1d.total":
+        "No such method in nn.BatchNorm1d: the kernel sums over the batch it has. The hook "
+        "exists here so that SyncBatchNorm adds its sums up across the ranks, with "
+        "BatchNorm1d's formulas written once.",
     "layers.BatchNorm1d.train":
         "nn.Module.train(mode=True), inherited: sets .training on the module and on every "
         "submodule, and returns the module.",
@@ -220,6 +228,22 @@ NOTES = {
         "No twin: torch's kernel (batch_norm_cpu_transform_input_template, "
         "aten/src/ATen/native/cpu/batch_norm_kernel.cpp) computes each channel's alpha and "
         "beta once, then runs over that channel's values: no broadcasting.",
+    "layers.SyncBatchNorm.backward":
+        "torch_impl's SyncBatchNorm has no backward method: on the CPU, autograd differentiates "
+        "its forward, and the backward of torch.distributed.nn.functional.all_reduce "
+        "all-reduces the gradients of the two sums; on CUDA, nn.SyncBatchNorm's Function "
+        "(torch/nn/modules/_functions.py, SyncBatchNorm.backward) all-reduces sum_dy and "
+        "sum_dy_xmu, the same two sums.",
+    "layers.SyncBatchNorm.count":
+        "On the CPU, forward all-reduces the count the same way; nn.SyncBatchNorm all-gathers "
+        "every rank's count with its mean and invstd (batch_norm_gather_stats_with_counts).",
+    "layers.SyncBatchNorm.total":
+        "On the CPU, forward's all_reduce_differentiable of the two sums; nn.SyncBatchNorm "
+        "combines every rank's mean and invstd by their counts instead (Welford), the same "
+        "statistics up to rounding.",
+    "layers.SyncBatchNorm.like":
+        "No twin: nn.SyncBatchNorm.convert_sync_batchnorm builds a new module and hands it the "
+        "same Parameters and buffers.",
     "layers.BatchNorm2d.forward":
         "torch.nn.BatchNorm2d.forward() is _BatchNorm.forward (torch/nn/modules/batchnorm.py), "
         "after _check_input_dim raised the same ValueError for an input that is not 4-D: "
@@ -595,6 +619,66 @@ NOTES = {
         "No twin: it serves the tutor, which names the file and line of a node's formula; "
         "torch's formulas are the entries of tools/autograd/derivatives.yaml, generated into "
         "torch/csrc/autograd/generated/Functions.cpp.",
+    "parallel.DistributedSampler.set_epoch":
+        "torch.utils.data.DistributedSampler.set_epoch (torch/utils/data/distributed.py): the "
+        "same, the epoch added to the seed of the next permutation.",
+    "parallel.DistributedSampler.__len__":
+        "DistributedSampler.__len__: num_samples, computed the same way in __init__.",
+    "parallel.DistributedSampler.__iter__":
+        "DistributedSampler.__iter__: the same randperm from a generator seeded with seed + "
+        "epoch, padded with its first indices (or cut, with drop_last), then "
+        "indices[rank:total_size:num_replicas].",
+    "parallel.DistributedDataParallel.parameters":
+        "nn.Module.parameters(), inherited by DDP: the wrapped module's, under the prefix "
+        "module.",
+    "parallel.DistributedDataParallel.buffers":
+        "nn.Module.buffers(), inherited by DDP: the wrapped module's buffers.",
+    "parallel.DistributedDataParallel.pre_forward":
+        "DistributedDataParallel._pre_forward (torch/nn/parallel/distributed.py): "
+        "reducer._rebuild_buckets() once, after the first iteration, in the order the "
+        "gradients became ready (Reducer::rebuild_buckets, reducer.cpp); "
+        "_check_and_sync_module_buffers(), a broadcast from rank 0; "
+        "reducer.prepare_for_backward().",
+    "parallel.DistributedDataParallel.prepare_buckets":
+        "Reducer::initialize_buckets and initialize_bucket_views (reducer.cpp): one flat "
+        "tensor per bucket, each gradient a view of it at its offset; prepare_for_backward "
+        "resets each bucket's count of pending gradients.",
+    "parallel.DistributedDataParallel.ready":
+        "Reducer::autograd_hook, the hook DDP registers on each parameter's AccumulateGrad "
+        "(reducer.cpp), which calls mark_variable_ready: records the order (rebuilt_params_) "
+        "and queues finalize_backward on the engine at the first one.",
+    "parallel.DistributedDataParallel.copy_into_bucket":
+        "Reducer::mark_variable_ready_dense (reducer.cpp): at::mul_out(bucket_view, grad, "
+        "1 / div_factor), 'divides while copying into the bucket view'; then "
+        "mark_bucket_ready launches the bucket's all-reduce once its pending count is 0 "
+        "(all_reduce_bucket: process_group->allreduce, a future).",
+    "parallel.DistributedDataParallel.finalize_backward":
+        "Reducer::finalize_backward (reducer.cpp), run by the engine once backward is done: "
+        "waits on each bucket's future and copies the bucket views into the .grads "
+        "(copy_bucket_to_grad); it raises, naming them, for parameters that got no gradient.",
+    "parallel.DistributedDataParallel.wait_for_buckets":
+        "Reducer::finalize_bucket_dense (reducer.cpp): the future's wait, then grad.copy_"
+        "(bucket_view) for each parameter of the bucket.",
+    "parallel.DistributedDataParallel.view":
+        "Reducer::initialize_bucket_views (reducer.cpp): bucket_views_in, "
+        "flat.narrow(0, offset, numel).view(shape).",
+    "parallel.DistributedDataParallel.all_reduced":
+        "No twin: what DDP computes in backward, as one call, for the checker to feed torch's "
+        "own gradients (lockstep/ranks.py).",
+    "parallel.compute_bucket_assignment_by_size":
+        "torch.distributed._compute_bucket_assignment_by_size, "
+        "compute_bucket_assignment_by_size in reducer.cpp: the same loop, per dtype and "
+        "device; DDP's __init__ puts every parameter in one bucket at first (sys.maxsize) and "
+        "the rebuild cuts at 1 MiB, then 25 MiB.",
+    "parallel.verify_param_shape_across_processes":
+        "torch.distributed.utils._verify_param_shape_across_processes, called by DDP's "
+        "__init__: each rank's parameter count and shapes gathered and compared in C++.",
+    "parallel.sync_module_states":
+        "torch.distributed.utils._sync_module_states, called by DDP's __init__: the "
+        "parameters and buffers broadcast from rank 0 in coalesced chunks (250 MB).",
+    "functions.sync_batch_norm_backward":
+        "No twin: nn.SyncBatchNorm's Function (torch/nn/modules/_functions.py) is a Python "
+        "autograd.Function, whose node torch names SyncBatchNormBackward.",
 }
 
 
