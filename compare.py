@@ -79,7 +79,7 @@ def run(args: argparse.Namespace, made: list[Path]) -> int:
         package = loader.load(args.manual) if args.manual else None  # None: manual/
         first = args.manual and loader.first_not_written(  # the grader's "Next:" too
             args.manual, exercises.needed(args.model, args.batchnorm, args.optimizer,
-                                          args.engine or args.graph or args.world_size > 1))
+                                          args.engine or args.graph, args.world_size > 1))
         if first:
             print(loader.not_written_line(args.manual, first), file=sys.stderr)
             return 1

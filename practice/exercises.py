@@ -68,6 +68,10 @@ EXERCISES = [
      "record f(x) with conv1, bn1, relu, conv2, bn2 through LAYER_OPS, then "
      "relu(block.relu, add(x, branch)): x itself, not a copy, goes into the add, so it forks "
      "and the engine adds its two gradients"),
+    ("parallel.py", "DistributedDataParallel.copy_into_bucket",
+     "torch.mul(grad, 1.0 / self.world_size, out=self.view(index)), count the bucket's "
+     "pending gradients down (self.place[index][0] is its number), and at 0 start "
+     "dist.all_reduce(its flat, async_op=True) into self.handles"),
 ]
 NAMES = [name for _, name, _ in EXERCISES]
 HINTS = {name: hint for _, name, hint in EXERCISES}
@@ -126,7 +130,7 @@ def write(folder: Path, names: list[str] = NAMES, source: Path = MANUAL) -> None
 
 
 def needed(model: str = "softmax", batchnorm: bool = False, optimizer: str = "sgd",
-           engine: bool = False) -> list[str]:
+           engine: bool = False, parallel: bool = False) -> list[str]:
     """The exercises a compare.py run calls, in EXERCISES order, by its flags: --model
     ("softmax", "mlp", "cnn", "resnet"), --batchnorm, --optimizer ("sgd", "adam", "adamw")
     and --engine. Softmax regression: 1-5 and the optimizer's step (SGD.step, or Adam.step,
@@ -134,10 +138,13 @@ def needed(model: str = "softmax", batchnorm: bool = False, optimizer: str = "sg
     ReLU.backward, Conv2d.backward and MaxPool2d.backward; --engine, autograd.py's backward,
     which runs the layers' backwards. The ResNet trains through the engine, whatever
     --engine says: the CNN's, BatchNorm1d.backward (BatchNorm2d's calls it), backward,
-    BatchNorm2d.backward and basic_block."""
+    BatchNorm2d.backward and basic_block. --world-size 2 or more (parallel) trains through the
+    engine too, and adds DistributedDataParallel.copy_into_bucket."""
     names = {*NAMES[:5], "SGD.step" if optimizer == "sgd" else "Adam.step"}
-    if engine or model == "resnet":
+    if engine or model == "resnet" or parallel:
         names.add("backward")
+    if parallel:
+        names.add("DistributedDataParallel.copy_into_bucket")
     if model in ("mlp", "cnn", "resnet"):
         names.add("ReLU.backward")
     if batchnorm or model == "resnet":
