@@ -75,7 +75,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 # The longest files first (from a few seconds to about 20 s; the rest take less than one): make
 # test shares the files out between processes (pytest-xdist, --dist loadfile) in the order of
 # the items.
-LONGEST = ("test_exercises.py", "hidden_layer_and_batchnorm.ipynb",
+LONGEST = ("test_compare_parallel_twins.py", "test_compare_parallel.py", "test_exercises.py",
+           "data_parallelism.ipynb", "hidden_layer_and_batchnorm.ipynb",
            "Digit_Classification_with_Softmax.ipynb", "test_data_rule.py", "convolutions.ipynb",
            "adam_and_adamw.ipynb", "tutor.ipynb", "what_loss_backward_does.ipynb",
            "residual_networks.ipynb")

@@ -378,6 +378,7 @@ def cross_rank_results(gathered: list[dict], apart: list, whole_stats: list, W: 
         name = names[int(worst.argmax())]
         within = not exceeds(torch.stack(whole_stats).reshape(-1, 3), limit)
         result["one_process_max_rel_diff"] = worst.max().item()
+        result["one_process_max_abs_diff"] = stats[..., 0].max().item()
         result["one_process_within_rounding"] = within
         line = (f"  against one process on the whole batch: gradients max rel diff "
                 f"{worst.max().item():.1e} ({name})")

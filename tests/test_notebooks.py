@@ -56,10 +56,10 @@ def test_each_chapter_says_what_it_assumes_and_where_next(path: Path):
 
 
 def test_one_notebook_per_chapter():
-    """The first keeps chapters 1-6 and ends with where next; six chapters follow it."""
+    """The first keeps chapters 1-6 and ends with where next; seven chapters follow it."""
     names = {path.stem for path in CHAPTERS}
     assert names == {"hidden_layer_and_batchnorm", "adam_and_adamw", "tutor", "convolutions",
-                     "what_loss_backward_does", "residual_networks"}
+                     "what_loss_backward_does", "residual_networks", "data_parallelism"}
     cells = ["".join(cell["source"]) for cell in json.loads(FIRST.read_text())["cells"]]
     numbered = re.findall(r"^## (\d+)\.", "\n".join(cells), flags=re.M)
     assert numbered == [str(n) for n in range(1, 7)] and "## Where next" in cells[-1]
