@@ -91,7 +91,7 @@ def test_data_in_dot_data_sets_up_every_real_data_test(runs: Runs, mnist_root: P
     but the CUDA test."""
     status, output, outcomes = runs["dot-data"]
     assert status == 0, output[-2000:]
-    assert len(NOTEBOOKS) == 7 and len(outcomes) > 400
+    assert len(NOTEBOOKS) == 8 and len(outcomes) > 400
     assert set(NOTEBOOK_CASES) <= set(outcomes)
     not_set_up = {name: what for name, what in outcomes.items()
                   if what != "set up" and "CUDA" not in what}
