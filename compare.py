@@ -80,8 +80,9 @@ def run(args: argparse.Namespace, made: list[Path]) -> int:
         first = args.manual and loader.first_not_written(  # the grader's "Next:" too
             args.manual, exercises.needed(args.model, args.batchnorm, args.optimizer,
                                           args.engine or args.graph, args.world_size > 1))
-        if first:
-            print(loader.not_written_line(args.manual, first), file=sys.stderr)
+        if first:  # of W ranks, rank 0 says it
+            if os.environ.get("RANK", "0") == "0":
+                print(loader.not_written_line(args.manual, first), file=sys.stderr)
             return 1
         data = load_splits(resolve_root(args.data_root), seed=args.seed, subset=args.subset,
                            standardize=args.standardize, dtype=dtype, device=device)
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace, made: list[Path]) -> int:
         if not ranks.launched() or dist.get_rank() == 0:
             made += report.prepare_folder(out, args.overwrite)  # last: no folder if it cannot start
     except (ExerciseError, DataError, OSError, ranks.SetUpError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0" or isinstance(error, ranks.SetUpError):
+            print(f"error: {error}", file=sys.stderr)  # every rank has the others: rank 0's
         return 2
     try:
         return train_and_compare(args, package, data, device, dtype, out)
@@ -130,6 +132,7 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
     The exit status: 0 on MATCH, 1 on MISMATCH or a diverging run."""
     start = time.perf_counter()
     rank = dist.get_rank() if ranks.launched() else None  # None: one process
+    out = None if rank else out  # of W ranks, rank 0 alone writes the report
     shard = math.ceil(len(data.train_x) / args.world_size)  # each rank's rows (all, for one)
     steps_per_epoch = math.ceil(shard / (args.batch_size // args.world_size))
     learners = make_learners(args, device, dtype, steps_per_epoch, package, rank)
@@ -147,7 +150,8 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
           f"{math.log(NUM_CLASSES):.4f})")
 
     def on_its_own(found) -> dict | None:  # after a mismatch: each learner alone (lockstep.alone)
-        return alone.after(found, args, data, device, dtype, steps_per_epoch, package)
+        return None if across else alone.after(found, args, data, device, dtype,
+                                               steps_per_epoch, package)
 
     history = report.History(args.independent, initial)
     for epoch in range(1, args.epochs + 1):
@@ -169,6 +173,8 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
         if isinstance(result, Exception):
             seconds = time.perf_counter() - start
             return stopped(args, device, history, seconds, epoch, result, out, on_its_own)
+        if across:  # each rank's mean loss is its shard's: their mean, the whole batches'
+            result["loss"] = across.mean_over_ranks(result["loss"])
         losses, accuracies = zip(*(learner.evaluate(data.val_x, data.val_y)
                                    for learner in learners), strict=True)
         found = history.diagnosis is None and result.get("diagnosis")
@@ -180,7 +186,7 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
 
     seconds = time.perf_counter() - start
     summary = report.summarize(args, device, learners, data, history, seconds,
-                               None if across else on_its_own(history.diagnosis))
+                               on_its_own(history.diagnosis))
     if across:  # every rank's verdict and the checks across ranks, to rank 0, which reports
         summary = across.finish(summary)
         if summary is None:
@@ -199,14 +205,16 @@ def train_and_compare(args: argparse.Namespace, package: ModuleType | None, data
 
 
 def stopped(args: argparse.Namespace, device: str, history: report.History, seconds: float,
-            epoch: int, error: Diverged | Mismatch, out: Path, on_its_own) -> int:
-    """A run that cannot go on: say why, write report.json, exit status 1. An exercise not
+            epoch: int, error: Diverged | Mismatch, out: Path | None, on_its_own) -> int:
+    """A run that cannot go on: say why, write report.json (unless out is None: a rank but
+    rank 0), exit status 1. An exercise not
     written yet is not a mismatch: its error goes on to main, which names it. The mismatch
     and its diagnosis come first; then on_its_own(error), what each learner reaches alone."""
     if isinstance(error, Diverged):
         print(f"error: training diverged in epoch {epoch}, {error}: "
               f"lower --lr (now {args.lr:g})", file=sys.stderr)
-        report.write(out, report.stopped(args, device, history, seconds))
+        if out is not None:
+            report.write(out, report.stopped(args, device, history, seconds))
         return 1
     if loader.unfinished(error.__cause__):
         raise error.__cause__
@@ -219,7 +227,9 @@ def stopped(args: argparse.Namespace, device: str, history: report.History, seco
         print(report.alone_sentence(own))
     if args.manual and not args.keep_going:
         print(report.stop_line(first, args.independent))
-    report.write(out, report.stopped(args, device, history, seconds, str(error), first, own))
+    if out is not None:
+        report.write(out, report.stopped(args, device, history, seconds, str(error), first,
+                                         own))
     return 1
 
 

@@ -189,8 +189,11 @@ def world_size_problem(args: argparse.Namespace) -> str | None:
     if args.world_size == 1:
         return None
     if args.batch_size % args.world_size:
+        lower = args.batch_size - args.batch_size % args.world_size
+        such = " or ".join(str(size) for size in (lower, lower + args.world_size) if size > 0)
         return (f"--batch-size {args.batch_size} cannot be split into {args.world_size} equal "
-                f"shards (--world-size {args.world_size}): choose a multiple of it")
+                f"shards (--world-size {args.world_size}): choose a multiple of "
+                f"{args.world_size}, such as {such}")
     for flag in ("graph", "independent"):
         if getattr(args, flag):
             return f"--{flag} applies to one process only, not --world-size {args.world_size}"

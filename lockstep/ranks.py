@@ -198,6 +198,13 @@ class Ranks:
             self.batches = everyone
             yield mine
 
+    def mean_over_ranks(self, values: list[float]) -> list[float]:
+        """The mean over the ranks of each rank's values (an epoch's mean training losses,
+        each over its shard: their mean is the whole batches' mean, the shards being equal)."""
+        summed = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(summed)
+        return (summed / self.world_size).tolist()
+
     def after_gradients(self, step: int) -> None:
         """Both learners have their all-reduced gradients: hold manual's reducer, fed torch's
         own gradients, and the per-parameter variant against DDP's; rank 0 also against one

@@ -69,9 +69,9 @@ EXERCISES = [
      "relu(block.relu, add(x, branch)): x itself, not a copy, goes into the add, so it forks "
      "and the engine adds its two gradients"),
     ("parallel.py", "DistributedDataParallel.copy_into_bucket",
-     "torch.mul(grad, 1.0 / self.world_size, out=self.view(index)), count the bucket's "
-     "pending gradients down (self.place[index][0] is its number), and at 0 start "
-     "dist.all_reduce(its flat, async_op=True) into self.handles"),
+     "grad times 1 / W into its place (self.view(index)) in one pass, one gradient fewer to "
+     "wait for in its bucket (number self.place[index][0]), and when none is left, the "
+     "bucket's all-reduce, started asynchronously, into self.handles"),
 ]
 NAMES = [name for _, name, _ in EXERCISES]
 HINTS = {name: hint for _, name, hint in EXERCISES}

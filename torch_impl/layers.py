@@ -18,8 +18,8 @@ autograd records each forward and runs the matching backward in loss.backward().
 
 import torch
 from torch import nn
-from torch.distributed import all_reduce
-from torch.distributed.nn.functional import all_reduce as all_reduce_differentiable
+from torch.distributed import all_reduce, group
+from torch.distributed._functional_collectives import all_reduce as all_reduce_differentiable
 from torch.nn import (
     AdaptiveAvgPool2d,
     BatchNorm1d,
@@ -38,8 +38,10 @@ __all__ = ["AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Flatten
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm over all ranks' examples. convert_sync_batchnorm gives nn.SyncBatchNorm
     itself on CUDA. On the CPU its kernels (and DDP) refuse it, so there the layers become
-    this class: the same statistics from torch.distributed.nn.functional.all_reduce, an
-    all-reduce that autograd differentiates (its backward all-reduces the gradient), so
+    this class: the same statistics from the functional all_reduce
+    (torch.distributed._functional_collectives, which torch.distributed.nn.functional's
+    deprecation names), an all-reduce that autograd differentiates (its backward all-reduces
+    the gradient), so
     autograd derives the backward that manual/layers.py writes by hand. x: (N, C, ...), the
     sums over all dimensions but 1:
         mean = sum_all x / n,  var = sum_all (x - mean)^2 / n,  n: a channel's values on all
@@ -57,9 +59,9 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         count = torch.tensor(x.numel() // x.shape[1])
         all_reduce(count)
         n = int(count)
-        mean = all_reduce_differentiable(x.sum(dims)) / n
+        mean = all_reduce_differentiable(x.sum(dims), "sum", group.WORLD) / n
         centered = x - mean.view(shape)
-        var = all_reduce_differentiable(centered.square().sum(dims)) / n
+        var = all_reduce_differentiable(centered.square().sum(dims), "sum", group.WORLD) / n
         with torch.no_grad():  # as nn's: the unbiased variance in the running estimate
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(var * (n / (n - 1)), self.momentum)
