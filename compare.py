@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, made: list[Path]) -> int:
     """main's work: the data, the learners, the lock step; made gets the folders it makes."""
     device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":  # W ranks on a machine take a GPU each, or none
+        device = "cuda" if torch.cuda.device_count() >= ranks.per_machine() else "cpu"
     dtype = getattr(torch, args.dtype)
     out = args.out or report.new_folder(Path("runs"))
     try:
@@ -219,13 +219,14 @@ def stopped(args: argparse.Namespace, device: str, history: report.History, seco
     if loader.unfinished(error.__cause__):
         raise error.__cause__
     first = history.diagnosis or error.diagnosis
-    print(f"MISMATCH ({args.dtype}) in epoch {epoch}, {error}")
+    said = sys.stdout if out is not None else sys.stderr  # a rank's: the launcher shows it
+    print(f"MISMATCH ({args.dtype}) in epoch {epoch}, {error}", file=said)
     if first["message"] != str(error):
-        print(f"diagnosis: {first['message']}")
+        print(f"diagnosis: {first['message']}", file=said)
     own = on_its_own(error)
     if own:
         print(report.alone_sentence(own))
-    if args.manual and not args.keep_going:
+    if args.manual and not args.keep_going and out is not None:
         print(report.stop_line(first, args.independent))
     if out is not None:
         report.write(out, report.stopped(args, device, history, seconds, str(error), first,

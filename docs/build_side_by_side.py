@@ -646,7 +646,8 @@ NOTES = {
     "parallel.DistributedDataParallel.ready":
         "Reducer::autograd_hook, the hook DDP registers on each parameter's AccumulateGrad "
         "(reducer.cpp), which calls mark_variable_ready: records the order (rebuilt_params_) "
-        "and queues finalize_backward on the engine at the first one.",
+        "and, at the first one, queues finalize_backward on the engine (queue_callback), which "
+        "runs it once backward is done; here, the last gradient's hook runs it.",
     "parallel.DistributedDataParallel.copy_into_bucket":
         "Reducer::mark_variable_ready_dense (reducer.cpp): at::mul_out(bucket_view, grad, "
         "1 / div_factor), 'divides while copying into the bucket view'; then "
@@ -655,7 +656,8 @@ NOTES = {
     "parallel.DistributedDataParallel.finalize_backward":
         "Reducer::finalize_backward (reducer.cpp), run by the engine once backward is done: "
         "waits on each bucket's future and copies the bucket views into the .grads "
-        "(copy_bucket_to_grad); it raises, naming them, for parameters that got no gradient.",
+        "(copy_bucket_to_grad). A parameter that got no gradient is found at the next "
+        "forward, as here: 'Expected to have finished reduction in the prior iteration'.",
     "parallel.DistributedDataParallel.wait_for_buckets":
         "Reducer::finalize_bucket_dense (reducer.cpp): the future's wait, then grad.copy_"
         "(bucket_view) for each parameter of the bucket.",

@@ -3,10 +3,11 @@
 Each rank is `python compare.py ARGS` with torchrun's environment: RANK, LOCAL_RANK,
 WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR (127.0.0.1) and MASTER_PORT (a free port, unless
 the environment names one), and OMP_NUM_THREADS: the cores shared out between the ranks, at
-least one each. Rank 0 prints to the terminal; the others' output is kept in a file, whose
-last line is shown if that rank is the first to fail. When rank 0 fails, the others are
-stopped at once; when another fails, rank 0 gets GRACE seconds to end on its own. No rank
-outlives the launcher.
+least one each. Each rank runs in a session of its own, so that Ctrl-C reaches the launcher
+alone, which passes it on once. Rank 0 prints to the terminal; the others' output is kept in
+a file, whose last line is shown if that rank is the first to fail. When rank 0 fails, the
+others are stopped at once; when another fails, rank 0 gets GRACE seconds to end on its own.
+No rank outlives the launcher.
 """
 
 import ctypes
@@ -59,13 +60,13 @@ def start(argv: list[str], world_size: int) -> int:
                                   env=environment(rank, world_size, port),
                                   stdout=None if rank == 0 else logs[rank],
                                   stderr=None if rank == 0 else logs[rank],
-                                  preexec_fn=die_with_parent)
+                                  start_new_session=True, preexec_fn=die_with_parent)
                  for rank in range(world_size)]
         try:
             first = wait(ranks)
-        except KeyboardInterrupt:  # Ctrl-C: each rank says it and cleans up, as one process
-            for process in ranks:
-                process.send_signal(signal.SIGINT)  # a no-op for one the terminal reached
+        except KeyboardInterrupt:  # Ctrl-C reaches the launcher alone: passed on to each rank,
+            for process in ranks:  # which says it and cleans up as one process does
+                process.send_signal(signal.SIGINT)
             wait(ranks, GRACE)
             return 130
         finally:
@@ -78,7 +79,8 @@ def start(argv: list[str], world_size: int) -> int:
             line = said(logs[first].read(), ranks[first].returncode, status)
             if line:
                 print(f"rank {first}: {line}", file=sys.stderr)
-            status = status or ranks[first].returncode or 1
+            if status <= 0:  # rank 0 ended well or was stopped here: the run failed all the same
+                status = ranks[first].returncode if ranks[first].returncode > 0 else 1
         for log in logs:
             log.close()
         return status

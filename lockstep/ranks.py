@@ -48,11 +48,21 @@ def launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def per_machine() -> int:
+    """The ranks on this machine (torchrun's LOCAL_WORLD_SIZE; 1 for one process)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if launched() else 1
+
+
 def init_process_group(device: str) -> None:
     """Join the run the environment describes (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE):
-    gloo on the CPU, NCCL on CUDA, each collective failing after TIMEOUT. A port in use or a
-    peer that never comes raises SetUpError."""
+    gloo on the CPU, NCCL on CUDA (a GPU per rank: LOCAL_RANK's), each collective failing
+    after TIMEOUT. A port in use, a peer that never comes, or fewer GPUs than ranks on the
+    machine raises SetUpError."""
     if device == "cuda":
+        gpus = torch.cuda.device_count()
+        if gpus < per_machine():
+            raise SetUpError(f"{per_machine()} ranks on this machine need a GPU each for NCCL; "
+                             f"it has {gpus} (--device cpu runs them on gloo)")
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     try:
         dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=TIMEOUT)
@@ -131,6 +141,7 @@ def checksums(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # an integer type of each float's size
+APART = ("manual parameters", "torch parameters", "manual all-reduced gradients")
 
 
 def per_parameter(grads: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -167,7 +178,8 @@ class Ranks:
         self.steps = []  # per step: [bucketed vs DDP, per-parameter vs DDP] max abs diffs
         self.whole_stats = []  # rank 0, per step: (parameters, 3) against one process
         self.held_to_float64 = 0  # rank 0: steps of those held to one process in float64
-        self.apart = []  # (step, rank, learner) where a rank's parameters were not rank 0's
+        self.apart = []  # (step, rank, what, parameter): where a rank's were not rank 0's
+        self.gradient_sums = None  # manual's all-reduced gradients' checksums, this step
         self.batches = None
 
     lost = staticmethod(lost)
@@ -177,14 +189,14 @@ class Ranks:
         store[index] = grad.detach().clone()
 
     def start(self) -> dict | None:
-        """Before step 1: every rank's parameters rank 0's (DDP's broadcast), for both. Rank
-        The diagnosis, on every rank, where some rank's are not; None where all are."""
+        """Before step 1: every rank's parameters must be rank 0's (DDP's broadcast), for both
+        learners. The diagnosis, on every rank alike, where some rank's are not; else None."""
         self.after_update(0)
         if self.apart:
             _, rank, which, index = self.apart[0]
             name = self.learners[0].named_parameters()[index][0]
             return make(1, name, "broadcast", (
-                f"rank {rank}'s {which} parameters are not rank 0's before the first step: "
+                f"rank {rank}'s {which} are not rank 0's before the first step: "
                 "DistributedDataParallel broadcasts the parameters and buffers from rank 0 "
                 "when it is built (each rank built its model from its own seed, seed + "
                 "rank), so that every rank trains the same model"))
@@ -210,6 +222,7 @@ class Ranks:
         own gradients, and the per-parameter variant against DDP's; rank 0 also against one
         process on the whole batch."""
         torch_learner = self.learners[1]
+        self.gradient_sums = checksums([param.grad for param in self.learners[0].params])
         own = [self.own["torch"][index] for index in range(len(torch_learner.params))]
         ddp = [param.grad for param in torch_learner.params]
         bucketed = self.learners[0].trained.all_reduced(own)
@@ -243,14 +256,16 @@ class Ranks:
         return stats
 
     def after_update(self, step: int) -> None:
-        """Gather each rank's checksums of both learners' parameters, and note the ranks
-        whose parameters are not rank 0's (every rank notes the same)."""
-        mine = torch.stack([checksums(learner.params) for learner in self.learners])
+        """Gather each rank's checksums of both learners' parameters and of manual's
+        all-reduced gradients of the step (the lock step then gave manual torch's, so this is
+        where manual's own show), and note the ranks whose are not rank 0's (every rank
+        notes the same)."""
+        params = [checksums(learner.params) for learner in self.learners]
+        mine = torch.stack([*params, self.gradient_sums if step else params[0]])
         gathered = [torch.empty_like(mine) for _ in range(self.world_size)]
-        dist.all_gather(gathered, mine)  # (learners, parameters, 2) from each rank
+        dist.all_gather(gathered, mine)  # (3, parameters, 2) from each rank
         for rank, theirs in enumerate(gathered):
-            for which, same in zip(("manual", "torch"), (theirs == gathered[0]).all(dim=2),
-                                   strict=True):
+            for which, same in zip(APART, (theirs == gathered[0]).all(dim=2), strict=True):
                 if not same.all():
                     self.apart.append((step, rank, which, int((~same).nonzero()[0])))
 
@@ -292,7 +307,7 @@ class Ranks:
         """Gather every rank's verdict and findings to rank 0, which gets its summary with
         the checks across ranks added ("parallel": their lines, numbers and verdict), the
         run's verdict and the first diagnosis of any rank; the other ranks get None."""
-        found = {"steps": torch.stack(self.steps).double().cpu().tolist() if self.steps else [],
+        found = {"steps": torch.stack(self.steps).double().cpu().tolist(),
                  "match": summary["match"], "diagnosis": summary["diagnosis"]}
         gathered = [None] * self.world_size
         dist.all_gather_object(gathered, found)
@@ -302,14 +317,44 @@ class Ranks:
                                      self.limit, self.dtype, self.batch_norm, self.synced,
                                      [name for name, _ in self.learners[0].named_parameters()],
                                      self.held_to_float64)
-        summary["parallel"] = results["result"] | {"lines": results["lines"]}
-        summary["match"] = results["match"] and all(each["match"] for each in gathered)
+        buckets = self.learners[0].trained.buckets, ddp_buckets(self.learners[1].trained)
+        results["lines"].insert(1, bucket_line(*buckets, self.learners[0].params,
+                                               self.learners[0].trained.rebuilt))
+        summary["parallel"] = results["result"] | {"lines": results["lines"],
+                                                   "buckets": buckets[0],
+                                                   "ddp_buckets": buckets[1]}
+        summary["match"] = (results["match"] and buckets[0] == buckets[1]
+                            and all(each["match"] for each in gathered))
         told = [(rank, each["diagnosis"]) for rank, each in enumerate(gathered)
                 if each["diagnosis"]]
         if not summary["match"] and told:
             rank, first = min(told, key=lambda pair: pair[1]["step"])
             summary["diagnosis"] = first | {"message": f"rank {rank}: {first['message']}"}
         return summary
+
+
+def ddp_buckets(ddp) -> list[list[int]]:
+    """torch's DDP's buckets now, each a list of parameter indices, from its logging data
+    (DistributedDataParallel._get_ddp_logging_data): the rebuilt ones once rebuilt, else the
+    first iteration's single bucket."""
+    data = ddp._get_ddp_logging_data()
+    if not data.get("has_rebuilt_buckets"):
+        return [list(range(len(list(ddp.parameters()))))]
+    return [[int(index) for index in bucket.split()]
+            for bucket in data["rebuilt_per_bucket_param_indices"].split(",")]
+
+
+def bucket_line(mine: list[list[int]], ddps: list[list[int]], params: list,
+                rebuilt: bool) -> str:
+    """What the run says of manual's buckets against DDP's."""
+    sizes = ", ".join(f"{sum(params[i].numel() * params[i].element_size() for i in bucket):,} B"
+                      for bucket in mine)
+    how = ("rebuilt in the order the gradients arrived" if rebuilt else
+           "the first iteration's, in the model's order")
+    if mine == ddps:
+        return (f"  buckets: manual's are DDP's: {len(mine)} bucket{'s' * (len(mine) != 1)}, "
+                f"{how} ({sizes})")
+    return f"  buckets: manual's {mine} are not DDP's {ddps}"
 
 
 def close(a: torch.Tensor, b: torch.Tensor, limit: float) -> bool:
@@ -358,23 +403,23 @@ def cross_rank_results(gathered: list[dict], apart: list, whole_stats: list, W: 
     """Rank 0's summary of the checks across ranks: the lines compare.py prints, whether
     they all hold ("match"), and the numbers report.json keeps."""
     steps = torch.tensor([found["steps"] for found in gathered], dtype=torch.float64)
-    bucketed, tutorial = steps[..., 0], steps[..., 1]  # (ranks, steps)
-    identical = int((bucketed == 0).all(dim=0).sum()) if steps.numel() else 0
-    count = steps.shape[1] if steps.numel() else 0
-    lines = [f"world size {W} (gloo)" if not torch.cuda.is_available() else f"world size {W}"]
+    bucketed, tutorial = steps[..., 0], steps[..., 1]  # (ranks, steps): an epoch has a step
+    identical, count = int((bucketed == 0).all(dim=0).sum()), steps.shape[1]
+    lines = [f"world size {W} ({dist.get_backend()})"]
     lines.append(f"  all-reduce: manual's buckets, fed torch's own gradients, give DDP's "
                  f"all-reduced gradients to the bit at {identical} of {count} steps on all "
                  f"{W} ranks")
-    per_param = tutorial.max().item() if count else 0.0
+    per_param = tutorial.max().item()
     lines.append(f"  per-parameter all-reduce, sum then / {W}: "
                  + ("bit-identical too (W = 2: a + b = b + a, and / 2 is exact)"
                     if per_param == 0 else
                     f"up to {per_param:.1e} apart from DDP's (the sums in another order, "
                     f"and / {W} after the sum)"))
     first_apart = next((entry for entry in apart if entry[0]), None)
-    lines.append("  parameters: identical on every rank after every step" if first_apart is None
-                 else f"  parameters: rank {first_apart[1]}'s {first_apart[2]} parameters are "
-                      f"not rank 0's after step {first_apart[0]}")
+    lines.append("  identical on every rank after every step: both learners' parameters and "
+                 "manual's all-reduced gradients" if first_apart is None
+                 else f"  rank {first_apart[1]}'s {first_apart[2]} are not rank 0's at step "
+                      f"{first_apart[0]}")
     result = {"world_size": W, "steps": count, "all_reduce_identical_steps": identical,
               "per_parameter_max_abs_diff": per_param,
               "ranks_apart": [list(entry) for entry in apart]}

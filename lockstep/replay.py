@@ -42,6 +42,7 @@ def of_failure(step: int, learners: list[Learner], x: torch.Tensor, y: torch.Ten
         probe.gradients(x, y)
     except Exception as again:  # any error of the manual code is the learner's to see
         failed = again
+    torch_learner = torch_learner.twin()  # a process's own gradients: no rank waits on it
     with torch.enable_grad():
         torch_learner.gradients(x, y)
     pairs = zip(probe.named_loss() + probe.named_gradients(),

@@ -29,10 +29,8 @@ backward(loss) walks the graph from loss.grad_fn:
     5. unless retain_graph=True, each node frees its saved tensors once it has run: a second
        backward() through it raises, as torch's does.
     6. after AccumulateGrad stores a leaf's gradient, the leaf's post-accumulate hooks run
-       (register_post_accumulate_grad_hook); once the last node has run, the callbacks queued
-       during this backward (queue_callback). DistributedDataParallel hooks in there: a
-       gradient goes into its bucket as soon as it is complete, and the all-reduces are
-       waited for when backward is done (manual/parallel.py).
+       (register_post_accumulate_grad_hook). DistributedDataParallel hooks in there: a
+       gradient goes into its bucket as soon as it is complete (manual/parallel.py).
 """
 
 import contextlib
@@ -59,7 +57,6 @@ FREED = object()  # what a saved tensor becomes once backward has run (retain_gr
 sequence_numbers = itertools.count()  # one counter for every node, as torch's per thread
 grad_enabled = [True]  # no_grad() sets it to False while it lasts
 POST_ACCUMULATE_GRAD_HOOKS = "post_accumulate_grad_hooks"  # a leaf tensor's attribute
-final_callbacks = []  # queue_callback's, run once when the running backward() has finished
 
 
 class Variable:
@@ -236,12 +233,6 @@ def register_post_accumulate_grad_hook(tensor: torch.Tensor, hook) -> None:
     getattr(tensor, POST_ACCUMULATE_GRAD_HOOKS).append(hook)
 
 
-def queue_callback(callback) -> None:
-    """callback() once the running backward() has run its last node: torch's
-    Variable._execution_engine.queue_callback, which DistributedDataParallel uses to wait for
-    its all-reduces. Called outside a backward, it waits for the next one to finish."""
-    final_callbacks.append(callback)
-
 
 def is_grad_enabled() -> bool:
     return grad_enabled[-1]
@@ -287,8 +278,6 @@ def backward(tensor: Variable, gradient: torch.Tensor | None = None,
             waiting[target] -= 1
             if waiting[target] == 0:  # every edge into it has delivered: ready
                 heapq.heappush(ready, (-target.sequence_nr, next(arrivals), target))
-    while final_callbacks:  # those queued while it ran, in order; a callback may queue more
-        final_callbacks.pop(0)()
 
 
 def dependencies(root: Node) -> dict[Node, int]:

@@ -491,8 +491,8 @@ class SyncBatchNorm(BatchNorm1d):
 
     BatchNorm1d's forward and backward, with each per-channel sum over the batch added up
     across the ranks (an all-reduce SUM), and n the number of values a channel has on all
-    ranks together:
-        forward:   mean = sum_all x / n,  var = sum_all (x - mean)^2 / n      two all-reduces
+    ranks together (one more all-reduce, in each):
+        forward:   mean = sum_all x / n,  var = sum_all (x - mean)^2 / n      two sums
         backward:  dLoss/dx = gamma / s (g - sum_all g / n - x_hat sum_all(g x_hat) / n)
                    two more, of the sums bias.grad and weight.grad hold before DDP's
     weight.grad and bias.grad stay this rank's own sums: DDP's all-reduce averages them. Each

@@ -27,7 +27,8 @@ What DistributedDataParallel does, in order:
     backward: once a parameter's gradient is complete (a hook after its AccumulateGrad),
         copy it into its bucket, multiplied by 1/W; once all of a bucket's gradients are in,
         start an all-reduce SUM of the bucket (asynchronous: backward goes on meanwhile);
-        when backward is done, wait for them and copy each bucket back into the .grads
+        once every gradient is in, wait for them and copy each bucket back into the .grads
+        (torch's DDP does that in a callback the engine runs at the end of backward)
     buckets: the first iteration, every parameter in one bucket, in the model's order; from
         the second on, rebuilt in the order the gradients arrived, each bucket closed once
         it holds at least 1 MiB (the first) or 25 MiB (the others)
@@ -107,6 +108,7 @@ class DistributedDataParallel:
         sync_module_states(self.params + self.buffers())
         self.buckets = [list(range(len(self.params)))]  # the first iteration: one bucket
         self.rebuilt, self.arrived, self.flats = False, [], None
+        self.place, self.done = {}, set()  # where each gradient goes; those handed over
         for index, param in enumerate(self.params):
             autograd.register_post_accumulate_grad_hook(
                 param, functools.partial(self.ready, index))
@@ -121,7 +123,13 @@ class DistributedDataParallel:
     def pre_forward(self) -> None:
         """DDP's work before each forward: rebuild the buckets once, from the order the
         first backward's gradients arrived in; broadcast the buffers from rank 0; get the
-        buckets ready for this backward's gradients."""
+        buckets ready for this backward's gradients. Raises if the last backward left a
+        parameter of a bucket without a gradient: its bucket was never all-reduced."""
+        if self.done != set(self.place):
+            names = [name for name, _ in self.module.named_parameters()]
+            raise RuntimeError("Expected to have finished reduction in the prior iteration "
+                               "before starting a new one: no gradient reached " +
+                               ", ".join(names[index] for index in set(self.place) - self.done))
         if not self.rebuilt and self.arrived:
             self.buckets = compute_bucket_assignment_by_size(self.params, self.arrived)
             self.rebuilt, self.flats = True, None
@@ -129,7 +137,7 @@ class DistributedDataParallel:
             for buffer in self.buffers():
                 dist.broadcast(buffer, src=0)
         self.prepare_buckets()
-        self.finishing = False
+        self.done = set()
 
     def prepare_buckets(self) -> None:
         """Each bucket's flat buffer and where each gradient goes in it (made once per
@@ -149,13 +157,16 @@ class DistributedDataParallel:
     def ready(self, index: int, param: torch.Tensor) -> None:
         """The hook after AccumulateGrad: param (the index-th) has its gradient for this
         backward. Noted (the first iteration's order rebuilds the buckets), then into its
-        bucket; the first gradient of a backward also queues finalize_backward."""
-        if not self.finishing:
-            self.finishing = True
-            autograd.queue_callback(self.finalize_backward)
+        bucket; after the last gradient, finalize_backward. A parameter in no bucket keeps its
+        own gradient (DDP leaves out those that need none)."""
+        if index not in self.place:
+            return
         if not self.rebuilt:
             self.arrived.append(index)
+        self.done.add(index)
         self.copy_into_bucket(index, param.grad)
+        if self.done == set(self.place):
+            self.finalize_backward()
 
     def copy_into_bucket(self, index: int, grad: torch.Tensor) -> None:
         """The all-reduce step: grad / W into the index-th parameter's place in its bucket,
@@ -169,14 +180,8 @@ class DistributedDataParallel:
             self.handles[number] = dist.all_reduce(self.flats[number], async_op=True)
 
     def finalize_backward(self) -> None:
-        """After backward: wait for every bucket's all-reduce, copy the sums into the .grads."""
-        missing = [i for number, bucket in enumerate(self.buckets) if self.pending[number]
-                   for i in bucket]
-        if missing:
-            names = [name for name, _ in self.module.named_parameters()]
-            raise RuntimeError("these parameters received no gradient in this backward, so "
-                               "their buckets were never all-reduced: " +
-                               ", ".join(names[i] for i in missing))
+        """Once every gradient is in: wait for every bucket's all-reduce, and copy the sums
+        into the .grads."""
         for index, grad in enumerate(self.wait_for_buckets()):
             if grad is not None:
                 self.params[index].grad = grad

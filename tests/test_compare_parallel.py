@@ -15,6 +15,7 @@ import time
 import pytest
 
 from lockstep import flags
+from lockstep.launch import die_with_parent, environment, free_port
 from tests.processes import ROOT
 
 QUICK = ("--subset", "300", "--epochs", "1", "--no-plots")
@@ -128,3 +129,62 @@ def test_torchruns_world_size_and_the_flag_must_agree(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         flags.parse_args(["--world-size", "2"])
     assert "--world-size 2, but 4 ranks were started" in capsys.readouterr().err
+
+
+# Three layers of 512 x 512 weights (1 MiB each): DDP rebuilds its buckets as two, cut after
+# the first 1 MiB. Each rank trains manual's and torch's copies of it, each in its package's
+# DistributedDataParallel, and feeds torch's own gradients to manual's buckets.
+BUCKETS = """
+import json, sys, torch, torch.distributed as dist
+import manual, torch_impl
+from lockstep.ranks import ddp_buckets
+dist.init_process_group("gloo")
+rank, sizes = dist.get_rank(), [(784, 512), (512, 512), (512, 512), (512, 10)]
+models = []
+for package in (manual, torch_impl):
+    torch.manual_seed(0)
+    layers = []
+    for fan_in, fan_out in sizes:
+        layers += [package.layers.Linear(fan_in, fan_out), package.layers.ReLU()]
+    model = package.model.Chain(layers[:-1])
+    models.append((model, package.parallel.DistributedDataParallel(model), package))
+own = {}
+for index, param in enumerate(models[1][0].parameters()):
+    param.register_hook(lambda grad, index=index: own.__setitem__(index, grad.clone()))
+identical = []
+for step in range(3):
+    generator = torch.Generator().manual_seed(10 * step + rank)
+    x, y = torch.rand(8, 784, generator=generator), torch.randint(10, (8,), generator=generator)
+    for model, ddp, package in models:
+        for param in model.parameters():
+            param.grad = None
+        package.train.forward_backward_engine(ddp, x, y)
+    params = list(models[1][0].parameters())
+    mine = models[0][1].all_reduced([own[index] for index in range(len(params))])
+    identical.append(all(torch.equal(a, p.grad) for a, p in zip(mine, params)))
+if rank == 0:
+    print(json.dumps({"identical": identical, "buckets": models[0][1].buckets,
+                      "ddp": ddp_buckets(models[1][1])}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_rebuilt_buckets_are_ddps_and_bit_identical_beyond_one_bucket(world_size):
+    """A model whose gradients fill two buckets: manual's rebuilt buckets are DDP's (its
+    logging data), and at every step they give DDP's all-reduced gradients to the bit."""
+    port = str(free_port())
+    ranks = [subprocess.Popen([sys.executable, "-c", BUCKETS], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=environment(rank, world_size, port),
+                              preexec_fn=die_with_parent)
+             for rank in range(world_size)]
+    try:
+        printed = [process.communicate(timeout=TIMEOUT) for process in ranks]
+    finally:
+        for process in ranks:
+            process.kill()
+    assert all(process.returncode == 0 for process in ranks), printed[0][1][-2000:]
+    found = json.loads(printed[0][0])
+    assert found["buckets"] == found["ddp"] == [[7, 6, 5, 4], [3, 2, 1, 0]]
+    assert found["identical"] == [True, True, True]

@@ -1,7 +1,7 @@
 """manual/parallel.py's pieces in one process, against torch's own: DistributedSampler's shards,
 DDP's bucket assignment, the order the engine hands over the gradients in (which DDP's rebuilt
-buckets follow), the engine's hooks and callbacks, and SyncBatchNorm in a world of one. The
-runs across processes are tests/test_compare_parallel.py's."""
+buckets follow) and the engine's post-accumulate hooks. The runs across processes are
+tests/test_compare_parallel.py's."""
 
 import itertools
 
@@ -111,20 +111,13 @@ def test_the_engine_hands_over_the_gradients_in_torchs_order(model_name, options
         assert ours != list(reversed(range(len(ours))))
 
 
-def test_hooks_run_after_accumulate_grad_and_callbacks_once_backward_is_done():
-    """A post-accumulate hook sees its leaf's .grad stored; a callback queued during
-    backward runs after the last node, once; one queued outside waits for the next."""
+def test_hooks_run_after_accumulate_grad_has_stored_the_gradient():
+    """A post-accumulate hook sees its leaf's .grad as stored, in every backward (the second
+    adds into it: 3 + 3)."""
     weight = torch.tensor([[2.0]])
     seen = []
-
-    def hook(leaf: torch.Tensor) -> None:
-        seen.append(("hook", leaf.grad.item()))
-        autograd.queue_callback(lambda: seen.append(("done", leaf.grad.item())))
-
-    autograd.register_post_accumulate_grad_hook(weight, hook)
-    autograd.queue_callback(lambda: seen.append(("queued before", None)))
-    for _ in range(2):  # the second adds into .grad: 3 + 3
+    autograd.register_post_accumulate_grad_hook(weight, lambda leaf: seen.append(leaf.grad.item()))
+    for _ in range(2):
         product = functions.mm(Variable(torch.tensor([[3.0]])), Variable(weight, True))
         autograd.backward(functions.sum(product))
-    assert seen == [("hook", 3.0), ("queued before", None), ("done", 3.0), ("hook", 6.0),
-                    ("done", 6.0)]
+    assert seen == [3.0, 6.0]

@@ -7,8 +7,7 @@ AccumulateGrad for a leaf), the tensors it saved (grad_fn._saved_mat1, ...) and 
 number (grad_fn._sequence_nr()). loss.backward() runs the ready node with the largest
 sequence number first, adds the gradients at fan-out, adds into each leaf's .grad, and frees
 the saved tensors unless retain_graph=True. After AccumulateGrad has stored a leaf's
-gradient, the leaf's post-accumulate hooks run; once backward is done, the callbacks queued
-while it ran (DistributedDataParallel waits for its all-reduces there).
+gradient, the leaf's post-accumulate hooks run (DistributedDataParallel's go in there).
 """
 
 import torch
@@ -29,10 +28,6 @@ def register_post_accumulate_grad_hook(tensor: torch.Tensor, hook) -> None:
     tensor.register_post_accumulate_grad_hook(hook)
 
 
-def queue_callback(callback) -> None:
-    """callback() once the running backward has run its last node."""
-    torch.autograd.Variable._execution_engine.queue_callback(callback)
 
-
-__all__ = ["Variable", "backward", "is_grad_enabled", "no_grad", "queue_callback",
+__all__ = ["Variable", "backward", "is_grad_enabled", "no_grad",
            "register_post_accumulate_grad_hook"]
