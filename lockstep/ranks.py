@@ -169,9 +169,12 @@ class Ranks:
                 keep = functools.partial(self.keep, self.own[which], index)
                 if which == "torch":  # before AccumulateGrad, which DDP hooks after
                     param.register_hook(keep)
-                else:  # after DDP's hook: the gradient is still this rank's own there
-                    learner.package.autograd.register_post_accumulate_grad_hook(
-                        param, lambda p, keep=keep: keep(p.grad))
+                else:  # ahead of DDP's hook, whose last call replaces every .grad
+                    engine = learner.package.autograd
+                    engine.register_post_accumulate_grad_hook(param, None)  # makes the list
+                    hooks = getattr(param, engine.POST_ACCUMULATE_GRAD_HOOKS)
+                    hooks.pop()
+                    hooks.insert(0, lambda p, keep=keep: keep(p.grad))
         self.whole = None  # rank 0: one process, trained on the whole batch (one_process)
         if self.rank == 0:
             self.whole = learners[1].twin()

@@ -66,8 +66,12 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(var * (n / (n - 1)), self.momentum)
             self.num_batches_tracked += 1
-        return (centered * (var + self.eps).rsqrt().view(shape) * self.weight.view(shape)
-                + self.bias.view(shape))
+        # bias's view first: backward then reaches the weight's AccumulateGrad before the
+        # bias's, in nn.SyncBatchNorm's order (its node's inputs: input, weight, bias), which
+        # DDP's rebuilt buckets follow
+        bias = self.bias.view(shape)
+        weight = self.weight.view(shape)
+        return centered * (var + self.eps).rsqrt().view(shape) * weight + bias
 
     @classmethod
     def convert_sync_batchnorm(cls, module: nn.Module, process_group=None) -> nn.Module:
