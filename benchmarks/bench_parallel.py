@@ -105,6 +105,7 @@ def rank_steps(rank: int, job: dict, results) -> None:
             results.put(sum(param.numel() * param.element_size() for param in learner.params))
     finally:
         if ranks > 1:
+            dist.barrier()  # none tears its connections down while another uses them
             dist.destroy_process_group()
 
 

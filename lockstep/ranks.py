@@ -90,8 +90,16 @@ def lost(error: BaseException) -> str | None:
 
 
 def leave() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one: first wait for every rank to get
+    here (rank 0 writes the report meanwhile), so that no rank tears its connections down
+    while another still uses them (gloo's threads then abort the process, now and then:
+    "terminate called without an active exception"). Where a rank has gone, there is nothing
+    to wait for."""
     if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        except Exception:
+            pass
         dist.destroy_process_group()
 
 

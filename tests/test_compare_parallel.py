@@ -165,6 +165,7 @@ for step in range(3):
 if rank == 0:
     print(json.dumps({"identical": identical, "buckets": models[0][1].buckets,
                       "ddp": ddp_buckets(models[1][1])}))
+dist.barrier()  # none tears its connections down while another uses them (lockstep.ranks.leave)
 dist.destroy_process_group()
 """
 
