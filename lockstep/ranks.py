@@ -98,7 +98,7 @@ def leave() -> None:
     if dist.is_available() and dist.is_initialized():
         try:
             dist.barrier()
-        except Exception:
+        except Exception:  # a rank that died: its error is told already
             pass
         dist.destroy_process_group()
 
