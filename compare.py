@@ -18,7 +18,7 @@ exits 0 on MATCH, 1 on MISMATCH or a diverging run, 2 on bad usage or bad data, 
     python compare.py --model mlp --graph  # step 1's graph, manual's beside torch's
     python compare.py --manual exercises   # your own code (python -m practice) as manual
     python compare.py --world-size 2       # 2 processes, DistributedDataParallel by hand
-    torchrun --nproc-per-node 2 compare.py # the same, started by torchrun (any machines)
+    torchrun --standalone --nproc-per-node 2 compare.py   # the same, started by torchrun
 
 This file only conducts: the flags, one epoch of the lock step, the checks, the tutor, the
 report and the plots are modules of lockstep/ named for what they do (a distributed run's:

@@ -86,7 +86,7 @@ def test_batchnorm_is_one_process_only_when_synchronized(mnist_root, tmp_path, s
 def test_torchrun_runs_the_same_command(mnist_root, tmp_path):
     """torchrun starts the ranks (its environment), compare.py joins them: the same run."""
     status, out, err, report = run_ranks(mnist_root, tmp_path, command=(
-        "-m", "torch.distributed.run", "--nproc-per-node", "2", "compare.py"))
+        "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "compare.py"))
     assert status == 0, out + err
     assert "world size 2 (gloo)" in out and report["parallel"]["steps"] == 3
 
