@@ -80,9 +80,10 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
     more host sync a step, for the tensors compared after the update.
 
     ranks: this process is one rank of a distributed run (lockstep.ranks.Ranks): its checks
-    across ranks run after the gradients and after the update, and its tutor diagnoses a step
-    over the limit. Neither float64 twin is asked then: a twin computes this rank's gradients
-    alone, which the all-reduced ones are not.
+    across ranks run after the gradients and after the update, its tutor diagnoses a step
+    over the limit, and a float32 step over it is held to float64 by every rank together
+    (Ranks.rounding: a twin's gradients are its rank's alone, all-reduced there). The
+    float64 report of step 1 is not made.
     """
     manual_learner, torch_learner = learners
     dtype = learners[0].parameters()[0].dtype
@@ -114,9 +115,11 @@ def train_epoch_lockstep(learners: list[Learner], epoch_batches, progress,
         over = exceeds(before, limit)  # the one host sync of the step: NaN and inf count too
         # detail, asked only where a tensor went over: ReLU gates open on one side only
         gate_flips.append(relu_flips(learners) if over else x.new_zeros(2, dtype=dtype))
-        excused = over and not independent and dtype == torch.float32 and not ranks and \
-            torch_rounding(
-            step, learners, x, y, before, limit)
+        if ranks:  # every rank takes part, over the limit or not: float64 all-reduced
+            excused = ranks.rounding(step, learners, x, y, before, over, limit)
+        else:
+            excused = over and not independent and dtype == torch.float32 and \
+                torch_rounding(step, learners, x, y, before, limit)
         if excused:  # rounding: manual is within the limit of the exact math there
             before = excused[0]
             torch_off.append(excused[1])

@@ -34,6 +34,7 @@ from lockstep.checks import exceeds, levels, named_stats
 from lockstep.epoch import Mismatch
 from lockstep.kinds import make
 from lockstep.learner import Learner
+from lockstep.reference import float64_references, torch_rounding
 
 TIMEOUT = timedelta(seconds=120)  # a collective that waits longer fails: no run hangs
 
@@ -220,6 +221,26 @@ class Ranks:
         for mine, everyone in shard_batches(data.train_x, data.train_y, rows, batch_size):
             self.batches = everyone
             yield mine
+
+    def rounding(self, step: int, learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
+                 stats: torch.Tensor, over: bool, limit: float):
+        """reference.torch_rounding for a rank, in float32: where any rank's loss or gradients
+        went over the limit, every rank computes its step in float64 (a twin, on its shard)
+        and all-reduces the parameters' gradients (sum / W), the exact math of the whole
+        batch; each rank over the limit then holds manual to it (held stats and what was
+        found, or None). Every rank calls it every step: one all-reduce of a flag."""
+        if self.dtype != torch.float32:
+            return None
+        flag = torch.tensor([float(over)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if not flag.item():
+            return None
+        references = float64_references(learners, x, y, independent=False)
+        for name, _ in learners[0].named_parameters():
+            exact = references[name][1]  # the same tensor for both sides
+            dist.all_reduce(exact)
+            exact /= self.world_size
+        return over and torch_rounding(step, learners, x, y, stats, limit, references)
 
     def mean_over_ranks(self, values: list[float]) -> list[float]:
         """The mean over the ranks of each rank's values (an epoch's mean training losses,

@@ -180,7 +180,8 @@ def float64_errors(learners: list[Learner], x: torch.Tensor, y: torch.Tensor) ->
 
 @torch.no_grad()
 def torch_rounding(step: int, learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
-                   stats: torch.Tensor, limit: float) -> tuple[torch.Tensor, dict] | None:
+                   stats: torch.Tensor, limit: float,
+                   references: dict | None = None) -> tuple[torch.Tensor, dict] | None:
     """A float32 step whose loss or gradients went over the limit, manual's against torch's,
     where manual's is within the limit of the exact math: (stats with each such tensor held
     against a float64 computation of the step instead of torch's float32 one, what was found:
@@ -193,12 +194,13 @@ def torch_rounding(step: int, learners: list[Learner], x: torch.Tensor, y: torch
     manual's order of the same sum was 3.0e-5, and at another step 9.2e-5 and 1.7e-5, their
     difference 1.2e-4. Manual is then held to the exact math, at the same limit. stats (T, 3):
     the loss and the gradients, manual's against torch's, the manual learner holding torch's
-    state."""
+    state. references: float64_references's, where the caller has them (a distributed run's,
+    its parameters' gradients all-reduced: lockstep.ranks)."""
     names = [name for name, _ in learners[0].named_loss() + learners[0].named_gradients()]
     sides = [[t for _, t in learner.named_loss() + learner.named_gradients()]
              for learner in learners]
     over = (~(levels(stats, stats.dtype)[:, REL] <= limit)).nonzero().flatten().tolist()
-    references = float64_references(learners, x, y, independent=False)
+    references = references or float64_references(learners, x, y, independent=False)
     held, found = stats.clone(), {}
     for index in over:
         reference = references[names[index]][1]
