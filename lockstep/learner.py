@@ -181,19 +181,21 @@ class Learner:
         return x if self.image_shape is None else x.view(len(x), *self.image_shape)
 
     @torch.no_grad()
-    def twin(self, dtype: torch.dtype | None = None) -> "Learner":
+    def twin(self, dtype: torch.dtype | None = None, synchronized: bool = False) -> "Learner":
         """A new Learner of the same package and configuration, in `dtype` (default: this
         one's), holding a copy of this one's parameters, gradients, running statistics and
         optimizer state. It has no learning-rate schedule: its optimizer keeps this one's
         current learning rate, and no DistributedDataParallel: it computes this process's
-        gradients alone. Built without touching torch's random streams (the parameters are
-        copied anyway)."""
+        gradients alone, its BatchNorm on this process's batch, unless synchronized keeps this
+        one's SyncBatchNorm (every rank must then run the twin alike). Built without touching
+        torch's random streams (the parameters are copied anyway)."""
         options = self.settings["optimizer_options"] | {"lr": self.lr()}
         device = self.params[0].device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             twin = Learner(self.package, **self.settings | {"optimizer_options": options,
                                                             "parallel": False,
-                                                            "sync_batchnorm": False},
+                                                            "sync_batchnorm": synchronized and
+                                                            self.settings["sync_batchnorm"]},
                            dtype=dtype or self.params[0].dtype)
         for mine, theirs in zip(twin.params, self.params, strict=True):
             mine.copy_(theirs)

@@ -235,7 +235,7 @@ class Ranks:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if not flag.item():
             return None
-        references = float64_references(learners, x, y, independent=False)
+        references = float64_references(learners, x, y, False, synchronized=self.synced)
         for name, _ in learners[0].named_parameters():
             exact = references[name][1]  # the same tensor for both sides
             dist.all_reduce(exact)

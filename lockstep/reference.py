@@ -15,19 +15,21 @@ from lockstep.limits import DRIFTED, ROUNDING_DISTANCE, rounding_only
 
 
 def float64_references(learners: list[Learner], x: torch.Tensor, y: torch.Tensor,
-                       independent: bool) -> dict[str, list[torch.Tensor]]:
+                       independent: bool,
+                       synchronized: bool = False) -> dict[str, list[torch.Tensor]]:
     """{name: [reference for manual, reference for torch]}: the loss and every gradient of this
     step computed by torch in float64, from torch's parameters, and (independent) from
     manual's own for manual. Named as manual names them. Each ReLU's gate and each max
     pooling's winners are torch's float32 forward's (decided): in float64 a ReLU input within
     rounding of 0 can fall on the other side, and move a max pooling's winner after it, a
-    difference of a whole gradient entry that is not the float32 rounding asked about."""
+    difference of a whole gradient entry that is not the float32 rounding asked about.
+    synchronized: the twins keep SyncBatchNorm (a distributed run's, every rank alike)."""
     manual_learner, torch_learner = learners
-    twins = [torch_learner.twin(torch.float64)]
+    twins = [torch_learner.twin(torch.float64, synchronized)]
     if independent:
         twins.insert(0, torch_learner.twin(torch.float64))
         twins[0].copy_state_from(manual_learner)
-    made = decisions(torch_learner, x)
+    made = decisions(torch_learner, x, synchronized)
     with torch.enable_grad():
         for twin in twins:
             with decided(twin.model, made):
@@ -39,11 +41,12 @@ def float64_references(learners: list[Learner], x: torch.Tensor, y: torch.Tensor
 
 
 @torch.no_grad()
-def decisions(learner: Learner, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+def decisions(learner: Learner, x: torch.Tensor,
+              synchronized: bool = False) -> dict[str, list[torch.Tensor]]:
     """{module name: per call, the ReLU's gate (input > 0) or the max pooling's winners} of
     learner's (torch_impl's) float32 forward on x, taken on a twin (its BatchNorm layers
     update their own running statistics)."""
-    probe, found = learner.twin(), {}
+    probe, found = learner.twin(synchronized=synchronized), {}
 
     def keep(name):
         def hook(module, args, output):
