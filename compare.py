@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped by Ctrl-C", file=sys.stderr)
         return 130
     except Exception as error:  # a rank that died, a collective that timed out: one line
-        if not ranks.lost(error):
+        line = ranks.lost(error)
+        if not line:
             raise
-        print(f"error: {ranks.lost(error)}", file=sys.stderr)
+        print(f"error: {line}", file=sys.stderr)
         return 1
     finally:
         ranks.leave()
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace, made: list[Path]) -> int:
             args.manual, exercises.needed(args.model, args.batchnorm, args.optimizer,
                                           args.engine or args.graph, args.world_size > 1))
         if first:  # of W ranks, rank 0 says it
-            if os.environ.get("RANK", "0") == "0":
+            if ranks.first():
                 print(loader.not_written_line(args.manual, first), file=sys.stderr)
             return 1
         data = load_splits(resolve_root(args.data_root), seed=args.seed, subset=args.subset,
@@ -93,12 +94,12 @@ def run(args: argparse.Namespace, made: list[Path]) -> int:
             return graph_of_step_one(args, package, data, device, dtype)
         if ranks.launched():  # one rank of W: the others print nothing but their errors
             ranks.init_process_group(device)
-            if dist.get_rank():
-                sys.stdout = open(os.devnull, "w")  # for the rest of the process
-        if not ranks.launched() or dist.get_rank() == 0:
+        if ranks.first():
             made += report.prepare_folder(out, args.overwrite)  # last: no folder if it cannot start
+        else:
+            sys.stdout = open(os.devnull, "w")  # for the rest of the process
     except (ExerciseError, DataError, OSError, ranks.SetUpError) as error:
-        if os.environ.get("RANK", "0") == "0" or isinstance(error, ranks.SetUpError):
+        if ranks.first() or isinstance(error, ranks.SetUpError):
             print(f"error: {error}", file=sys.stderr)  # every rank has the others: rank 0's
         return 2
     try:

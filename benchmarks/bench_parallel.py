@@ -23,7 +23,6 @@ Writes parallel.md and parallel.json to --out.
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import time
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project, 
 import manual
 import torch_impl
 from common.data import NUM_CLASSES, NUM_PIXELS, load_splits, resolve_root
+from lockstep.launch import free_port
 from lockstep.learner import Learner
 
 BATCH = 100
@@ -63,12 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.steps < 1:
         parser.error(f"--steps must be positive, got {args.steps}")
     return args
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def rank_steps(rank: int, job: dict, results) -> None:

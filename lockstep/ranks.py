@@ -78,6 +78,12 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def first() -> bool:
+    """Whether this process speaks for the run: one process, or rank 0 of W (known from the
+    environment, before the process group is joined)."""
+    return not launched() or os.environ["RANK"] == "0"
+
+
 def lost(error: BaseException) -> str | None:
     """The line for a collective that failed (a rank that stopped, or one that timed out), or
     None for an error that is not one. gloo's and NCCL's errors are DistErrors or
@@ -179,11 +185,8 @@ class Ranks:
                 if which == "torch":  # before AccumulateGrad, which DDP hooks after
                     param.register_hook(keep)
                 else:  # ahead of DDP's hook, whose last call replaces every .grad
-                    engine = learner.package.autograd
-                    engine.register_post_accumulate_grad_hook(param, None)  # makes the list
-                    hooks = getattr(param, engine.POST_ACCUMULATE_GRAD_HOOKS)
-                    hooks.pop()
-                    hooks.insert(0, lambda p, keep=keep: keep(p.grad))
+                    learner.package.autograd.register_post_accumulate_grad_hook(
+                        param, lambda p, keep=keep: keep(p.grad), prepend=True)
         self.whole = None  # rank 0: one process, trained on the whole batch (one_process)
         if self.rank == 0:
             self.whole = learners[1].twin()

@@ -224,13 +224,16 @@ class AccumulateGrad(Node):
         return ()
 
 
-def register_post_accumulate_grad_hook(tensor: torch.Tensor, hook) -> None:
+def register_post_accumulate_grad_hook(tensor: torch.Tensor, hook,
+                                       prepend: bool = False) -> None:
     """hook(tensor) after every backward() stores tensor's gradient in tensor.grad: torch's
     tensor.register_post_accumulate_grad_hook(hook), for a leaf (a parameter). The tensor
-    holds its hooks, as torch's does, in an attribute: they live as long as it."""
+    holds its hooks, as torch's does, in an attribute: they live as long as it. prepend: run
+    it before those registered already (as nn.Module's hooks take it)."""
     if not hasattr(tensor, POST_ACCUMULATE_GRAD_HOOKS):
         setattr(tensor, POST_ACCUMULATE_GRAD_HOOKS, [])
-    getattr(tensor, POST_ACCUMULATE_GRAD_HOOKS).append(hook)
+    hooks = getattr(tensor, POST_ACCUMULATE_GRAD_HOOKS)
+    hooks.insert(0 if prepend else len(hooks), hook)
 
 
 
