@@ -236,4 +236,6 @@ def stopped(args: argparse.Namespace, device: str, history: report.History, seco
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    ranks.end(status)  # a rank of W ends here
+    sys.exit(status)

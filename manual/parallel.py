@@ -191,6 +191,7 @@ class DistributedDataParallel:
         bucket's all-reduce has finished (None for a parameter in no bucket)."""
         for handle in self.handles:
             handle.wait()
+        self.handles = [None] * len(self.buckets)  # done: none outlives its all-reduce
         return [self.view(index).clone() if index in self.place else None
                 for index in range(len(self.params))]
 
